@@ -1,0 +1,32 @@
+# The README's two commands: `make book` and `make test`.
+# Each creates .venv and installs the pinned environment on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+ELR    := $(VENV)/bin/elr
+STAMP  := $(VENV)/.installed-stamp
+PROFILE ?= quick
+
+.PHONY: install book test prove clean
+
+install: $(STAMP)
+
+# torch==2.14.1 / torchvision==0.29.1 come from this machine's local wheel
+# cache through pip's own configuration; everything else from PyPI.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+book: $(STAMP)
+	$(ELR) book --profile $(PROFILE)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+prove: $(STAMP)
+	$(ELR) prove
+
+clean:
+	rm -rf _build book/chapters

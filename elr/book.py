@@ -1,0 +1,359 @@
+"""Chapters: their parameters and profiles, papermill execution, and the Jupyter Book build.
+
+A chapter is a jupytext percent file ``notebooks/NN_slug.py``. Its cell tagged
+``parameters`` declares every parameter with a type, a default (the ``quick``
+profile) and a comment; a trailing ``{...}`` in the comment states the allowed
+values::
+
+    n_layers: int = 109  # scale-invariant layers, as in ResNet110 {>= 2}
+    lrs: list[float] = [0.01, 0.1]  # learning rates λ {> 0}
+    schedule: str = "cosine"  # {in constant|cosine}
+
+Constraints on a list apply to every element. ``notebooks/profiles.toml``
+holds the ``smoke`` and ``paper`` overrides of each chapter. Every value is
+checked before any chapter runs, and an error names the parameter.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import elr
+
+ROOT = Path(os.environ.get("ELR_ROOT", Path(__file__).resolve().parent.parent))
+NOTEBOOKS = ROOT / "notebooks"
+CHAPTERS_OUT = ROOT / "book" / "chapters"
+PROFILES_FILE = NOTEBOOKS / "profiles.toml"
+PROFILES = ("smoke", "quick", "paper")
+RECORD_JSON = CHAPTERS_OUT / "run_record.json"
+RECORD_MD = CHAPTERS_OUT / "run_record.md"
+
+
+class ParameterError(ValueError):
+    """A chapter parameter that is unknown, of the wrong type or out of range."""
+
+
+class ChapterFailed(RuntimeError):
+    """A chapter raised while executing; ``notebook`` holds the traceback."""
+
+    def __init__(self, chapter: str, notebook: Path, message: str):
+        super().__init__(f"chapter {chapter} failed: {message}\n  the executed notebook with its traceback: {notebook}")
+        self.chapter, self.notebook = chapter, notebook
+
+
+# ------------------------------------------------------------------ chapters
+
+
+def chapters() -> list[str]:
+    """Chapter names (file stems) in reading order."""
+    if not NOTEBOOKS.is_dir():
+        raise FileNotFoundError(f"no chapter sources under {NOTEBOOKS}; run elr from a clone of the repository "
+                                "(pip install -e .) or set ELR_ROOT to it")
+    return sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+
+
+def find_chapter(name: str) -> str:
+    """Resolve '05', '05_large_learning_rates', 'large_learning_rates' or a path to a chapter name."""
+    known = chapters()
+    stem = Path(name).stem
+    hits = [c for c in known if c == stem or c.split("_", 1)[0] == stem or c.split("_", 1)[1] == stem]
+    if len(hits) != 1:
+        raise ParameterError(f"unknown chapter {name!r}; the chapters are: {', '.join(known)}")
+    return hits[0]
+
+
+# ---------------------------------------------------------------- parameters
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One declared chapter parameter."""
+
+    name: str
+    type: str          # 'int', 'float', 'str', 'bool' or 'list[...]' of those
+    default: Any
+    help: str
+    constraints: tuple[str, ...]
+
+    def check(self, value: Any, source: str = "") -> Any:
+        """Coerce ``value`` to this parameter's type and check its constraints; raise ParameterError."""
+        where = f" (from {source})" if source else ""
+        if self.type.startswith("list["):
+            inner = self.type[5:-1]
+            if not isinstance(value, (list, tuple)) or len(value) == 0:
+                raise ParameterError(f"parameter {self.name!r} must be a non-empty list of {inner}, got {value!r}{where}")
+            return [self._check_one(v, inner, where) for v in value]
+        return self._check_one(value, self.type, where)
+
+    def _check_one(self, value: Any, typ: str, where: str) -> Any:
+        expected = _TYPES[typ]
+        ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise ParameterError(f"parameter {self.name!r} must be {typ}, got {value!r} "
+                                 f"({type(value).__name__}){where}")
+        for rule in self.constraints:
+            if not _satisfies(value, rule):
+                raise ParameterError(f"parameter {self.name!r} must satisfy '{rule}', got {value!r}{where}"
+                                     + (f"; it is the {self.help}" if self.help else ""))
+        return value
+
+
+def _satisfies(value: Any, rule: str) -> bool:
+    if rule.startswith("in "):
+        return str(value) in [v.strip() for v in rule[3:].split("|")]
+    m = re.fullmatch(r"%\s*(\d+)\s*==\s*(\d+)", rule)
+    if m:
+        return value % int(m.group(1)) == int(m.group(2))
+    m = re.fullmatch(r"(>=|<=|>|<|!=)\s*(\S+)", rule)
+    if not m:
+        raise ParameterError(f"cannot read the constraint '{rule}'")
+    op, bound = m.group(1), float(m.group(2))
+    return {">": value > bound, ">=": value >= bound, "<": value < bound,
+            "<=": value <= bound, "!=": value != bound}[op]
+
+
+def _source_of(chapter: str) -> Path:
+    return NOTEBOOKS / f"{chapter}.py"
+
+
+def read_parameters(chapter: str) -> dict[str, Parameter]:
+    """Parse the ``parameters`` cell of a chapter without executing anything."""
+    import jupytext
+
+    nb = jupytext.read(_source_of(chapter))
+    cells = [cell for cell in nb.cells if "parameters" in cell.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise ParameterError(f"chapter {chapter} must have exactly one cell tagged 'parameters', has {len(cells)}")
+    src = cells[0].source
+    lines = src.splitlines()
+    params: dict[str, Parameter] = {}
+    for node in ast.parse(src).body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None):
+            raise ParameterError(f"chapter {chapter}: every line of the parameters cell must read "
+                                 f"'name: type = value  # help', not {ast.unparse(node)!r}")
+        typ = ast.unparse(node.annotation)
+        base = typ[5:-1] if typ.startswith("list[") and typ.endswith("]") else typ
+        if base not in _TYPES:
+            raise ParameterError(f"chapter {chapter}: parameter {node.target.id!r} has unsupported type {typ!r}")
+        comment = lines[node.end_lineno - 1][node.end_col_offset:].strip()
+        comment = comment[1:].strip() if comment.startswith("#") else ""
+        m = re.search(r"\{([^{}]*)\}\s*$", comment)
+        constraints = tuple(r.strip() for r in m.group(1).split(",")) if m else ()
+        help_text = comment[: m.start()].strip() if m else comment
+        p = Parameter(node.target.id, typ, ast.literal_eval(node.value), help_text, constraints)
+        p.check(p.default, source="its default")
+        params[p.name] = p
+    return params
+
+
+def load_profiles() -> dict[str, dict[str, dict[str, Any]]]:
+    """``{chapter: {profile: {name: value}}}`` from notebooks/profiles.toml."""
+    if not PROFILES_FILE.exists():
+        return {}
+    with open(PROFILES_FILE, "rb") as fh:
+        data = tomllib.load(fh)
+    for chapter, per in data.items():
+        for profile in per:
+            if profile not in PROFILES:
+                raise ParameterError(f"{PROFILES_FILE}: [{chapter}.{profile}] is not a profile; use one of {PROFILES}")
+    return data
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """Turn ``['lr=0.1', 'lrs=[1, 2]', 'name=text']`` into values (Python literals, else strings)."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ParameterError(f"-p expects name=value, got {pair!r}")
+        name, raw = pair.split("=", 1)
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        out[name.strip()] = value
+    return out
+
+
+def resolve(chapter: str, profile: str = "quick", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """All parameter values for one run: defaults, then the profile, then ``overrides``; all checked."""
+    if profile not in PROFILES:
+        raise ParameterError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+    declared = read_parameters(chapter)
+    values = {name: p.default for name, p in declared.items()}
+    if "profile" in (overrides or {}):
+        raise ParameterError("set the profile with --profile, not -p profile=...")
+    if "profile" in declared:  # a chapter that declares `profile` is told which one it runs at
+        values["profile"] = declared["profile"].check(profile, "--profile")
+    layers = [(load_profiles().get(chapter, {}).get(profile, {}), f"profile {profile} in {PROFILES_FILE.name}"),
+              (overrides or {}, "the command line")]
+    for layer, source in layers:
+        for name, value in layer.items():
+            if name not in declared:
+                raise ParameterError(f"chapter {chapter} has no parameter {name!r} (from {source}); "
+                                     f"it declares: {', '.join(declared)}")
+            values[name] = declared[name].check(value, source)
+    return values
+
+
+# ----------------------------------------------------------------- execution
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _banner(chapter: str, profile: str, values: dict[str, Any]) -> str:
+    declared = read_parameters(chapter)
+    rows = "\n".join(f"| `{k}` | `{v!r}` | {declared[k].help} |" for k, v in values.items())
+    return (f"```{{admonition}} How this chapter ran\n:class: note\n"
+            f"Profile **{profile}**, elr {elr.__version__} (git {git_revision()}). "
+            f"Rerun it with `elr run {chapter} --profile {profile}` or change any value with `-p name=value`.\n\n"
+            f"| parameter | value | meaning |\n|---|---|---|\n{rows}\n```")
+
+
+def _finish_notebook(path: Path, chapter: str, profile: str, values: dict[str, Any]) -> None:
+    """Hide the parameter cells and show the values the chapter ran with, right after them."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    last = -1
+    for i, cell in enumerate(nb.cells):
+        tags = cell.metadata.setdefault("tags", [])
+        if "parameters" in tags or "injected-parameters" in tags:
+            if "remove-cell" not in tags:
+                tags.append("remove-cell")
+            last = i
+    nb.cells.insert(last + 1, nbformat.v4.new_markdown_cell(_banner(chapter, profile, values)))
+    nbformat.write(nb, path)
+
+
+def execute(chapter: str, profile: str = "quick", overrides: dict[str, Any] | None = None,
+            out_dir: Path | None = None, values: dict[str, Any] | None = None) -> Path:
+    """Execute one chapter with papermill into ``out_dir`` (default book/chapters/); return the notebook path.
+
+    Raises ChapterFailed, naming the executed notebook that holds the traceback.
+    """
+    import jupytext
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    values = resolve(chapter, profile, overrides) if values is None else values
+    # papermill's own parser does not read `list[int]` annotations and warns; values were checked above.
+    logging.getLogger("papermill").setLevel(logging.ERROR)
+    out_dir = Path(out_dir or CHAPTERS_OUT)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    output = out_dir / f"{chapter}.ipynb"
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / f"{chapter}.ipynb"
+        nb = jupytext.read(_source_of(chapter))
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        jupytext.write(nb, source)
+        env_backend = os.environ.get("MPLBACKEND")
+        os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+        try:
+            papermill.execute_notebook(str(source), str(output), parameters=values,
+                                       kernel_name="python3", cwd=str(ROOT), progress_bar=False)
+        except PapermillExecutionError as err:
+            _finish_notebook(output, chapter, profile, values)
+            raise ChapterFailed(chapter, output, f"{err.ename}: {err.evalue}") from None
+        finally:
+            if env_backend is None:
+                os.environ.pop("MPLBACKEND", None)
+            else:
+                os.environ["MPLBACKEND"] = env_backend
+    _finish_notebook(output, chapter, profile, values)
+    return output
+
+
+# ---------------------------------------------------------------------- book
+
+
+def _record(entries: dict[str, dict[str, Any]]) -> None:
+    """Write the run record (JSON and the Markdown page the reproducibility page includes)."""
+    CHAPTERS_OUT.mkdir(parents=True, exist_ok=True)
+    tmp = RECORD_JSON.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entries, indent=2, sort_keys=True))
+    tmp.replace(RECORD_JSON)
+    try:
+        import torch
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = "not installed"
+    total = sum(e["seconds"] for e in entries.values())
+    rows = "\n".join(f"| {c} | {e['profile']} | {e['status']} | {e['seconds']:.1f} | {e['finished']} | {e['git']} |"
+                     for c, e in sorted(entries.items()))
+    md = (f"| chapter | profile | status | seconds | finished (UTC) | git |\n|---|---|---|---|---|---|\n{rows}\n"
+          f"| **total** | | | **{total:.1f}** | | |\n\n"
+          f"Machine: {platform.machine()}, {os.cpu_count()} logical CPUs, {platform.system()} "
+          f"{platform.release()}; Python {platform.python_version()}, torch {torch_version}, elr {elr.__version__}.\n")
+    tmp = RECORD_MD.with_suffix(".tmp")
+    tmp.write_text(md)
+    tmp.replace(RECORD_MD)
+
+
+def run_chapters(names: list[str], profile: str, overrides: dict[str, Any] | None = None) -> dict[str, dict]:
+    """Validate every chapter's parameters first, then execute them in order, recording wall times."""
+    plans = {name: resolve(name, profile, overrides) for name in names}  # fails before any compute
+    entries = json.loads(RECORD_JSON.read_text()) if RECORD_JSON.exists() else {}
+    entries = {k: v for k, v in entries.items() if k in chapters()}
+    failures = []
+    for name, values in plans.items():
+        print(f"elr: running {name} at profile {profile} ...", flush=True)
+        start = time.perf_counter()
+        status = "ok"
+        try:
+            path = execute(name, profile, values=values)
+            print(f"elr:   done in {time.perf_counter() - start:.1f} s -> {path.relative_to(ROOT)}", flush=True)
+        except ChapterFailed as err:
+            status = "failed"
+            failures.append(err)
+            print(f"elr:   FAILED in {time.perf_counter() - start:.1f} s\n{err}", file=sys.stderr, flush=True)
+        entries[name] = {"profile": profile, "status": status, "seconds": round(time.perf_counter() - start, 1),
+                         "finished": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "git": git_revision()}
+        _record(entries)
+    if failures:
+        raise failures[0] if len(failures) == 1 else ChapterFailed(
+            ", ".join(f.chapter for f in failures), failures[0].notebook,
+            f"{len(failures)} chapters failed; see the notebooks named above")
+    return entries
+
+
+def build_html() -> Path:
+    """``jupyter-book build -W --keep-going`` on the executed chapters (execution is off in _config.yml)."""
+    missing = [c for c in chapters() if not (CHAPTERS_OUT / f"{c}.ipynb").exists()]
+    if missing:
+        raise ChapterFailed(", ".join(missing), CHAPTERS_OUT, "not executed yet; run `elr book` without --only first")
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(ROOT), "-W", "--keep-going"]
+    print("elr: " + " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"jupyter-book build failed (exit {proc.returncode}); its warnings are printed above")
+    return ROOT / "_build" / "html" / "index.html"
+
+
+def clean_html() -> None:
+    shutil.rmtree(ROOT / "_build", ignore_errors=True)
