@@ -195,6 +195,7 @@ def resolve(chapter: str, profile: str = "quick", overrides: dict[str, Any] | No
     """All parameter values for one run: defaults, then the profile, then ``overrides``; all checked."""
     if profile not in PROFILES:
         raise ParameterError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+    chapter = find_chapter(chapter)
     declared = read_parameters(chapter)
     values = {name: p.default for name, p in declared.items()}
     if "profile" in (overrides or {}):

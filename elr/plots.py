@@ -26,14 +26,16 @@ def setup(width: float = 7.0, height: float = 3.2) -> None:
     })
 
 
-def glue(name: str, value, display: bool = False):
-    """Store a figure or value in the executed notebook for ``{glue:figure}`` / ``{glue:text}`` in the book."""
+def glue(name: str, value, display: bool = False) -> None:
+    """Store a figure or value in the executed notebook for ``{glue:figure}`` / ``{glue:text}`` in the book.
+
+    Returns None, so that a glue call ending a cell does not also print the value.
+    """
     from myst_nb import glue as _glue
 
     _glue(name, value, display=display)
     if isinstance(value, mpl.figure.Figure):
         plt.close(value)
-    return value
 
 
 def _axes(ax):

@@ -12,6 +12,7 @@ the learning rate λ; suffixes ``j``, ``k`` name two layers.
 from __future__ import annotations
 
 import math
+import textwrap
 import traceback
 from dataclasses import dataclass
 from fractions import Fraction
@@ -42,6 +43,13 @@ class Check:
     def line(self) -> str:
         mark = "ok  " if self.ok else "FAIL"
         return f"[{mark}] {self.ref:<14} {self.statement} -- {self.method}: {self.detail}"
+
+    def report(self, width: int = 88) -> str:
+        """The same, wrapped over several lines for a page."""
+        wrap = lambda label, text: textwrap.fill(text, width, initial_indent=label,  # noqa: E731
+                                                 subsequent_indent=" " * len(label))
+        return "\n".join([f"{'verified' if self.ok else 'FAILED'}: {self.ref}, {self.statement}",
+                          wrap("  how:    ", self.method), wrap("  result: ", self.detail)])
 
 
 # ------------------------------------------------------------ the model, symbolically
@@ -113,6 +121,16 @@ def derive_flip_factor():
 # ----------------------------------------------------------------------- checks
 
 
+def statement(ref: str):
+    """Mark a check with the paper reference it verifies (used when the check itself raises)."""
+    def mark(fn):
+        fn.ref = ref
+        return fn
+    return mark
+
+
+
+@statement('Eqs. 1-2')
 def check_scale_invariance() -> Check:
     """Eqs. (1)-(2) for a linear layer followed by batch normalisation (3 samples, 2 weights)."""
     w1, w2 = sp.symbols("w1 w2", real=True)
@@ -148,6 +166,7 @@ def check_scale_invariance() -> Check:
                      f"{num_inv:.1e}, {num_scale:.1e}, cos={num_orth:.1e}")
 
 
+@statement('Thm. 3.4')
 def check_theorem_3_4() -> Check:
     """Closed form of the gradient flow, against elr.dynamics and the discrete model as λ → 0."""
     _, sol, s0 = derive_closed_form()
@@ -175,6 +194,7 @@ def check_theorem_3_4() -> Check:
                      + f" (shrinks by {orders[0]:.2f}, {orders[1]:.2f}: first order in λ²)")
 
 
+@statement('Thm. 3.5')
 def check_theorem_3_5() -> Check:
     """ELR ratios under the gradient flow tend to 1."""
     _, sol, s0 = derive_closed_form()
@@ -194,6 +214,7 @@ def check_theorem_3_5() -> Check:
                  ok, f"limit = {lim}; max |ln R| from {early.max():.2f} at t=0 to {late.max():.1e}")
 
 
+@statement('Lemma (ours)')
 def check_elr_map() -> Check:
     """Our lemma: E' = E/(1+λ²E²); its maximum 1/(2λ) bounds every ELR after one step."""
     e_next, mapped = derive_elr_map()
@@ -218,6 +239,7 @@ def check_elr_map() -> Check:
                      f"rel. err {err:.1e}; bound holds {bound}")
 
 
+@statement('Prop. 3.7')
 def check_proposition_3_7() -> Check:
     """Ratios shrink: R_{jk} decreases iff R_jk > 1 (Eqs. 19-23)."""
     r_now = ratio(sj, cj, sk, ck)
@@ -239,6 +261,7 @@ def check_proposition_3_7() -> Check:
                  ok, f"Eq. 22 {matches_eq22}; (Eq.20)/(R-1) = {factor} > 0: {positive}; numeric agreement {agree}")
 
 
+@statement('Prop. 3.9')
 def check_proposition_3_9() -> Check:
     """Flipping conditions: sign(R' − 1) = sign(R − 1) · sign(κ − λ) (Eqs. 25-30)."""
     r_now, r_next = ratio(sj, cj, sk, ck), ratio(step(sj, cj), cj, step(sk, ck), ck)
@@ -268,6 +291,7 @@ def check_proposition_3_9() -> Check:
                      f"numeric flips agree {agree}, merge err {merge_err:.1e}")
 
 
+@statement('Prop. A.1')
 def check_proposition_a_1() -> Check:
     """Flip at most once: the expansion of κ²(t+1), Eqs. (47)-(52), and our stronger bound κ' >= 2λ."""
     r_now, k2 = ratio(sj, cj, sk, ck), kappa2(sj, cj, sk, ck)
@@ -302,6 +326,7 @@ def _pairwise_min_kappa(e: np.ndarray) -> np.ndarray:
     return 1 / np.sqrt(top2[..., 0] * top2[..., 1])
 
 
+@statement('Thm. 3.6')
 def check_theorem_3_6(n_max: int = 1_000_000) -> Check:
     """Substitution x = σ²/(cλ) and the asymptotics x_n² = x0² + 2n + ½ ln n + O(1)."""
     x_next = step(s, c) / (c * lam)
@@ -337,6 +362,7 @@ def check_theorem_3_6(n_max: int = 1_000_000) -> Check:
                      + f"; remainder moves {settle:.1e} (x0 + 1/x0 <= 4); x_n/x̄_n − 1 at n={n_max:,}: {ratio_err:.1e}")
 
 
+@statement('Cor. 3.10')
 def check_corollary_3_10() -> Check:
     """Subcritical warm-up: no ratio flips, and L distinct ELRs become equal after exactly L − 1 steps."""
     r_hh = ratio(step(sj, cj), cj, step(sk, ck), ck).subs(lam, sp.sqrt(kappa2(sj, cj, sk, ck)))
@@ -404,7 +430,7 @@ def prove_all(checks=CHECKS) -> list[Check]:
         try:
             results.append(fn())
         except Exception as err:  # a crashing derivation is a failed statement, not a crash of `elr prove`
-            name = fn.__name__.removeprefix("check_")
+            name = getattr(fn, "ref", fn.__name__)
             results.append(Check(name, "(derivation raised)", "", False,
                                  f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"))
     return results

@@ -60,7 +60,7 @@ plots.setup()
 
 # %%
 invariance = symbolic.check_scale_invariance()
-print(invariance.line())
+print(invariance.report())
 
 # %% [markdown]
 # ## One SGD step grows the weight norm

@@ -78,7 +78,7 @@ display(Math(r"\sigma^2(t) = " + sp.latex(solution)))
 
 # %%
 closed = symbolic.check_theorem_3_4()
-print(closed.line())
+print(closed.report())
 
 # %% [markdown]
 # ## All ELRs become equal
@@ -92,7 +92,7 @@ print(closed.line())
 
 # %%
 limit = symbolic.check_theorem_3_5()
-print(limit.line())
+print(limit.report())
 
 # %% [markdown]
 # ## The discrete model against the flow

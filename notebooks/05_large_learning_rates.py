@@ -58,7 +58,7 @@ plots.setup()
 # %%
 display(Math(r"f_\lambda(E_j) - f_\lambda(E_k) = " + sp.latex(symbolic.derive_flip_factor())))
 elr_map = symbolic.check_elr_map()
-print(elr_map.line())
+print(elr_map.report())
 
 # %% [markdown]
 # The sign of $f_\lambda(E_j) - f_\lambda(E_k)$ is that of $E_j - E_k$
@@ -101,7 +101,7 @@ plots.glue("ch05-elr-map", fig)
 
 # %%
 shrink = symbolic.check_proposition_3_7()
-print(shrink.line())
+print(shrink.report())
 
 # %% [markdown]
 # ## Flipping and the critical learning rate (Proposition 3.9)
@@ -123,7 +123,7 @@ print(shrink.line())
 
 # %%
 flip = symbolic.check_proposition_3_9()
-print(flip.line())
+print(flip.report())
 
 # %% [markdown]
 # ## A ratio flips at most once, and only in the first step (Proposition A.1)
@@ -146,7 +146,7 @@ print(flip.line())
 
 # %%
 once = symbolic.check_proposition_a_1()
-print(once.line())
+print(once.report())
 
 # %% [markdown]
 # ## Convergence at any constant learning rate (Theorem 3.6)
@@ -176,7 +176,7 @@ print(once.line())
 
 # %%
 converge = symbolic.check_theorem_3_6()
-print(converge.line())
+print(converge.report())
 
 x0 = np.array([0.1, 1.0, 10.0])
 seq = dynamics.normalised_sequence(x0, n_asymptotic)

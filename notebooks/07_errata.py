@@ -41,7 +41,7 @@ generator = torch.Generator().manual_seed(seed)
 rng = np.random.default_rng(seed)
 
 # %% [markdown]
-# ## 1. Algorithm 1 (random walk) keeps the wrong component and the wrong scale
+# ## Algorithm 1 (random walk) keeps the wrong component and the wrong scale
 #
 # **Printed.** For each layer with $e$ weights: $\sigma \leftarrow
 # \lVert\nabla W\rVert_2 / e$, $R \sim \mathcal{N}(0,\sigma^2)^e$, and then
@@ -87,7 +87,7 @@ display(Markdown(
 # projection of $R$ onto the unit vector $W/\lVert W\rVert$ is one normal
 # draw of standard deviation $\lVert\nabla W\rVert/e$.
 #
-# ## 2. Proposition 3.9 (3): the ratio is not stationary at $\lambda = \kappa_{jk}$
+# ## Proposition 3.9 (3): the ratio is not stationary at $\lambda = \kappa_{jk}$
 #
 # **Printed.** "The ratio $E_j/E_k$ has reached a stationary point at a given
 # time step $t_i$, i.e. $R_{jk}(t_j) = R_{jk}(t_{j+1})$ for all $j \ge i$, if
@@ -110,7 +110,7 @@ ratios = pair.elr[:, 0] / pair.elr[:, 1]
 display(Markdown("R over steps with λ = κ, then 0.3, then 5: " + ", ".join(f"{r:.15g}" for r in ratios)))
 
 # %% [markdown]
-# ## 3. The proof of Theorem 3.6 (Appendix A)
+# ## The proof of Theorem 3.6 (Appendix A)
 #
 # **Printed.** Eq. (40) unrolls $x_i^2$ with terms $1/u_k^2$ where $x_k$ is
 # meant; the next line says "$x_j \ge 2(j-1)$"; Eq. (41) ends its upper
@@ -150,7 +150,7 @@ ax_a.set(xlabel="j", ylabel="$x_j$")
 ax_a.legend()
 
 # %% [markdown]
-# ## 4. Corollary 3.10: $L - 1$ steps, and ties
+# ## Corollary 3.10: $L - 1$ steps, and ties
 #
 # **Printed.** With $\lambda(t_i) = \kappa_{hh'}(t_i)$, "$h, h'$ the two layers
 # with the highest effective learning rates", all ratios "converge to 1 in
@@ -165,7 +165,7 @@ ax_a.legend()
 
 # %%
 cor = symbolic.check_corollary_3_10()
-print(cor.line())
+print(cor.report())
 c_rand = np.exp(rng.uniform(-3, 3, n_layers))
 start = np.full(n_layers, dynamics.SIGMA2_HE)
 distinct = dynamics.simulate(start, c_rand, dynamics.subcritical_policy(), n_steps=n_layers + 2)
@@ -193,7 +193,7 @@ display(Markdown(f"Spread after L − 1 = {n_layers - 1} steps: {distinct.spread
 # read as the highest ELR strictly below the top, and read literally.
 # ```
 #
-# ## 5. $k_0 = 4$ is per output unit
+# ## $k_0 = 4$ is per output unit
 #
 # **Printed.** "Assuming He initialization, the expected initial squared
 # weight norm is 2 for layer width $n$. Thus $k_0 = 4$."

@@ -1,0 +1,158 @@
+"""elr.book and the `elr` command: parameter validation before any compute, execution, failure reporting."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from elr import book, cli
+
+CHAPTERS = book.chapters()
+
+
+def test_chapters_are_in_the_toc():
+    toc = (book.ROOT / "_toc.yml").read_text()
+    for name in CHAPTERS:
+        assert f"book/chapters/{name}" in toc
+    assert len(CHAPTERS) >= 5
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+@pytest.mark.parametrize("profile", book.PROFILES)
+def test_every_profile_resolves(name, profile):
+    values = book.resolve(name, profile)
+    assert set(values) >= set(book.read_parameters(name))
+
+
+def test_find_chapter_accepts_number_slug_and_path():
+    assert book.find_chapter("05") == "05_large_learning_rates"
+    assert book.find_chapter("large_learning_rates") == "05_large_learning_rates"
+    assert book.find_chapter("notebooks/05_large_learning_rates.py") == "05_large_learning_rates"
+    with pytest.raises(book.ParameterError, match="unknown chapter"):
+        book.find_chapter("99")
+
+
+def test_parameters_are_parsed_with_types_and_constraints():
+    params = book.read_parameters("05_large_learning_rates")
+    assert params["n_layers"].type == "int" and params["n_layers"].constraints == (">= 2",)
+    assert "ResNet110" in params["n_layers"].help
+
+
+@pytest.mark.parametrize("pair, message", [
+    ("nonsense=1", "has no parameter 'nonsense'"),
+    ("n_layers=0", "parameter 'n_layers' must satisfy '>= 2'"),
+    ("n_layers=2.5", "parameter 'n_layers' must be int"),
+    ("lr_decades=-1", "parameter 'lr_decades' must satisfy '> 0'"),
+    ("n_steps=ten", "parameter 'n_steps' must be int"),
+])
+def test_bad_parameters_are_refused(pair, message):
+    with pytest.raises(book.ParameterError, match=message):
+        book.resolve("05", "quick", book.parse_overrides([pair]))
+
+
+def test_list_parameters_are_checked_elementwise():
+    with pytest.raises(book.ParameterError, match="'lrs' must satisfy '> 0'"):
+        book.resolve("04_gradient_flow", "quick", {"lrs": [0.1, -0.2]})
+    with pytest.raises(book.ParameterError, match="non-empty list"):
+        book.resolve("04_gradient_flow", "quick", {"lrs": []})
+    with pytest.raises(book.ParameterError, match="%6==2"):
+        book.resolve("03_discrete_model", "quick", {"resnet_depths": [51]})
+    assert book.resolve("04_gradient_flow", "quick", {"lrs": [1, 0.5]})["lrs"] == [1.0, 0.5]
+
+
+def test_unknown_profile_and_profile_override_are_refused():
+    with pytest.raises(book.ParameterError, match="unknown profile"):
+        book.resolve("05", "huge")
+    with pytest.raises(book.ParameterError, match="--profile"):
+        book.resolve("05", "quick", {"profile": "paper"})
+
+
+def test_elr_run_with_bad_parameter_fails_fast_with_a_clear_message():
+    env = dict(os.environ)
+    proc = subprocess.run([sys.executable, "-m", "elr.cli", "run", "05", "-p", "lr_decades=-3"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2
+    assert "parameter 'lr_decades' must satisfy '> 0'" in proc.stderr
+    assert "running" not in proc.stdout  # nothing was executed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_every_chapter_executes_at_the_smoke_profile(name, tmp_path):
+    out = book.execute(name, "smoke", out_dir=tmp_path)
+    nb = nbformat.read(out, as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    # glued figures are stored under a prefixed MIME type, e.g. application/papermill.record/image/png
+    assert any(k.endswith("image/png") for o in outputs for k in o.get("data", {})), "every chapter has a figure"
+    assert any("all claims of this chapter hold" in o.get("text", "") for o in outputs), "its checks ran"
+    banner = [c for c in nb.cells if c.cell_type == "markdown" and "How this chapter ran" in c.source]
+    assert banner and "Profile **smoke**" in banner[0].source
+    hidden = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert hidden and all("remove-cell" in c.metadata["tags"] for c in hidden)
+
+
+@pytest.fixture
+def scratch_book(tmp_path, monkeypatch):
+    """A one-chapter book in tmp_path, so failure tests do not touch the real one."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    monkeypatch.setattr(book, "NOTEBOOKS", notebooks)
+    monkeypatch.setattr(book, "CHAPTERS_OUT", tmp_path / "out")
+    monkeypatch.setattr(book, "PROFILES_FILE", notebooks / "profiles.toml")
+    monkeypatch.setattr(book, "RECORD_JSON", tmp_path / "out" / "run_record.json")
+    monkeypatch.setattr(book, "RECORD_MD", tmp_path / "out" / "run_record.md")
+    return notebooks
+
+
+FAILING = '''# %% tags=["parameters"]
+n: int = 3  # how many {>= 1}
+
+# %%
+assert n > 5, "n is too small"
+'''
+
+
+@pytest.mark.slow
+def test_a_failing_chapter_exits_nonzero_and_keeps_its_traceback(scratch_book, capsys):
+    (scratch_book / "01_fails.py").write_text(FAILING)
+    assert cli.main(["run", "01"]) == 1
+    err = capsys.readouterr().err
+    out = book.CHAPTERS_OUT / "01_fails.ipynb"
+    assert "chapter 01_fails failed" in err and str(out) in err
+    nb = nbformat.read(out, as_version=4)
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert errors and errors[0]["evalue"] == "n is too small"
+    record = json.loads(book.RECORD_JSON.read_text())
+    assert record["01_fails"]["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_overrides_reach_the_chapter(scratch_book):
+    (scratch_book / "01_fails.py").write_text(FAILING)
+    out = book.execute("01_fails", "quick", {"n": 7}, out_dir=book.CHAPTERS_OUT)
+    nb = nbformat.read(out, as_version=4)
+    assert "`n` | `7`" in "".join(c.source for c in nb.cells if c.cell_type == "markdown")
+
+
+@pytest.mark.slow
+def test_a_broken_formula_fails_the_tests_and_prove(tmp_path):
+    """Mutation check: the 2 of the closed form (Eq. 12) becomes 1 in a copy of the package."""
+    shutil.copytree(book.ROOT / "elr", tmp_path / "elr")
+    shutil.copytree(book.ROOT / "tests", tmp_path / "tests")
+    target = tmp_path / "elr" / "dynamics.py"
+    src = target.read_text()
+    assert "np.sqrt(2.0 * c**2 * t + sigma2_0**2)" in src
+    target.write_text(src.replace("np.sqrt(2.0 * c**2 * t + sigma2_0**2)", "np.sqrt(1.0 * c**2 * t + sigma2_0**2)"))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "ELR_ROOT": str(book.ROOT)}
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                            str(tmp_path / "tests" / "test_dynamics.py")],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert tests.returncode == 1, tests.stdout[-2000:]
+    prove = subprocess.run([sys.executable, "-m", "elr.cli", "prove"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert prove.returncode == 1 and "[FAIL] Thm. 3.4" in prove.stdout
