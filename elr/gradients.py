@@ -50,3 +50,73 @@ def random_walk_as_printed(grad: torch.Tensor, weight: torch.Tensor,
     r = torch.randn(weight.shape, generator=generator, dtype=torch.float64) * sigma.to(torch.float64)
     v = weight.detach().to(torch.float64)
     return ((r * v).sum() / (v * v).sum() * v).to(grad.dtype)
+
+
+def _layer_weights(model_or_weights) -> list[torch.Tensor]:
+    from torch import nn
+
+    from elr.nets import scale_invariant_layers
+
+    if isinstance(model_or_weights, nn.Module):
+        return [m.weight for _, m in scale_invariant_layers(model_or_weights)]
+    return list(model_or_weights)
+
+
+class RandomWalk:
+    """Replace every scale-invariant layer's gradient by :func:`random_walk_direction` (Def. 4.2).
+
+    Call between ``backward()`` and ``optimizer.step()``. Seeded by its own
+    generator, so a run with the random walk is reproducible.
+    """
+
+    def __init__(self, model_or_weights, seed: int = 0, per_channel: bool = True):
+        self.weights = _layer_weights(model_or_weights)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.per_channel = per_channel
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        for w in self.weights:
+            if w.grad is not None:
+                w.grad.copy_(random_walk_direction(w.grad, w, self.generator, self.per_channel))
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class ConstrainELR:
+    """The paper's constrained-ELR training, Eq. (33): ∇W ← ∇W · E_goal / (E + ε), E = ‖∇W‖/‖W‖.
+
+    Before each step every layer's weight (and, consistently, its gradient) is
+    divided by the largest layer weight norm, so the norms that SGD keeps
+    growing never overflow; a scale-invariant network computes the same
+    function. After the call every layer's ELR is E_goal·E/(E+ε).
+    """
+
+    def __init__(self, model_or_weights, elr_goal: float, eps: float = 1e-5):
+        if not elr_goal > 0:
+            raise ValueError(f"elr_goal must be > 0, got {elr_goal}")
+        self.weights = _layer_weights(model_or_weights)
+        self.elr_goal, self.eps = elr_goal, eps
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        grads = [w.grad for w in self.weights]
+        w_norms = torch.stack([w.detach().norm() for w in self.weights])
+        g_norms = torch.stack([g.norm() if g is not None else w_norms.new_zeros(()) for g in grads])
+        elr = g_norms / w_norms.clamp_min(torch.finfo(w_norms.dtype).tiny)
+        scale = self.elr_goal / (elr + self.eps)
+        top = w_norms.max().clamp_min(torch.finfo(w_norms.dtype).tiny)
+        for w, g, s in zip(self.weights, grads, scale):
+            w.div_(top)
+            if g is not None:
+                g.mul_(s / top)  # the gradient follows its weight's rescaling: ELR = E_goal·E/(E+ε)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

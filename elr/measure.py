@@ -1,0 +1,227 @@
+"""Measuring effective learning rates in any PyTorch training loop.
+
+::
+
+    monitor = ELRMonitor(model, every=10)          # the scale-invariant layers of the model
+    for step, (x, y) in enumerate(loader):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(); loss.backward()
+        monitor.observe_gradients(step)             # gradient ELR ‖∇W‖/‖W‖
+        opt.step()
+        monitor.observe_update(step)                # update ELR ‖ΔW‖/‖W_before‖
+    monitor.records.spread("elr_grad_max")          # S_rel per logged step
+
+On a logged step the monitor computes all squared norms (per output channel,
+for every layer) as one batched computation on the device and moves them to
+the host in one transfer; on other steps both calls return at once. Layer
+values are Frobenius norms over the whole layer; ``elr_grad_max`` and
+``elr_update_max`` are the maximum over output channels, the paper's choice
+(Sec. 4.3.1).
+
+A weight whose norm is zero has no ELR: its ELRs are recorded as NaN, never
+as a division by zero, and ``Records.spread`` returns NaN for a step that
+contains one.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from elr import dynamics
+from elr.nets import scale_invariant_layers
+
+#: Quantities recorded per layer (channel = -1) and, with ``per_channel``, per output channel.
+LAYER_QUANTITIES = ("weight_norm", "grad_norm", "elr_grad", "elr_grad_max",
+                    "update_norm", "elr_update", "elr_update_max")
+CHANNEL_QUANTITIES = ("weight_norm", "grad_norm", "elr_grad", "update_norm", "elr_update")
+QUANTITIES = LAYER_QUANTITIES  # every name that can appear; channel rows use a subset
+_CODE = {q: i for i, q in enumerate(QUANTITIES)}
+
+
+@dataclass
+class Records:
+    """A tidy table of measurements: one row per (step, layer, channel, quantity).
+
+    ``layer`` indexes ``layer_names``; ``depth`` is the same index (0 = lowest
+    scale-invariant layer); ``channel`` is -1 for a whole-layer value.
+    """
+
+    layer_names: list[str]
+    _chunks: list[np.ndarray] = field(default_factory=list, repr=False)
+
+    _DTYPE = np.dtype([("step", "i8"), ("layer", "i4"), ("channel", "i4"), ("quantity", "i1"), ("value", "f8")])
+
+    def add(self, step: int, layer: np.ndarray, channel: np.ndarray, quantity: str, value: np.ndarray) -> None:
+        rows = np.empty(len(value), dtype=self._DTYPE)
+        rows["step"], rows["layer"], rows["channel"] = step, layer, channel
+        rows["quantity"], rows["value"] = _CODE[quantity], value
+        self._chunks.append(rows)
+
+    @property
+    def table(self) -> np.ndarray:
+        if len(self._chunks) != 1:
+            self._chunks = [np.concatenate(self._chunks) if self._chunks else np.empty(0, dtype=self._DTYPE)]
+        return self._chunks[0]
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def rows(self) -> Iterable[tuple[int, str, int, int, str, float]]:
+        """(step, layer, depth, channel, quantity, value) tuples."""
+        for r in self.table:
+            yield int(r["step"]), self.layer_names[r["layer"]], int(r["layer"]), int(r["channel"]), \
+                QUANTITIES[r["quantity"]], float(r["value"])
+
+    def steps(self) -> np.ndarray:
+        return np.unique(self.table["step"])
+
+    def matrix(self, quantity: str, channel: int = -1) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) with values of shape (n_steps, n_layers) for a layer quantity."""
+        t = self.table
+        sel = t[(t["quantity"] == _CODE[quantity]) & (t["channel"] == channel)]
+        steps = np.unique(sel["step"])
+        out = np.full((len(steps), len(self.layer_names)), np.nan)
+        out[np.searchsorted(steps, sel["step"]), sel["layer"]] = sel["value"]
+        return steps, out
+
+    def channels(self, quantity: str, step: int, layer: int) -> np.ndarray:
+        """Per-channel values of one layer at one step (needs ``per_channel=True``)."""
+        t = self.table
+        sel = t[(t["quantity"] == _CODE[quantity]) & (t["step"] == step) & (t["layer"] == layer) & (t["channel"] >= 0)]
+        return sel["value"][np.argsort(sel["channel"])]
+
+    def spread(self, quantity: str = "elr_grad_max") -> tuple[np.ndarray, np.ndarray]:
+        """(steps, S_rel) with S_rel = std over layers of ln ELR (Def. 4.1); NaN where a layer has no ELR."""
+        steps, values = self.matrix(quantity)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return steps, dynamics.relative_spread(values)
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (a temporary file renamed into place) as .npz."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+        os.close(fd)
+        np.savez(tmp, table=self.table, layer_names=np.array(self.layer_names), quantities=np.array(QUANTITIES))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Records":
+        with np.load(path) as data:
+            if tuple(data["quantities"]) != QUANTITIES:
+                raise ValueError(f"{path} was written with quantities {tuple(data['quantities'])}, "
+                                 f"this elr reads {QUANTITIES}")
+            return cls(list(data["layer_names"]), [data["table"].copy()])
+
+
+class ELRMonitor:
+    """Gradient and update ELRs of the scale-invariant layers of a model, every ``every`` steps."""
+
+    def __init__(self, model: nn.Module | Sequence[tuple[str, nn.Module]], every: int = 1, per_channel: bool = False):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        layers = scale_invariant_layers(model) if isinstance(model, nn.Module) else list(model)
+        if not layers:
+            raise ValueError("the model has no scale-invariant layers to monitor")
+        self.names = [n for n, _ in layers]
+        self.weights = [m.weight for _, m in layers]
+        self.every, self.per_channel = every, per_channel
+        self.channels = [w.shape[0] if w.dim() > 1 else 1 for w in self.weights]
+        offsets = np.cumsum([0] + self.channels)
+        self._slices = [slice(a, b) for a, b in zip(offsets[:-1], offsets[1:])]
+        self._layer_of_channel = np.repeat(np.arange(len(self.weights)), self.channels)
+        self._channel_index = np.concatenate([np.arange(c) for c in self.channels])
+        self.records = Records(self.names)
+        self.transfers = 0  # device-to-host transfers so far (one per logged step)
+        self._pending: tuple[int, torch.Tensor, torch.Tensor, list[torch.Tensor]] | None = None
+
+    def logs(self, step: int) -> bool:
+        return step % self.every == 0
+
+    @staticmethod
+    def _channel_sq(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Squared norms of every output channel of every tensor, concatenated (float32 or wider)."""
+        return torch.cat([t.detach().reshape(t.shape[0] if t.dim() > 1 else 1, -1).to(
+            torch.promote_types(t.dtype, torch.float32)).square().sum(dim=1) for t in tensors])
+
+    @torch.no_grad()
+    def observe_gradients(self, step: int) -> None:
+        """Call after ``backward()``: gradient and weight norms (kept on the device until the update)."""
+        if not self.logs(step):
+            return
+        if self._pending is not None:
+            self.flush()
+        grads = [w.grad if w.grad is not None else torch.zeros_like(w) for w in self.weights]
+        before = [w.detach().clone() for w in self.weights]
+        self._pending = (step, self._channel_sq(self.weights), self._channel_sq(grads), before)
+
+    @torch.no_grad()
+    def observe_update(self, step: int) -> None:
+        """Call after ``optimizer.step()``: the update norms, then one transfer of everything."""
+        if self._pending is None or self._pending[0] != step:
+            return
+        _, w_sq, g_sq, before = self._pending
+        u_sq = self._channel_sq([w.detach() - b for w, b in zip(self.weights, before)])
+        self._transfer(step, w_sq, g_sq, u_sq)
+
+    def flush(self) -> None:
+        """Record pending gradient measurements without an update (e.g. when measuring at initialisation)."""
+        if self._pending is not None:
+            step, w_sq, g_sq, _ = self._pending
+            self._transfer(step, w_sq, g_sq, None)
+
+    def _transfer(self, step, w_sq, g_sq, u_sq) -> None:
+        self._pending = None
+        parts = [w_sq, g_sq] + ([u_sq] if u_sq is not None else [])
+        host = torch.stack([p.to(torch.float64) for p in parts]).cpu().numpy()  # the one transfer
+        self.transfers += 1
+        self._record(step, host[0], host[1], host[2] if u_sq is not None else None)
+
+    def _record(self, step: int, w_sq: np.ndarray, g_sq: np.ndarray, u_sq: np.ndarray | None) -> None:
+        n_layers = len(self.weights)
+        layer_idx, minus1 = np.arange(n_layers), np.full(n_layers, -1)
+        w_layer = np.sqrt([w_sq[s].sum() for s in self._slices])
+        w_chan = np.sqrt(w_sq)
+        pairs = [("grad", g_sq)] + ([("update", u_sq)] if u_sq is not None else [])
+        self.records.add(step, layer_idx, minus1, "weight_norm", w_layer)
+        if self.per_channel:
+            self.records.add(step, self._layer_of_channel, self._channel_index, "weight_norm", w_chan)
+        for kind, sq in pairs:
+            n_layer = np.sqrt([sq[s].sum() for s in self._slices])
+            n_chan = np.sqrt(sq)
+            e_layer = _ratio(n_layer, w_layer)
+            e_chan = _ratio(n_chan, w_chan)
+            e_max = np.array([np.max(e_chan[s]) for s in self._slices])
+            self.records.add(step, layer_idx, minus1, f"{kind}_norm", n_layer)
+            self.records.add(step, layer_idx, minus1, f"elr_{kind}", e_layer)
+            self.records.add(step, layer_idx, minus1, f"elr_{kind}_max", e_max)
+            if self.per_channel:
+                self.records.add(step, self._layer_of_channel, self._channel_index, f"{kind}_norm", n_chan)
+                self.records.add(step, self._layer_of_channel, self._channel_index, f"elr_{kind}", e_chan)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num/den, NaN where den == 0 (a zero-norm weight has no ELR)."""
+    out = np.full(np.shape(num), np.nan)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def measure_once(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, per_channel: bool = False,
+                 loss_fn=nn.functional.cross_entropy) -> Records:
+    """ELRs of one forward/backward pass (train mode, no optimiser step), e.g. at initialisation."""
+    monitor = ELRMonitor(model, per_channel=per_channel)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    loss_fn(model(inputs), targets).backward()
+    monitor.observe_gradients(0)
+    monitor.flush()
+    return monitor.records
