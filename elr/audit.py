@@ -125,7 +125,7 @@ def _trace_reason(gm: fx.GraphModule, module_name: str) -> str:
         ins = arg_states(node)
         live = [s for s in ins if s != CONST]
         if node.op == "output":
-            final = _combine(ins)[0] if ins else CONST
+            final = ins[0] if len(ins) == 1 else (_combine(ins)[0] if ins else CONST)
             if final in (INV, CONST):
                 return absorbed or "the output does not depend on this weight"
             if final in (HOM, SHIFTED):

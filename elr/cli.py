@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from elr import book
@@ -46,6 +47,100 @@ def _cmd_prove(args) -> int:
     return 1 if failed else 0
 
 
+def _example_input(name: str, batch: int = 4):
+    import torch
+
+    from elr import nets
+
+    if name.startswith("bnrelu"):
+        return torch.randn(max(batch, 8), 64, generator=torch.Generator().manual_seed(0))
+    size = 64 if name == "resnet101" else 32
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def _cmd_audit(args) -> int:
+    from elr import audit, nets
+
+    kwargs = {} if args.model.startswith("bnrelu") else {"shortcut": not args.no_shortcut}
+    model = nets.build(args.model, bn_affine=args.bn_affine, **kwargs)
+    rows = audit.audit(model, _example_input(args.model))
+    if args.json:
+        print(json.dumps([{**r.__dict__, "verdict": r.verdict} for r in rows], indent=2))
+    else:
+        print(audit.format_table(rows))
+        n = sum(r.invariant for r in rows)
+        print(f"\n{n} of {len(rows)} parameters auto-tune (output unchanged, in float64 with BN eps 1e-12, "
+              f"when the parameter is scaled by 0.5 or 3)")
+    return 0
+
+
+def _cmd_measure(args) -> int:
+    import tempfile
+
+    import numpy as np
+
+    from elr import dynamics, train
+
+    cfg = train.TrainConfig(model=args.model, shortcut=not args.no_shortcut, steps=max(args.steps, 1),
+                            lr=args.lr if args.steps else 1e-12, batch_size=args.batch_size, dataset=args.dataset,
+                            data_root=args.data_root, transform="random_walk" if args.random_walk else "none",
+                            log_every=max(args.steps, 1), seed=args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.steps == 0:
+            result = _measure_at_init(cfg)
+        else:
+            result = train.train(cfg, tmp).records
+    steps, elr_max = result.matrix("elr_grad_max")
+    e = elr_max[-1]
+    out = {"model": args.model, "shortcut": not args.no_shortcut, "dataset": args.dataset, "step": int(steps[-1]),
+           "after_steps": args.steps, "lr": args.lr if args.steps else None, "random_walk": args.random_walk,
+           "layers": result.layer_names, "elr": [float(v) for v in e],
+           "s_rel": float(dynamics.relative_spread(e)),
+           "critical_lr": float(dynamics.critical_lr(e)), "subcritical_lr": float(dynamics.subcritical_lr(e))}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for name, v in zip(out["layers"], out["elr"]):
+            print(f"{name:<28} {v:.4e}")
+        print(f"S_rel = {out['s_rel']:.4f}; κ_ℓh = {out['critical_lr']:.3e}; κ_hh' = {out['subcritical_lr']:.3e} "
+              f"({'after %d steps' % args.steps if args.steps else 'at initialisation'}, {args.dataset})")
+    return 0
+
+
+def _measure_at_init(cfg):
+    import torch
+
+    from elr import data, measure, train
+
+    ds = data.load(cfg.dataset, True, cfg.data_root)
+    torch.manual_seed(cfg.seed)
+    model = train.build_model(cfg, ds.shape[0], ds.num_classes, int(torch.tensor(ds.shape).prod()))
+    return measure.measure_once(model, ds.inputs[: cfg.batch_size], ds.labels[: cfg.batch_size])
+
+
+def _cmd_train(args) -> int:
+    from elr import train
+
+    values = json.loads(open(args.config).read()) if args.config else {}
+    values.update(book.parse_overrides(args.set or []))
+    if "milestones" in values:
+        values["milestones"] = tuple(values["milestones"])
+    cfg = train.TrainConfig.from_dict(values)
+    run_dir = args.run_dir or f"runs/{cfg.key()}"
+    result = train.train(cfg, run_dir, resume=not args.fresh)
+    print(json.dumps({"run_dir": str(result.run_dir), "status": result.status, "diverged_at": result.diverged_at,
+                      "final": result.metrics["final"]}, indent=2))
+    return 0
+
+
+def _cmd_data(args) -> int:
+    from elr import data
+
+    ds = data.load(args.name, True, args.root, download=True)
+    print(f"elr: {getattr(ds, 'description', args.name)} under {args.root}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="elr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,10 +164,45 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("prove", help="check every statement of the paper symbolically and numerically")
     p.set_defaults(func=_cmd_prove)
 
+    p = sub.add_parser("audit", help="which weights of a model auto-tune (are scale-invariant), and why")
+    p.add_argument("model", help="resnet20, resnet56, resnet110, resnet<6n+2>, resnet101, bnrelu<depth>")
+    p.add_argument("--no-shortcut", action="store_true", help="the paper's NoShort network")
+    p.add_argument("--bn-affine", action="store_true", help="BatchNorm with affine parameters")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_audit)
+
+    p = sub.add_parser("measure", help="per-layer ELRs and S_rel at initialisation or after N steps")
+    p.add_argument("model")
+    p.add_argument("--no-shortcut", action="store_true")
+    p.add_argument("--steps", type=int, default=0, help="SGD steps before measuring (0 = at initialisation)")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--random-walk", action="store_true", help="replace gradients by the random walk (Def. 4.2)")
+    p.add_argument("--dataset", default="digits", help="digits (offline), cifar10, cifar100")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_measure)
+
+    p = sub.add_parser("train", help="one training run of elr.train")
+    p.add_argument("config", nargs="?", help="a JSON file of TrainConfig fields")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a TrainConfig field (repeatable)")
+    p.add_argument("--run-dir", help="default: runs/<config hash>")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("data", help="download a data set (needs network access)")
+    p.add_argument("name", choices=["cifar10", "cifar100"])
+    p.add_argument("--root", default="data")
+    p.set_defaults(func=_cmd_data)
+
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except book.ParameterError as err:
+        print(f"elr: error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
         print(f"elr: error: {err}", file=sys.stderr)
         return 2
     except (book.ChapterFailed, RuntimeError, FileNotFoundError) as err:

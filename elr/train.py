@@ -1,0 +1,364 @@
+"""The one training loop of every experiment, driven by a frozen :class:`TrainConfig`.
+
+``train(config, run_dir)`` runs SGD (momentum, weight decay and Nesterov
+optional) with any schedule, an optional warm-up and gradient transform,
+the ELR monitor and evaluation, and leaves in ``run_dir``:
+
+==================  =============================================================
+``config.json``     the config, as given
+``provenance.json`` elr version, git revision, torch version, device, data set, wall time
+``records.npz``     the ELR monitor's tidy records (:class:`elr.measure.Records`)
+``metrics.json``    evaluations, final status (``completed`` or ``diverged`` and at which step)
+``checkpoint.pt``   the state to resume from, written atomically every ``checkpoint_every`` steps
+==================  =============================================================
+
+Every random choice (data order, flips, random-walk directions) is derived
+from ``(seed, step)``, so a run is bit-for-bit reproducible on the CPU and a
+killed run resumed from its checkpoint ends exactly where an uninterrupted
+one does. A loss or weight that is not finite ends the run cleanly, recorded
+as diverged with its step: at a super-critical rate that is a result, not a crash.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import elr
+from elr import data as data_mod
+from elr import dynamics, gradients, measure, nets, schedules
+
+SCHEDULES = ("constant", "multistep", "cosine", "onecycle", "linear_warmup", "exponential")
+WARMUPS = ("none", "subcritical")
+TRANSFORMS = ("none", "random_walk", "constrain")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run. Defaults: a small quick run on the offline digits data."""
+
+    model: str = "resnet20"            # elr.nets name: resnet20/56/110, resnet<6n+2>, resnet101, bnrelu<depth>
+    shortcut: bool = True              # False: the paper's "NoShort" network
+    bn_affine: bool = False            # BatchNorm affine parameters (off in the paper, Sec. 4.1.1)
+    width: int = 64                    # hidden width of bnrelu models
+    dataset: str = "digits"            # digits (offline), cifar10, cifar100, imagenet
+    data_root: str = "data"            # where cifar/imagenet live
+    download: bool = False             # fetch CIFAR with torchvision if missing (needs network)
+    n_train: int = 0                   # use only the first n training examples (0 = all)
+    flip: bool = True                  # random horizontal flips, the paper's only augmentation
+    batch_size: int = 128              # examples per step
+    steps: int = 100                   # optimisation steps
+    lr: float = 0.1                    # base / peak learning rate λ
+    momentum: float = 0.0              # heavy-ball momentum (0 in the paper)
+    nesterov: bool = False
+    wd: float = 0.0                    # weight decay (0 in the paper)
+    schedule: str = "constant"         # constant, multistep, cosine, onecycle, linear_warmup, exponential
+    milestones: tuple[int, ...] = ()   # multistep: steps at which λ is multiplied by gamma
+    gamma: float = 0.1                 # multistep / exponential factor
+    warmup_steps: int = 0              # linear_warmup length
+    pct_start: float = 0.3             # onecycle: fraction of steps rising
+    div_factor: float = 25.0           # onecycle: initial rate = lr / div_factor
+    final_div_factor: float = 1e4      # onecycle: final rate = initial / final_div_factor
+    warmup: str = "none"               # "subcritical": the paper's warm-up before the schedule
+    warmup_tol: float = 0.05           # subcritical warm-up ends when S_rel <= this
+    warmup_max_steps: int = 1000       # ... or after this many warm-up steps
+    transform: str = "none"            # none, random_walk (Def. 4.2), constrain (Eq. 33)
+    elr_goal: float = 0.01             # constrain: target ELR per step (the update is lr·elr_goal relative)
+    log_every: int = 1                 # ELR monitor interval in steps
+    per_channel: bool = False          # also record per-channel values
+    eval_every: int = 0                # evaluate every n steps (0 = only at the end)
+    eval_batches: int = 0              # limit evaluation to n batches (0 = the whole test set)
+    checkpoint_every: int = 0          # write checkpoint.pt every n steps (0 = never)
+    seed: int = 0
+    device: str = "cpu"
+    channels_last: bool = False        # NHWC memory format for convolutions
+    progress: bool = False             # show a tqdm progress bar
+
+    def __post_init__(self):
+        checks = [
+            (self.steps >= 1, "steps must be >= 1"),
+            (self.batch_size >= 2, "batch_size must be >= 2 (batch normalisation needs a batch)"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.momentum >= 0 and self.wd >= 0, "momentum and wd must be >= 0"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+            (self.warmup in WARMUPS, f"warmup must be one of {WARMUPS}"),
+            (self.transform in TRANSFORMS, f"transform must be one of {TRANSFORMS}"),
+            (self.dataset in data_mod.DATASETS, f"dataset must be one of {data_mod.DATASETS}"),
+            (self.log_every >= 1, "log_every must be >= 1"),
+            (self.elr_goal > 0, "elr_goal must be > 0"),
+            (not (self.nesterov and self.momentum == 0), "nesterov needs momentum > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"TrainConfig: {message}")
+        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"TrainConfig has no field(s) {', '.join(unknown)}; fields: {', '.join(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["milestones"] = list(self.milestones)
+        return out
+
+    def key(self) -> str:
+        """A stable short hash of the config, to name and reuse runs."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def lr_at(self, step: int) -> float:
+        """The schedule (without warm-up) as a pure function of the step, from elr.dynamics."""
+        s = np.asarray(step)
+        fn = {
+            "constant": lambda: dynamics.constant(s, self.lr),
+            "multistep": lambda: dynamics.multistep(s, self.lr, self.milestones, self.gamma),
+            "cosine": lambda: dynamics.cosine(s, self.lr, self.steps),
+            "onecycle": lambda: dynamics.one_cycle(s, self.lr, self.steps, self.pct_start, self.div_factor,
+                                                   self.final_div_factor),
+            "linear_warmup": lambda: dynamics.linear_warmup(s, self.lr, self.warmup_steps),
+            "exponential": lambda: dynamics.exponential(s, self.lr, self.gamma),
+        }[self.schedule]
+        return float(fn())
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str                     # completed | diverged
+    steps_done: int
+    diverged_at: int | None
+    metrics: dict[str, Any]
+    records: measure.Records = field(repr=False)
+
+
+# --------------------------------------------------------------------- helpers
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+def _atomic_torch_save(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".pt")
+    os.close(fd)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """An independent generator for (seed, step, purpose): no state to checkpoint."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, stream]).generate_state(1)[0]))
+
+
+def build_model(config: TrainConfig, in_channels: int, num_classes: int, in_features: int) -> torch.nn.Module:
+    kwargs = {"shortcut": config.shortcut, "bn_affine": config.bn_affine, "num_classes": num_classes}
+    if config.model.startswith("bnrelu"):
+        kwargs = {"bn_affine": config.bn_affine, "num_classes": num_classes, "width": config.width,
+                  "in_features": in_features}
+    elif config.model != "resnet101":
+        kwargs["in_channels"] = in_channels
+    return nets.build(config.model, **kwargs)
+
+
+class _Batches:
+    """Deterministic batches: epoch e uses the permutation seeded by (seed, e)."""
+
+    def __init__(self, dataset, batch_size: int, seed: int):
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.n = len(dataset)
+        self.per_epoch = max(self.n // batch_size, 1)  # drop the last partial batch
+        self._epoch, self._perm = None, None
+
+    def get(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, k = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self._perm = torch.randperm(self.n, generator=_step_generator(self.seed, epoch, 1))
+            self._epoch = epoch
+        idx = self._perm[k * self.batch_size:(k + 1) * self.batch_size]
+        if isinstance(self.dataset, data_mod.TensorData):
+            return self.dataset.inputs[idx], self.dataset.labels[idx]
+        items = [self.dataset[int(i)] for i in idx]
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+
+def _subset(ds, n: int):
+    if n and isinstance(ds, data_mod.TensorData) and n < len(ds):
+        return data_mod.TensorData(ds.inputs[:n], ds.labels[:n], ds.name, ds.description + f", first {n} used")
+    return ds
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset, config: TrainConfig) -> dict[str, float]:
+    model.eval()
+    correct, total, loss = 0, 0, 0.0
+    n_batches = -(-len(dataset) // config.batch_size)
+    if config.eval_batches:
+        n_batches = min(n_batches, config.eval_batches)
+    for b in range(n_batches):
+        sl = slice(b * config.batch_size, (b + 1) * config.batch_size)
+        if isinstance(dataset, data_mod.TensorData):
+            x, y = dataset.inputs[sl], dataset.labels[sl]
+        else:
+            items = [dataset[i] for i in range(sl.start, min(sl.stop, len(dataset)))]
+            x, y = torch.stack([a for a, _ in items]), torch.tensor([c for _, c in items])
+        x, y = x.to(config.device), y.to(config.device)
+        if config.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = model(x)
+        loss += float(F.cross_entropy(out, y, reduction="sum"))
+        correct += int((out.argmax(1) == y).sum())
+        total += len(y)
+    model.train()
+    return {"test_loss": loss / max(total, 1), "test_acc": correct / max(total, 1)}
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def train(config: TrainConfig, run_dir: str | Path, resume: bool = True) -> RunResult:
+    """Run ``config`` into ``run_dir``; with ``resume``, continue from ``checkpoint.pt`` if present.
+
+    A run directory that already holds a finished run of the same config is
+    returned as it is (nothing is retrained).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path, ckpt_path = run_dir / "metrics.json", run_dir / "checkpoint.pt"
+    config_path = run_dir / "config.json"
+    if config_path.exists():
+        stored = json.loads(config_path.read_text())
+        if stored != config.to_dict():
+            raise ValueError(f"{run_dir} holds a run of a different config; use another run_dir")
+        if metrics_path.exists() and json.loads(metrics_path.read_text()).get("status") in ("completed", "diverged"):
+            return load_run(run_dir)
+    _atomic_json(config_path, config.to_dict())
+    wall_start = time.time()
+
+    torch.manual_seed(config.seed)
+    train_set = _subset(data_mod.load(config.dataset, True, config.data_root, config.download), config.n_train)
+    test_set = data_mod.load(config.dataset, False, config.data_root, config.download)
+    sample_x, _ = (train_set.inputs[:1], None) if isinstance(train_set, data_mod.TensorData) else train_set[0]
+    in_channels = sample_x.shape[-3] if sample_x.dim() >= 3 else 1
+    num_classes = train_set.num_classes if isinstance(train_set, data_mod.TensorData) else len(train_set.classes)
+    model = build_model(config, in_channels, num_classes, int(np.prod(sample_x.shape[1:] if sample_x.dim() == 4 else sample_x.shape)))
+    model = model.to(config.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                nesterov=config.nesterov, weight_decay=config.wd)
+    layers = nets.scale_invariant_layers(model)
+    weights = [m.weight for _, m in layers]
+    if config.warmup == "subcritical":
+        scheduler = schedules.SubcriticalWarmup(optimizer, weights, config.lr_at, tol=config.warmup_tol,
+                                                max_steps=config.warmup_max_steps)
+    else:
+        scheduler = schedules.PureSchedule(optimizer, config.lr_at)
+    transform = {"none": None, "random_walk": gradients.RandomWalk(weights, seed=config.seed),
+                 "constrain": gradients.ConstrainELR(weights, config.elr_goal)}[config.transform]
+    monitor = measure.ELRMonitor(layers, every=config.log_every, per_channel=config.per_channel)
+    batches = _Batches(train_set, config.batch_size, config.seed)
+
+    start_step, history, status, diverged_at = 0, [], "running", None
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        monitor.records = measure.Records(monitor.names, [ckpt["records"]])
+        start_step, history = ckpt["step"], ckpt["history"]
+        wall_start -= ckpt.get("wall", 0.0)
+
+    def checkpoint(step: int) -> None:
+        _atomic_torch_save(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                       "scheduler": scheduler.state_dict(), "records": monitor.records.table,
+                                       "step": step, "history": history, "wall": time.time() - wall_start})
+
+    bar = None
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=start_step, desc=f"{config.model} λ={config.lr:g}", leave=False)
+    model.train()
+    step = start_step
+    for step in range(start_step, config.steps):
+        x, y = batches.get(step)
+        if config.flip and x.dim() == 4:
+            x = data_mod.random_flip(x, _step_generator(config.seed, step, 2))
+        x, y = x.to(config.device), y.to(config.device)
+        if config.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        if not torch.isfinite(loss):
+            status, diverged_at = "diverged", step
+            break
+        loss.backward()
+        if isinstance(transform, gradients.RandomWalk):
+            transform.generator.manual_seed(int(np.random.SeedSequence([config.seed, step, 3]).generate_state(1)[0]))
+        if transform is not None:
+            transform()
+        monitor.observe_gradients(step)
+        lr = scheduler.step()
+        optimizer.step()
+        monitor.observe_update(step)
+        if not all(torch.isfinite(w).all() for w in weights):
+            status, diverged_at = "diverged", step
+            break
+        if monitor.logs(step):
+            history.append({"step": step, "train_loss": loss.item(), "lr": lr})
+        if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
+            history.append({"step": step + 1, **evaluate(model, test_set, config)})
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+            checkpoint(step + 1)
+        if bar is not None:
+            bar.update(1)
+    else:
+        status, step = "completed", config.steps
+    if bar is not None:
+        bar.close()
+    final = evaluate(model, test_set, config) if status == "completed" else {}
+    metrics = {"status": status, "diverged_at": diverged_at, "steps_done": step if status == "completed" else step,
+               "final": final, "history": history,
+               "warmup_steps": getattr(scheduler, "warmup_steps", 0)}
+    monitor.records.save(run_dir / "records.npz")
+    _atomic_json(run_dir / "provenance.json", {
+        "elr_version": elr.__version__, "git": _git_revision(), "torch": torch.__version__,
+        "python": platform.python_version(), "device": config.device, "machine": platform.machine(),
+        "dataset": getattr(train_set, "description", config.dataset), "wall_seconds": round(time.time() - wall_start, 3),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    _atomic_json(metrics_path, metrics)
+    return RunResult(run_dir, status, metrics["steps_done"], diverged_at, metrics, monitor.records)
+
+
+def _git_revision() -> str:
+    from elr.book import git_revision
+
+    return git_revision()
+
+
+def load_run(run_dir: str | Path) -> RunResult:
+    """Read a finished run directory back: the one loader chapters use."""
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    records = measure.Records.load(run_dir / "records.npz")
+    return RunResult(run_dir, metrics["status"], metrics["steps_done"], metrics["diverged_at"], metrics, records)
