@@ -61,9 +61,12 @@ def _example_input(name: str, batch: int = 4):
 def _cmd_audit(args) -> int:
     from elr import audit, nets
 
-    kwargs = {} if args.model.startswith("bnrelu") else {"shortcut": not args.no_shortcut}
-    model = nets.build(args.model, bn_affine=args.bn_affine, **kwargs)
-    rows = audit.audit(model, _example_input(args.model))
+    if args.model == "resnet-v2-block":  # the paper's Section 3.1 example of a broken placement
+        model, inputs = audit.section_3_1_modules("batch")["residual connection (ResNet v2)"], _example_input("bnrelu")[:, :8]
+    else:
+        kwargs = {} if args.model.startswith("bnrelu") else {"shortcut": not args.no_shortcut}
+        model, inputs = nets.build(args.model, bn_affine=args.bn_affine, **kwargs), _example_input(args.model)
+    rows = audit.audit(model, inputs)
     if args.json:
         print(json.dumps([{**r.__dict__, "verdict": r.verdict} for r in rows], indent=2))
     else:
@@ -165,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_prove)
 
     p = sub.add_parser("audit", help="which weights of a model auto-tune (are scale-invariant), and why")
-    p.add_argument("model", help="resnet20, resnet56, resnet110, resnet<6n+2>, resnet101, bnrelu<depth>")
+    p.add_argument("model", help="resnet20, resnet56, resnet110, resnet<6n+2>, resnet101, bnrelu<depth>, "
+                                 "or resnet-v2-block (a residual joining before its normalisation)")
     p.add_argument("--no-shortcut", action="store_true", help="the paper's NoShort network")
     p.add_argument("--bn-affine", action="store_true", help="BatchNorm with affine parameters")
     p.add_argument("--json", action="store_true")

@@ -1,0 +1,101 @@
+"""elr.train: determinism, exact resume after a kill, divergence as a result, provenance, validation."""
+import json
+
+import numpy as np
+import pytest
+
+from elr import train
+
+SMALL = dict(model="resnet20", steps=12, batch_size=32, lr=0.2, log_every=2, n_train=256, eval_batches=2)
+
+
+def test_seeded_runs_are_bit_for_bit_identical(tmp_path):
+    a = train.train(train.TrainConfig(**SMALL), tmp_path / "a")
+    b = train.train(train.TrainConfig(**SMALL), tmp_path / "b")
+    np.testing.assert_array_equal(a.records.table, b.records.table)
+    assert a.metrics["final"] == b.metrics["final"] and a.metrics["history"] == b.metrics["history"]
+    c = train.train(train.TrainConfig(**{**SMALL, "seed": 1}), tmp_path / "c")
+    assert not np.array_equal(a.records.table["value"], c.records.table["value"])
+
+
+def test_run_directory_holds_config_provenance_records_metrics(tmp_path):
+    result = train.train(train.TrainConfig(**SMALL), tmp_path / "run")
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.json", "provenance.json", "records.npz", "metrics.json"} <= files
+    prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert {"elr_version", "git", "torch", "device", "dataset", "wall_seconds"} <= set(prov)
+    assert "scikit-learn digits" in prov["dataset"]
+    assert result.status == "completed" and 0 <= result.metrics["final"]["test_acc"] <= 1
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("transform", ["none", "random_walk"])
+def test_a_killed_run_resumes_exactly(tmp_path, monkeypatch, transform):
+    cfg = train.TrainConfig(**{**SMALL, "checkpoint_every": 4, "transform": transform, "momentum": 0.9})
+    whole = train.train(cfg, tmp_path / "whole")
+    real_get = train._Batches.get
+
+    def dies_at_step_9(self, step):
+        if step == 9:
+            raise Killed()
+        return real_get(self, step)
+
+    monkeypatch.setattr(train._Batches, "get", dies_at_step_9)
+    with pytest.raises(Killed):
+        train.train(cfg, tmp_path / "killed")
+    assert not (tmp_path / "killed" / "metrics.json").exists() and (tmp_path / "killed" / "checkpoint.pt").exists()
+    monkeypatch.setattr(train._Batches, "get", real_get)
+    resumed = train.train(cfg, tmp_path / "killed")
+    assert resumed.metrics["final"] == whole.metrics["final"]
+    assert resumed.metrics["history"] == whole.metrics["history"]
+    np.testing.assert_array_equal(resumed.records.table, whole.records.table)
+
+
+def test_a_finished_run_is_reused_not_retrained(tmp_path):
+    cfg = train.TrainConfig(**SMALL)
+    first = train.train(cfg, tmp_path / "r")
+    stamp = (tmp_path / "r" / "metrics.json").stat().st_mtime_ns
+    again = train.train(cfg, tmp_path / "r")
+    assert (tmp_path / "r" / "metrics.json").stat().st_mtime_ns == stamp
+    assert again.metrics == first.metrics
+    with pytest.raises(ValueError, match="different config"):
+        train.train(train.TrainConfig(**{**SMALL, "lr": 0.3}), tmp_path / "r")
+
+
+def test_divergence_is_recorded_not_raised(tmp_path):
+    # BatchNorm makes SGD remarkably hard to break: a non-finite loss needs a rate that overflows float32
+    cfg = train.TrainConfig(model="bnrelu4", steps=10, batch_size=32, lr=1e38)
+    result = train.train(cfg, tmp_path / "d")
+    assert result.status == "diverged" and result.diverged_at is not None and result.diverged_at < 10
+    saved = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert saved["status"] == "diverged" and saved["diverged_at"] == result.diverged_at
+
+
+def test_subcritical_warmup_and_constraint_run(tmp_path):
+    warm = train.train(train.TrainConfig(**{**SMALL, "shortcut": False, "lr": 50.0, "warmup": "subcritical",
+                                            "schedule": "cosine"}), tmp_path / "w")
+    assert warm.status == "completed" and warm.metrics["warmup_steps"] >= 1
+    lrs = [h["lr"] for h in warm.metrics["history"] if "lr" in h]
+    assert lrs[0] < 50.0
+    constrained = train.train(train.TrainConfig(**{**SMALL, "transform": "constrain", "elr_goal": 0.05,
+                                                   "log_every": 1}), tmp_path / "c")
+    _, upd = constrained.records.matrix("elr_update")
+    np.testing.assert_allclose(upd, 0.2 * 0.05, rtol=1e-2)  # ΔW/W = λ·E_goal in every layer
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"lr": -0.1}, "lr must be > 0"), ({"steps": 0}, "steps must be >= 1"),
+    ({"schedule": "warmcos"}, "schedule must be one of"), ({"dataset": "mnist"}, "dataset must be one of"),
+    ({"nesterov": True}, "nesterov needs momentum"),
+])
+def test_bad_configs_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        train.TrainConfig(**bad)
+
+
+def test_unknown_fields_are_named():
+    with pytest.raises(ValueError, match="no field\\(s\\) learning_rate"):
+        train.TrainConfig.from_dict({"learning_rate": 0.1})
