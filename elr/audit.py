@@ -294,3 +294,50 @@ def section_3_1_table(width: int = 8, batch: int = 16, seed: int = 0) -> list[di
             row[f"{norm}norm reason"] = found.reason
         rows.append(row)
     return rows
+
+
+def scaling_checks(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, gamma: float = 3.0,
+                   loss_fn=F.cross_entropy) -> list[dict[str, float]]:
+    """Eq. (1), Eq. (2) and Prop. 3.1 measured on every scale-invariant layer of ``model``.
+
+    In float64 with normalisation eps 1e-12 and batch statistics. For each layer k, W_k is multiplied by
+    ``gamma`` and the loss and all gradients are recomputed. Returned per layer:
+
+    * ``output_change``: max relative change of the logits (0 if the layer is scale-invariant);
+    * ``inverse_scaling_error``: ‖γ·∇W_k(γW_k) − ∇W_k(W_k)‖ / ‖∇W_k‖ (Eq. 1 says 0);
+    * ``cosine``: cos(∇W_k, W_k) at the original weights (Eq. 2 says 0);
+    * ``others_change``: largest relative change of any *other* layer's gradient (Prop. 3.1 says 0).
+    """
+    from elr.nets import scale_invariant_layers
+
+    model = copy.deepcopy(model).double().train()
+    for m in model.modules():
+        if isinstance(m, NORMS):
+            m.eps = 1e-12
+        if isinstance(m, BATCH_NORMS):
+            m.momentum = 0.0
+    weights = [m.weight for _, m in scale_invariant_layers(model)]
+    x = inputs.double()
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        out = model(x)
+        loss_fn(out, targets).backward()
+        return out.detach(), [w.grad.detach().clone() for w in weights]
+
+    base_out, base = grads()
+    rows = []
+    for k, w in enumerate(weights):
+        with torch.no_grad():
+            w.mul_(gamma)
+        out, scaled = grads()
+        with torch.no_grad():
+            w.div_(gamma)
+        others = [float((s - b).norm() / b.norm()) for j, (s, b) in enumerate(zip(scaled, base)) if j != k]
+        rows.append({
+            "output_change": float((out - base_out).abs().max() / base_out.abs().max()),
+            "inverse_scaling_error": float((gamma * scaled[k] - base[k]).norm() / base[k].norm()),
+            "cosine": float((base[k] * w.detach()).sum() / (base[k].norm() * w.detach().norm())),
+            "others_change": max(others) if others else 0.0,
+        })
+    return rows

@@ -356,6 +356,16 @@ def _git_revision() -> str:
     return git_revision()
 
 
+def run(config: TrainConfig, root: str | Path = "runs", fresh: bool = False) -> RunResult:
+    """Train ``config`` into ``root/<config key>``, reusing a finished run of the same config unless ``fresh``."""
+    run_dir = Path(root) / config.key()
+    if fresh and run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    return train(config, run_dir)
+
+
 def load_run(run_dir: str | Path) -> RunResult:
     """Read a finished run directory back: the one loader chapters use."""
     run_dir = Path(run_dir)
