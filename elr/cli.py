@@ -131,8 +131,9 @@ def _cmd_train(args) -> int:
     cfg = train.TrainConfig.from_dict(values)
     run_dir = args.run_dir or f"runs/{cfg.key()}"
     result = train.train(cfg, run_dir, resume=not args.fresh)
-    print(json.dumps({"run_dir": str(result.run_dir), "status": result.status, "diverged_at": result.diverged_at,
-                      "final": result.metrics["final"]}, indent=2))
+    if "final" in result.metrics:  # rank 0 (or a single process) reports
+        print(json.dumps({"run_dir": str(result.run_dir), "status": result.status, "diverged_at": result.diverged_at,
+                          "final": result.metrics["final"]}, indent=2))
     return 0
 
 

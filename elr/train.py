@@ -243,6 +243,9 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = True) -> RunR
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = _distributed(config)
+    if rank > 0:
+        return _train(config, run_dir, resume, rank, world)
     metrics_path, ckpt_path = run_dir / "metrics.json", run_dir / "checkpoint.pt"
     config_path = run_dir / "config.json"
     if config_path.exists():
@@ -252,6 +255,23 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = True) -> RunR
         if metrics_path.exists() and json.loads(metrics_path.read_text()).get("status") in ("completed", "diverged"):
             return load_run(run_dir)
     _atomic_json(config_path, config.to_dict())
+    return _train(config, run_dir, resume, rank, world)
+
+
+def _distributed(config: TrainConfig) -> tuple[int, int]:
+    """(rank, world size); under torchrun (WORLD_SIZE > 1) joins the process group (gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo" if config.device == "cpu" else "nccl")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: int) -> RunResult:
+    metrics_path, ckpt_path = run_dir / "metrics.json", run_dir / "checkpoint.pt"
     wall_start = time.time()
 
     torch.manual_seed(config.seed)
@@ -264,9 +284,15 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = True) -> RunR
     model = model.to(config.device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    layers = nets.scale_invariant_layers(model)
+    net = model
+    if world > 1:
+        if config.batch_size % world:
+            raise ValueError(f"batch_size {config.batch_size} is not divisible by the {world} processes")
+        # gradients are averaged over processes; BatchNorm statistics stay per process (plain DDP)
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=None if config.device == "cpu" else [rank])
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 nesterov=config.nesterov, weight_decay=config.wd)
-    layers = nets.scale_invariant_layers(model)
     weights = [m.weight for _, m in layers]
     if config.warmup == "subcritical":
         scheduler = schedules.SubcriticalWarmup(optimizer, weights, config.lr_at, tol=config.warmup_tol,
@@ -304,11 +330,13 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = True) -> RunR
         x, y = batches.get(step)
         if config.flip and x.dim() == 4:
             x = data_mod.random_flip(x, _step_generator(config.seed, step, 2))
+        if world > 1:
+            x, y = x[rank::world], y[rank::world]  # this process's share of the global batch
         x, y = x.to(config.device), y.to(config.device)
         if config.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(net(x), y)
         if not torch.isfinite(loss):
             status, diverged_at = "diverged", step
             break
@@ -326,9 +354,9 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = True) -> RunR
             break
         if monitor.logs(step):
             history.append({"step": step, "train_loss": loss.item(), "lr": lr})
-        if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
+        if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps and rank == 0:
             history.append({"step": step + 1, **evaluate(model, test_set, config)})
-        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and rank == 0:
             checkpoint(step + 1)
         if bar is not None:
             bar.update(1)
@@ -336,6 +364,9 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = True) -> RunR
         status, step = "completed", config.steps
     if bar is not None:
         bar.close()
+    if rank > 0:  # the records of every process, to check that they agree; metrics come from rank 0
+        monitor.records.save(run_dir / f"records.rank{rank}.npz")
+        return RunResult(run_dir, status, step, diverged_at, {"status": status}, monitor.records)
     final = evaluate(model, test_set, config) if status == "completed" else {}
     metrics = {"status": status, "diverged_at": diverged_at, "steps_done": step if status == "completed" else step,
                "final": final, "history": history,

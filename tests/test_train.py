@@ -99,3 +99,22 @@ def test_bad_configs_are_refused(bad, message):
 def test_unknown_fields_are_named():
     with pytest.raises(ValueError, match="no field\\(s\\) learning_rate"):
         train.TrainConfig.from_dict({"learning_rate": 0.1})
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_gives_identical_records_on_both_ranks(tmp_path):
+    import subprocess
+    import sys
+
+    from elr import measure
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "elr.cli",
+           "train", "--set", "model=resnet20", "--set", "steps=4", "--set", "batch_size=32", "--set", "n_train=128",
+           "--set", "eval_batches=1", "--run-dir", str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0 = measure.Records.load(tmp_path / "ddp" / "records.npz")
+    rank1 = measure.Records.load(tmp_path / "ddp" / "records.rank1.npz")
+    assert len(rank0) > 0
+    np.testing.assert_array_equal(rank0.table, rank1.table)
+    assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["status"] == "completed"
