@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from IPython.display import Markdown, display
 
-from elr import dynamics, gradients, plots, symbolic
+from elr import audit, dynamics, gradients, plots, symbolic
 
 plots.setup()
 generator = torch.Generator().manual_seed(seed)
@@ -216,6 +216,28 @@ display(Markdown(f"Mean squared norm over {n_draws} draws of a {shape} weight: p
                  f"(expected 2 × {shape[0]} = {2 * shape[0]})."))
 
 # %% [markdown]
+# ## Section 3.1: max-pooling keeps auto rate-tuning, and BatchNorm removes biases
+#
+# **Printed.** The table of Section 3.1 lists max-pooling, and linear layers
+# with a bias, among the layers that break auto rate-tuning when placed
+# between a linear layer and its normalisation.
+#
+# **True.** Max-pooling is positively homogeneous of degree 1,
+# $\max(\gamma a, \gamma b) = \gamma\max(a, b)$ for $\gamma > 0$, so it keeps
+# auto rate-tuning, like ReLU. A bias breaks it before a LayerNorm but not
+# before a BatchNorm, whose subtraction of the batch mean removes any
+# per-channel constant. The audit of {doc}`08_scale_invariance` measures
+# both (float64, $\epsilon = 10^{-12}$):
+
+# %%
+table_3_1 = {r["between W and its normalisation"]: r for r in audit.section_3_1_table()}
+display(Markdown("| between W and its normalisation | paper | after BatchNorm (max change) | "
+                 "after LayerNorm (max change) |\n|---|---|---|---|\n" + "\n".join(
+                     f"| {k} | {table_3_1[k]['paper']} | {table_3_1[k]['batchnorm']} ({table_3_1[k]['batchnorm change']:.0e}) | "
+                     f"{table_3_1[k]['layernorm']} ({table_3_1[k]['layernorm change']:.0e}) |"
+                     for k in ("max-pooling", "linear layer with bias"))))
+
+# %% [markdown]
 # ## Checks
 
 # %%
@@ -232,4 +254,8 @@ assert groups_distinct[n_layers - 1] == 1 and groups_literal[n_layers - 1] > 1, 
     "the literal reading of Cor. 3.10 stalls after the first merge"
 assert abs(np.mean(per_unit) / 2 - 1) < 0.02 and abs(np.mean(per_layer) / (2 * shape[0]) - 1) < 0.02, \
     "He initialisation: squared norm 2 per unit, 2n per layer"
+assert table_3_1["max-pooling"]["batchnorm"] == table_3_1["max-pooling"]["layernorm"] == "passes", \
+    "max-pooling keeps auto rate-tuning"
+assert (table_3_1["linear layer with bias"]["batchnorm"], table_3_1["linear layer with bias"]["layernorm"]) == \
+    ("passes", "breaks"), "BatchNorm removes a bias, LayerNorm does not"
 print("all claims of this chapter hold")

@@ -38,6 +38,13 @@ def test_forward_shapes_and_inputs():
     assert len(nets.scale_invariant_layers(nets.bnrelu(5))) == 5
 
 
+def test_resnet101_forward_with_and_without_shortcuts():
+    for shortcut in (True, False):
+        model = nets.resnet101(shortcut=shortcut, num_classes=5)
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 5)
+        assert len(nets.scale_invariant_layers(model)) == (104 if shortcut else 100)
+
+
 def test_no_shortcut_really_has_no_identity_path():
     torch.manual_seed(0)
     short, noshort = nets.resnet20(), nets.resnet20(shortcut=False)
