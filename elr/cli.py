@@ -8,7 +8,15 @@ import sys
 from elr import book
 
 
+def _fresh(args) -> None:
+    import os
+
+    if getattr(args, "fresh", False):
+        os.environ["ELR_FRESH"] = "1"  # read by elr.train.run inside the chapters' kernels
+
+
 def _cmd_book(args) -> int:
+    _fresh(args)
     names = [book.find_chapter(c) for c in args.only] if args.only else book.chapters()
     book.run_chapters(names, args.profile)
     if not args.no_html:
@@ -18,6 +26,7 @@ def _cmd_book(args) -> int:
 
 
 def _cmd_run(args) -> int:
+    _fresh(args)
     name = book.find_chapter(args.chapter)
     overrides = book.parse_overrides(args.p or [])
     book.run_chapters([name], args.profile, overrides)
@@ -153,12 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="quick", choices=book.PROFILES)
     p.add_argument("--only", nargs="+", metavar="CHAPTER", help="execute only these chapters (others are reused)")
     p.add_argument("--no-html", action="store_true", help="execute chapters but skip jupyter-book")
+    p.add_argument("--fresh", action="store_true", help="retrain runs instead of reusing finished ones in runs/")
     p.set_defaults(func=_cmd_book)
 
     p = sub.add_parser("run", help="execute one chapter into book/chapters/")
     p.add_argument("chapter", help="e.g. 05, 05_large_learning_rates or large_learning_rates")
     p.add_argument("--profile", default="quick", choices=book.PROFILES)
     p.add_argument("-p", action="append", metavar="NAME=VALUE", help="override one parameter (repeatable)")
+    p.add_argument("--fresh", action="store_true", help="retrain runs instead of reusing finished ones in runs/")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("params", help="list a chapter's parameters, types, constraints and profiles")

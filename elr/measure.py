@@ -103,6 +103,15 @@ class Records:
         with np.errstate(invalid="ignore", divide="ignore"):
             return steps, dynamics.relative_spread(values)
 
+    def model_state(self, step: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(σ², c) per layer at ``step``: the discrete model's inputs, σ² = ‖W‖², c = ‖W‖·‖∇W‖ (Eq. 4)."""
+        steps, w = self.matrix("weight_norm")
+        _, g = self.matrix("grad_norm")
+        k = int(np.searchsorted(steps, step))
+        if k >= len(steps) or steps[k] != step:
+            raise ValueError(f"no measurement at step {step}; logged steps: {steps[:10]}...")
+        return w[k] ** 2, w[k] * g[k]
+
     def save(self, path: str | Path) -> Path:
         """Write atomically (a temporary file renamed into place) as .npz."""
         path = Path(path)

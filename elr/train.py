@@ -387,14 +387,29 @@ def _git_revision() -> str:
     return git_revision()
 
 
-def run(config: TrainConfig, root: str | Path = "runs", fresh: bool = False) -> RunResult:
-    """Train ``config`` into ``root/<config key>``, reusing a finished run of the same config unless ``fresh``."""
+def run(config: TrainConfig, root: str | Path = "runs", fresh: bool | None = None) -> RunResult:
+    """Train ``config`` into ``root/<config key>``, reusing a finished run of the same config unless ``fresh``.
+
+    ``fresh=None`` reads the environment variable ELR_FRESH (set by ``elr book --fresh`` and
+    ``elr run --fresh``): then every run is retrained once per process, never twice.
+    """
     run_dir = Path(root) / config.key()
+    if fresh is None:
+        fresh = os.environ.get("ELR_FRESH") == "1" and str(run_dir.resolve()) not in _RETRAINED
+        _RETRAINED.add(str(run_dir.resolve()))
     if fresh and run_dir.exists():
         import shutil
 
         shutil.rmtree(run_dir)
     return train(config, run_dir)
+
+
+_RETRAINED: set[str] = set()
+
+
+def sweep(configs: list[TrainConfig], root: str | Path = "runs") -> list[RunResult]:
+    """Run (or reuse) every config in order; a diverged run is a result like any other."""
+    return [run(cfg, root) for cfg in configs]
 
 
 def load_run(run_dir: str | Path) -> RunResult:
