@@ -156,3 +156,15 @@ def test_a_broken_formula_fails_the_tests_and_prove(tmp_path):
     prove = subprocess.run([sys.executable, "-m", "elr.cli", "prove"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=600)
     assert prove.returncode == 1 and "[FAIL] Thm. 3.4" in prove.stdout
+
+
+@pytest.mark.slow
+def test_paper_profile_starts_and_stops_at_once_without_cifar(tmp_path):
+    """`elr run <chapter> --profile paper` passes validation, starts, and names the missing data set."""
+    shutil.copytree(book.NOTEBOOKS, tmp_path / "notebooks")  # a scratch root: book/chapters stays untouched
+    proc = subprocess.run([sys.executable, "-m", "elr.cli", "run", "10", "--profile", "paper",
+                           "-p", f"data_root={tmp_path / 'data'}"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "ELR_ROOT": str(tmp_path)})
+    assert proc.returncode == 1
+    assert "running 10_short_term at profile paper" in proc.stdout
+    assert "CIFAR10 not found" in proc.stderr and "elr data cifar10" in proc.stderr
