@@ -347,6 +347,12 @@ def build_html() -> Path:
     missing = [c for c in chapters() if not (CHAPTERS_OUT / f"{c}.ipynb").exists()]
     if missing:
         raise ChapterFailed(", ".join(missing), CHAPTERS_OUT, "not executed yet; run `elr book` without --only first")
+    from elr import compute
+
+    plan = CHAPTERS_OUT / "compute_plan.md"
+    tmp = plan.with_suffix(".tmp")
+    tmp.write_text(compute.plan_markdown("paper"))  # counted FLOPs of the paper profile, in step with profiles.toml
+    tmp.replace(plan)
     exe = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(ROOT), "-W", "--keep-going"]
     print("elr: " + " ".join(cmd), flush=True)

@@ -1,0 +1,101 @@
+"""A compute plan for the paper profile: training FLOPs per chapter, counted, and GPU hours from them.
+
+FLOPs of one SGD step (forward and backward) are *counted* with
+``torch.utils.flop_counter.FlopCounterMode`` on the actual model and input
+size (convolutions and matrix products; normalisation and activations are
+not counted, a few per cent of a ResNet's work). The number of steps of each
+chapter follows from its resolved parameters, with the same run structure
+as the chapter's code. GPU hours then assume a stated sustained throughput;
+that number is an assumption, not a measurement, and the plan says so.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from elr import book, nets
+
+#: Sustained FP32 throughput assumed for one GPU when turning FLOPs into hours (about 1/8 of an
+#: RTX 4090's FP32 peak; small-batch ResNets on CIFAR rarely reach more).
+ASSUMED_GPU_FLOPS = 10e12
+
+TRAIN_SIZE = {"digits": 1348, "cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}
+INPUT = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "imagenet": (3, 224, 224)}
+CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
+
+
+@dataclass(frozen=True)
+class Work:
+    """``runs`` training runs of ``steps`` steps each of one model."""
+
+    model: str
+    dataset: str
+    batch_size: int
+    runs: int
+    steps: int
+
+
+@lru_cache(maxsize=None)
+def step_flops(model: str, dataset: str, batch_size: int) -> float:
+    """Counted FLOPs of one forward and backward pass (counted at batch 2, scaled linearly)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    kwargs = {"num_classes": CLASSES[dataset]}
+    if model != "resnet101":
+        kwargs["in_channels"] = INPUT[dataset][0]
+    net = nets.build(model, **kwargs).train()
+    x = torch.randn(2, *INPUT[dataset])
+    counter = FlopCounterMode(display=False)
+    with counter:
+        net(x).sum().backward()
+    return counter.get_total_flops() / 2 * batch_size
+
+
+def chapter_work(chapter: str, values: dict) -> list[Work]:
+    """The training runs a chapter performs with these parameter values (mirrors the chapter's code)."""
+    v = values
+    if chapter == "09_elr_at_init":
+        return [Work(f"resnet{min(v['resnet_depths'])}", "digits", 64, 2, v["walk_steps"])]
+    if chapter == "10_short_term":
+        return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], 2 * len(v["lrs"]), v["steps"] + 1)]
+    if chapter == "11_long_term":
+        return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], 6, v["steps"])]
+    if chapter == "12_criticality":
+        epoch = max(TRAIN_SIZE[v["dataset"]] // v["batch_size"], 1)
+        return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], 2 * len(v["lrs"]) * v["seeds"], epoch + 1)]
+    if chapter == "13_trainability":
+        runs = 2 * (2 * len(v["lrs"]) + len(v["elr_goals"])) + 8
+        return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], runs, v["steps"])]
+    return []  # Part I simulates the model; chapter 8 does single forward/backward passes
+
+
+def plan(profile: str = "paper", gpu_flops: float = ASSUMED_GPU_FLOPS) -> list[dict]:
+    """Per chapter: runs, steps, counted PFLOPs, and GPU hours on 1 GPU at ``gpu_flops``."""
+    rows = []
+    for chapter in book.chapters():
+        work = chapter_work(chapter, book.resolve(chapter, profile))
+        flops = sum(w.runs * w.steps * step_flops(w.model, w.dataset, w.batch_size) for w in work)
+        rows.append({"chapter": chapter, "runs": sum(w.runs for w in work),
+                     "steps": sum(w.runs * w.steps for w in work), "pflops": flops / 1e15,
+                     "gpu_hours": flops / gpu_flops / 3600,
+                     "what": ", ".join(f"{w.runs} x {w.steps:,} steps of {w.model} on {w.dataset}, batch {w.batch_size}"
+                                       for w in work)})
+    return rows
+
+
+def plan_markdown(profile: str = "paper", gpu_flops: float = ASSUMED_GPU_FLOPS, gpus: tuple[int, ...] = (1, 8, 32)) -> str:
+    rows = [r for r in plan(profile, gpu_flops) if r["runs"]]
+    head = "| chapter | training | PFLOP (counted) | " + " | ".join(f"hours on {n} GPU{'s' if n > 1 else ''}" for n in gpus)
+    lines = [head + " |", "|---|---|---|" + "---|" * len(gpus)]
+    for r in rows:
+        # runs are independent: N GPUs divide the time up to the number of runs
+        hours = [r["gpu_hours"] / min(n, r["runs"]) for n in gpus]
+        lines.append(f"| {r['chapter']} | {r['what']} | {r['pflops']:.3g} | " + " | ".join(f"{h:.3g}" for h in hours) + " |")
+    total = sum(r["gpu_hours"] for r in rows)
+    lines.append(f"| **total** | | {sum(r['pflops'] for r in rows):.3g} | "
+                 + " | ".join(f"{sum(r['gpu_hours'] / min(n, r['runs']) for r in rows):.3g}" for n in gpus) + " |")
+    return "\n".join(lines) + (f"\n\nGPU hours = counted FLOPs / {gpu_flops / 1e12:g} TFLOP/s sustained (an assumption: "
+                               f"about 1/8 of an RTX 4090's FP32 peak), {math.ceil(total)} GPU hours in all on one GPU.\n")
