@@ -65,7 +65,7 @@ for depth in ff_depths:
         torch.manual_seed(seed)
         model = nets.bnrelu(depth, width=ff_width, in_features=64)
         rec = measure.measure_once(model, digits.inputs[:batch], digits.labels[:batch])
-        c = rec.matrix("grad_norm")[1][0] * rec.matrix("weight_norm")[1][0]
+        c = rec.model_state(0)[1]  # c_i = ‖W_i‖·‖∇W_i‖
         inner = np.arange(1, depth - 1)
         fits.append(float(np.exp(-np.polyfit(inner, np.log(c[inner]), 1)[0])))
         profiles.append(c / c[-1])
@@ -108,7 +108,7 @@ for depth in resnet_depths:
             torch.manual_seed(seed)
             model = nets.resnet(depth, shortcut=shortcut, in_channels=1)
             rec = measure.measure_once(model, digits.inputs[:batch], digits.labels[:batch])
-            c = rec.matrix("grad_norm")[1][0] * rec.matrix("weight_norm")[1][0]
+            c = rec.model_state(0)[1]  # c_i = ‖W_i‖·‖∇W_i‖
             profiles.append(c / c[-1])
             spreads.append(float(rec.spread("elr_grad_max")[1][0]))
         res[(depth, shortcut)] = {"spread": float(np.mean(spreads)), "profile": np.exp(np.mean(np.log(profiles), 0)),

@@ -89,7 +89,11 @@ def test_every_chapter_executes_at_the_smoke_profile(name, tmp_path):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     # glued figures are stored under a prefixed MIME type, e.g. application/papermill.record/image/png
     assert any(k.endswith("image/png") for o in outputs for k in o.get("data", {})), "every chapter has a figure"
-    assert any("all claims of this chapter hold" in o.get("text", "") for o in outputs), "its checks ran"
+    texts = "".join(o.get("text", "") for o in outputs)
+    if book.resolve(name, "smoke").get("check_claims", True):
+        assert "all claims of this chapter hold" in texts, "its checks ran"
+    else:  # a chapter whose claims need more than seconds of training says that it did not check them
+        assert "claims not checked at this profile" in texts
     banner = [c for c in nb.cells if c.cell_type == "markdown" and "How this chapter ran" in c.source]
     assert banner and "Profile **smoke**" in banner[0].source
     hidden = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
