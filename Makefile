@@ -7,7 +7,7 @@ ELR    := $(VENV)/bin/elr
 STAMP  := $(VENV)/.installed-stamp
 PROFILE ?= quick
 
-.PHONY: install book test prove clean
+.PHONY: install book test prove bench clean
 
 install: $(STAMP)
 
@@ -27,6 +27,9 @@ test: $(STAMP)
 
 prove: $(STAMP)
 	$(ELR) prove
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py
 
 clean:
 	rm -rf _build book/chapters
