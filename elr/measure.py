@@ -234,3 +234,12 @@ def measure_once(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, 
     monitor.observe_gradients(0)
     monitor.flush()
     return monitor.records
+
+
+def at_init(build, inputs: torch.Tensor, targets: torch.Tensor, seeds: int) -> list[Records]:
+    """:func:`measure_once` on ``seeds`` fresh models, ``build()`` called after ``torch.manual_seed(seed)``."""
+    out = []
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        out.append(measure_once(build(), inputs, targets))
+    return out

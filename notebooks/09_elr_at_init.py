@@ -36,8 +36,9 @@ walk_steps: int = 10  # SGD steps of the norm-growth check {>= 2}
 walk_lr: float = 0.5  # learning rate of the norm-growth check {> 0}
 
 # %%
+from functools import partial
+
 import numpy as np
-import torch
 from IPython.display import Markdown, display
 
 from elr import data, dynamics, measure, nets, plots, train
@@ -61,10 +62,8 @@ display(Markdown(f"Data: {digits.description}; gradients on the first {batch} im
 ff = {}
 for depth in ff_depths:
     profiles, fits = [], []
-    for seed in range(seeds):
-        torch.manual_seed(seed)
-        model = nets.bnrelu(depth, width=ff_width, in_features=64)
-        rec = measure.measure_once(model, digits.inputs[:batch], digits.labels[:batch])
+    for rec in measure.at_init(partial(nets.bnrelu, depth, width=ff_width, in_features=64),
+                               digits.inputs[:batch], digits.labels[:batch], seeds):
         c = rec.model_state(0)[1]  # c_i = ‖W_i‖·‖∇W_i‖
         inner = np.arange(1, depth - 1)
         fits.append(float(np.exp(-np.polyfit(inner, np.log(c[inner]), 1)[0])))
@@ -104,10 +103,8 @@ res = {}
 for depth in resnet_depths:
     for shortcut in (True, False):
         spreads, profiles = [], []
-        for seed in range(seeds):
-            torch.manual_seed(seed)
-            model = nets.resnet(depth, shortcut=shortcut, in_channels=1)
-            rec = measure.measure_once(model, digits.inputs[:batch], digits.labels[:batch])
+        for rec in measure.at_init(partial(nets.resnet, depth, shortcut=shortcut, in_channels=1),
+                                   digits.inputs[:batch], digits.labels[:batch], seeds):
             c = rec.model_state(0)[1]  # c_i = ‖W_i‖·‖∇W_i‖
             profiles.append(c / c[-1])
             spreads.append(float(rec.spread("elr_grad_max")[1][0]))
