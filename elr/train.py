@@ -83,6 +83,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     channels_last: bool = False        # NHWC memory format for convolutions
+    autocast: str = "none"             # "bf16": bfloat16 autocast of the forward pass; ELRs and norms stay float32
     progress: bool = False             # show a tqdm progress bar
 
     def __post_init__(self):
@@ -98,6 +99,7 @@ class TrainConfig:
             (self.log_every >= 1, "log_every must be >= 1"),
             (self.elr_goal > 0, "elr_goal must be > 0"),
             (not (self.nesterov and self.momentum == 0), "nesterov needs momentum > 0"),
+            (self.autocast in ("none", "bf16"), "autocast must be 'none' or 'bf16'"),
         ]
         for ok, message in checks:
             if not ok:
@@ -336,7 +338,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
         if config.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(x), y)
+        with torch.autocast(device_type=torch.device(config.device).type, dtype=torch.bfloat16,
+                            enabled=config.autocast == "bf16"):
+            loss = F.cross_entropy(net(x), y)
         if not torch.isfinite(loss):
             status, diverged_at = "diverged", step
             break
@@ -407,9 +411,35 @@ def run(config: TrainConfig, root: str | Path = "runs", fresh: bool | None = Non
 _RETRAINED: set[str] = set()
 
 
-def sweep(configs: list[TrainConfig], root: str | Path = "runs") -> list[RunResult]:
-    """Run (or reuse) every config in order; a diverged run is a result like any other."""
+def sweep(configs: list[TrainConfig], root: str | Path = "runs", workers: int = 1) -> list[RunResult]:
+    """Run (or reuse) every config; a diverged run is a result like any other.
+
+    ``workers > 1`` runs the missing ones in a pool of that many processes (one torch thread
+    each, so the pool is bounded by the cores). Finished runs are reused, interrupted ones
+    resume from their checkpoint: a sweep that was killed skips what it had finished.
+    """
+    todo = [cfg for cfg in configs if not _finished(Path(root) / cfg.key()) or os.environ.get("ELR_FRESH") == "1"]
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_run_in_worker, [(cfg.to_dict(), str(root)) for cfg in todo]))
+        for cfg in todo:  # retrained in the workers: do not retrain again in this process
+            _RETRAINED.add(str((Path(root) / cfg.key()).resolve()))
     return [run(cfg, root) for cfg in configs]
+
+
+def _finished(run_dir: Path) -> bool:
+    path = run_dir / "metrics.json"
+    return path.exists() and json.loads(path.read_text()).get("status") in ("completed", "diverged")
+
+
+def _run_in_worker(job: tuple[dict, str]) -> str:
+    values, root = job
+    torch.set_num_threads(1)
+    values["milestones"] = tuple(values["milestones"])
+    return str(run(TrainConfig(**values), root).run_dir)
 
 
 def load_run(run_dir: str | Path) -> RunResult:

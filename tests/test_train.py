@@ -118,3 +118,33 @@ def test_two_process_torchrun_gives_identical_records_on_both_ranks(tmp_path):
     assert len(rank0) > 0
     np.testing.assert_array_equal(rank0.table, rank1.table)
     assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_bf16_autocast_measures_the_same_elrs_as_float32(tmp_path):
+    """At initialisation (same weights), the bf16 path agrees with float32 within 5% in every layer of a ResNet20.
+
+    Weights, gradients and norms stay float32; only the forward pass runs in bfloat16. Measured here: max
+    3% (median 0.3%) with shortcuts; without shortcuts the exploding gradients amplify the bf16 error to ~18%
+    in the lowest layers, so the comparison uses the network with shortcuts.
+    """
+    base = dict(model="resnet20", shortcut=True, steps=1, batch_size=128, lr=0.1, log_every=1, eval_batches=1,
+                flip=False)
+    fp32 = train.train(train.TrainConfig(**base), tmp_path / "fp32")
+    bf16 = train.train(train.TrainConfig(**base, autocast="bf16"), tmp_path / "bf16")
+    e32 = fp32.records.matrix("elr_grad")[1][0]
+    e16 = bf16.records.matrix("elr_grad")[1][0]
+    assert e16.dtype == np.float64 and np.all(np.isfinite(e16))
+    np.testing.assert_allclose(e16, e32, rtol=0.05)
+    assert not np.array_equal(e16, e32), "the bf16 path really ran in reduced precision"
+
+
+def test_an_interrupted_sweep_skips_what_it_finished(tmp_path):
+    configs = [train.TrainConfig(**{**SMALL, "steps": 4, "seed": s}) for s in range(3)]
+    first = train.sweep(configs[:2], tmp_path, workers=2)  # "interrupted" after two of three runs
+    stamps = [(r.run_dir / "metrics.json").stat().st_mtime_ns for r in first]
+    again = train.sweep(configs, tmp_path, workers=2)
+    assert [(r.run_dir / "metrics.json").stat().st_mtime_ns for r in again[:2]] == stamps
+    assert all(r.status == "completed" for r in again)
+    serial = train.train(configs[2], tmp_path / "serial")
+    # a pool run (1 thread) equals a serial one up to the order of floating-point reductions
+    np.testing.assert_allclose(again[2].records.table["value"], serial.records.table["value"], rtol=1e-4)
