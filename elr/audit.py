@@ -61,13 +61,19 @@ class AuditRow:
         return "auto-tunes" if self.invariant else "breaks auto-tuning"
 
 
-def _numeric(model: nn.Module, inputs: torch.Tensor, factors=(0.5, 3.0), seed: int = 0) -> dict[str, float]:
+def exact_copy(model: nn.Module) -> nn.Module:
+    """A float64 copy in training mode with normalisation eps 1e-12, where scale invariance is exact to rounding."""
     model = copy.deepcopy(model).double().train()
     for m in model.modules():
         if isinstance(m, NORMS):
             m.eps = 1e-12
         if isinstance(m, BATCH_NORMS):
             m.momentum = 0.0  # keep running statistics untouched; outputs use batch statistics anyway
+    return model
+
+
+def _numeric(model: nn.Module, inputs: torch.Tensor, factors=(0.5, 3.0), seed: int = 0) -> dict[str, float]:
+    model = exact_copy(model)
     x = inputs.double()
 
     def run():
@@ -310,12 +316,7 @@ def scaling_checks(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     """
     from elr.nets import scale_invariant_layers
 
-    model = copy.deepcopy(model).double().train()
-    for m in model.modules():
-        if isinstance(m, NORMS):
-            m.eps = 1e-12
-        if isinstance(m, BATCH_NORMS):
-            m.momentum = 0.0
+    model = exact_copy(model)
     weights = [m.weight for _, m in scale_invariant_layers(model)]
     x = inputs.double()
 

@@ -372,7 +372,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
         monitor.records.save(run_dir / f"records.rank{rank}.npz")
         return RunResult(run_dir, status, step, diverged_at, {"status": status}, monitor.records)
     final = evaluate(model, test_set, config) if status == "completed" else {}
-    metrics = {"status": status, "diverged_at": diverged_at, "steps_done": step if status == "completed" else step,
+    metrics = {"status": status, "diverged_at": diverged_at, "steps_done": step,
                "final": final, "history": history,
                "warmup_steps": getattr(scheduler, "warmup_steps", 0)}
     monitor.records.save(run_dir / "records.npz")
