@@ -408,3 +408,247 @@ def normalised_sequence_bounds(x0: ArrayLike, n: ArrayLike) -> tuple[np.ndarray,
     lower = x0**2 + 2.0 * n
     upper = lower + 1.0 / x0**2 + 0.5 * (1.0 + np.log(np.maximum(n, 1.0)))
     return lower, upper
+
+
+# ------------------------------------- long horizons: x_n in closed form (Part III)
+
+#: ``long_horizon`` iterates exactly until x² reaches this value, then uses the closed form.
+LONG_HORIZON_Y_MIN = 64.0
+
+
+def _invariant(y: np.ndarray) -> np.ndarray:
+    """F(y) = y/2 − ¼ ln(2y + 1): F(y_{k+1}) = F(y_k) + 1 + δ(y_k) for y = x², 0 <= δ(y) <= 1/(2y²)."""
+    return 0.5 * y - 0.25 * np.log1p(2.0 * y)
+
+
+def _invariant_inverse(v: np.ndarray, y_min: float) -> np.ndarray:
+    """Solve F(y) = v for y >= y_min by the fixed point y = 2v + ½ ln(2y + 1).
+
+    The map contracts by 1/(2y + 1) <= 1/129 for y >= 64, so eight iterations
+    reach the rounding floor; the cost does not depend on n.
+    """
+    y = np.maximum(2.0 * v, y_min)
+    for _ in range(8):
+        y = 2.0 * v + 0.5 * np.log1p(2.0 * y)
+    return y
+
+
+@dataclass(frozen=True)
+class LongHorizon:
+    """x_n of x_{k+1} = x_k + 1/x_k from the closed form, with guaranteed bounds."""
+
+    x: np.ndarray        # the estimate
+    lower: np.ndarray    # x_n >= lower
+    upper: np.ndarray    # x_n <= upper
+    exact_steps: np.ndarray  # steps iterated exactly before the closed form took over
+
+
+def long_horizon(x0: ArrayLike, n: ArrayLike, y_min: float = LONG_HORIZON_Y_MIN) -> LongHorizon:
+    """x_n for the normalised sequence of Thm. 3.6 in O(1) time, with a bounded error.
+
+    With y = x², y_{k+1} = y_k + 2 + 1/y_k, and F(y) = y/2 − ¼ ln(2y+1) satisfies
+    F(y_{k+1}) = F(y_k) + 1 + δ(y_k) with 0 <= δ(y) <= 1/(2y²) (checked in
+    ``elr.symbolic``). Iterate exactly for the m <= y_min/2 steps it takes y to
+    reach ``y_min``; then, since y_k >= y_m + 2(k − m),
+
+        n − m <= F(y_n) − F(y_m) <= n − m + 1/(2 y_m²) + 1/(4 y_m),
+
+    and inverting the increasing F gives the bounds. The estimate adds the
+    integral of 1/(2y²) along y ≈ y_m + 2(k − m), i.e. ¼ (1/y_m − 1/(y_m + 2(n − m))).
+    """
+    x0, n = np.broadcast_arrays(np.asarray(x0, dtype=float), np.asarray(n))
+    if np.any(~(x0 > 0)):
+        raise ValueError("x0 must be > 0 (x = σ²/(cλ) of a layer)")
+    if np.any(n < 0) or np.any(np.asarray(n) != np.floor(n)):
+        raise ValueError("n must be a whole number of steps >= 0")
+    if not y_min >= 4:
+        raise ValueError(f"y_min must be >= 4, got {y_min}")
+    n = n.astype(np.int64)
+    y = x0**2
+    m = np.zeros(n.shape, dtype=np.int64)
+    for _ in range(int(math.ceil(y_min / 2.0)) + 1):  # y grows by more than 2 per step
+        active = (y < y_min) & (m < n)
+        if not active.any():
+            break
+        y = np.where(active, y + 2.0 + 1.0 / y, y)
+        m += active
+    done = m == n  # reached n while iterating exactly
+    ym = np.where(done, y_min, y)  # placeholder where unused; keeps the formulas finite
+    base = _invariant(ym) + (n - m)
+    slack = 1.0 / (2.0 * ym**2) + 1.0 / (4.0 * ym)
+    estimate = base + 0.25 * (1.0 / ym - 1.0 / (ym + 2.0 * (n - m)))
+    y_lo = _invariant_inverse(base, y_min)
+    y_hi = _invariant_inverse(base + slack, y_min)
+    y_est = _invariant_inverse(estimate, y_min)
+    pick = lambda closed: np.sqrt(np.where(done, y, closed))  # noqa: E731
+    return LongHorizon(x=pick(y_est), lower=pick(y_lo), upper=pick(y_hi), exact_steps=m)
+
+
+def elr_at_step(sigma2_0: ArrayLike, c: ArrayLike, lr: float, n: ArrayLike) -> LongHorizon:
+    """ELRs after n steps at constant λ, in O(1): E_n = 1/(λ x_n) with x0 = σ0²/(cλ) (Thm. 3.6).
+
+    Returns a :class:`LongHorizon` of ELRs; ``lower``/``upper`` bound E_n
+    (``lower`` comes from the upper bound on x_n).
+    """
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    sigma2_0, c = np.broadcast_arrays(np.asarray(sigma2_0, dtype=float), np.asarray(c, dtype=float))
+    if np.any(~(sigma2_0 > 0)) or np.any(~(c > 0)):
+        raise ValueError("sigma2_0 and c must be strictly positive")
+    h = long_horizon(sigma2_0 / (c * lr), n)
+    return LongHorizon(x=1.0 / (lr * h.x), lower=1.0 / (lr * h.upper), upper=1.0 / (lr * h.lower),
+                       exact_steps=h.exact_steps)
+
+
+# ------------------------ the model as an ODE solver: explicit vs implicit (Part III)
+
+
+def implicit_step(sigma2: ArrayLike, c: ArrayLike, lr: ArrayLike) -> np.ndarray:
+    """Backward Euler on dσ²/dt = c²/σ² with step h = λ²: s' = s + λ²c²/s', i.e. s' = (s + √(s² + 4λ²c²))/2."""
+    sigma2 = np.asarray(sigma2, dtype=float)
+    c = np.asarray(c, dtype=float)
+    lr = _per_run(lr)
+    return 0.5 * (sigma2 + np.sqrt(sigma2**2 + 4.0 * lr**2 * c**2))
+
+
+def flow_step(sigma2: ArrayLike, c: ArrayLike, lr: ArrayLike) -> np.ndarray:
+    """The exact gradient flow over a time λ²: s' = √(s² + 2λ²c²) (Thm. 3.4)."""
+    sigma2 = np.asarray(sigma2, dtype=float)
+    c = np.asarray(c, dtype=float)
+    lr = _per_run(lr)
+    return np.sqrt(sigma2**2 + 2.0 * lr**2 * c**2)
+
+
+SOLVERS = {"explicit": discrete_step, "implicit": implicit_step, "flow": flow_step}
+
+
+def simulate_solver(sigma2_0: ArrayLike, c: ArrayLike, lr: ArrayLike, method: str = "explicit") -> Trajectory:
+    """Like :func:`simulate` with rates per step, but with the step of ``method`` (see ``SOLVERS``)."""
+    if method not in SOLVERS:
+        raise ValueError(f"method must be one of {sorted(SOLVERS)}, got {method!r}")
+    if method == "explicit":
+        return simulate(sigma2_0, c, lr)
+    sigma2_0, c = np.broadcast_arrays(np.asarray(sigma2_0, dtype=float), np.asarray(c, dtype=float))
+    rates = np.asarray(lr, dtype=float)
+    if rates.ndim == 0:
+        raise ValueError("lr must be one rate per step")
+    runs = sigma2_0.shape[:-1]
+    rates = np.broadcast_to(rates.reshape(rates.shape + (1,) * (1 + len(runs) - rates.ndim)), (len(rates),) + runs)
+    sig = np.empty((len(rates) + 1,) + sigma2_0.shape)
+    sig[0] = sigma2_0
+    for i, lam in enumerate(rates):
+        sig[i + 1] = SOLVERS[method](sig[i], c, lam)
+    return Trajectory(sigma2=sig, c=c, lr=rates.copy())
+
+
+# ------------------------------ weight decay and heavy-ball momentum (Part III)
+
+
+@dataclass(frozen=True)
+class SGDTrajectory:
+    """The mean-field model of SGD with weight decay and momentum, see :func:`simulate_sgd`.
+
+    ``sigma2`` (n_steps + 1, *runs, L) as in :class:`Trajectory`; ``angular``
+    (n_steps, *runs, L) is ‖W_{i+1} − W_i‖/‖W_i‖, the angular update of step i.
+    """
+
+    sigma2: np.ndarray
+    c: np.ndarray
+    lr: float
+    wd: float
+    momentum: float
+    angular: np.ndarray
+
+    @property
+    def elr(self) -> np.ndarray:
+        return elr(self.sigma2, self.c)
+
+    @property
+    def spread(self) -> np.ndarray:
+        return relative_spread(self.elr)
+
+
+def simulate_sgd(sigma2_0: ArrayLike, c: ArrayLike, lr: float, n_steps: int, wd: float = 0.0,
+                 momentum: float = 0.0) -> SGDTrajectory:
+    """SGD with weight decay ``wd`` and heavy-ball ``momentum`` on scale-invariant layers (torch's convention).
+
+    torch.optim.SGD: v_i = μ v_{i−1} + g_i + wd W_i, W_{i+1} = W_i − λ v_i, v_{−1} = 0.
+    The gradient g_i has norm c/σ_i (Eq. 4) and is orthogonal to W_i (Eq. 2);
+    the model also takes it orthogonal to the buffer v_{i−1} (a fresh direction,
+    as for independent mini-batch gradients in high dimension). Then three
+    scalars per layer evolve exactly: σ² = ‖W‖², q = ‖v‖² and a = ⟨W_i, v_{i−1}⟩:
+
+        p_i = ⟨W_i, v_i⟩ = μ a_i + wd σ_i²
+        q_i = μ² q_{i−1} + c²/σ_i² + wd² σ_i² + 2 μ wd a_i
+        σ_{i+1}² = σ_i² − 2λ p_i + λ² q_i,      a_{i+1} = p_i − λ q_i.
+
+    With μ = wd = 0 this is Eq. (5); with μ = 0 it is
+    σ_{i+1}² = (1 − λ wd)² σ_i² + λ² c²/σ_i².
+    """
+    sigma2_0, c = np.broadcast_arrays(np.asarray(sigma2_0, dtype=float), np.asarray(c, dtype=float))
+    if np.any(~(sigma2_0 > 0)) or np.any(~(c > 0)):
+        raise ValueError("sigma2_0 and c must be strictly positive")
+    if not (lr > 0 and wd >= 0 and 0 <= momentum < 1 and n_steps >= 0):
+        raise ValueError(f"need lr > 0, wd >= 0, 0 <= momentum < 1, n_steps >= 0; got lr={lr}, wd={wd}, "
+                         f"momentum={momentum}, n_steps={n_steps}")
+    sig = np.empty((n_steps + 1,) + sigma2_0.shape)
+    ang = np.empty((n_steps,) + sigma2_0.shape)
+    sig[0] = sigma2_0
+    a = np.zeros(sigma2_0.shape)
+    q = np.zeros(sigma2_0.shape)
+    for i in range(n_steps):
+        s = sig[i]
+        p = momentum * a + wd * s
+        q = momentum**2 * q + c**2 / s + wd**2 * s + 2.0 * momentum * wd * a
+        sig[i + 1] = s - 2.0 * lr * p + lr**2 * q
+        a = p - lr * q
+        ang[i] = lr * np.sqrt(q / s)
+    return SGDTrajectory(sigma2=sig, c=c, lr=lr, wd=wd, momentum=momentum, angular=ang)
+
+
+@dataclass(frozen=True)
+class Equilibrium:
+    """The fixed point of :func:`simulate_sgd` (derived in ``elr.symbolic``)."""
+
+    elr: float       # E* = ‖∇W‖/‖W‖, the same for every layer whatever its c
+    angular: float   # ‖ΔW‖/‖W‖ per step = √(2 λ wd / (1 + μ)), exact
+    tangential: float  # λ E*, the rotation due to the gradient alone
+
+    def sigma2(self, c: ArrayLike) -> np.ndarray:
+        """Equilibrium squared norms σ*² = c / E* of layers with base gradients c."""
+        return np.asarray(c, dtype=float) / self.elr
+
+
+def equilibrium(lr: float, wd: float, momentum: float = 0.0) -> Equilibrium:
+    """E*² = (1 − μ) wd (2(1 + μ) − λ wd) / (λ (1 + μ)); angular update √(2λ wd/(1 + μ)).
+
+    For μ = 0: E*² = wd (2 − λ wd)/λ, so λE* = √(λ wd (2 − λ wd)) → √(2 λ wd)
+    as λ wd → 0, the intrinsic learning rate of Li, Lyu & Arora (2020).
+    """
+    if not (lr > 0 and wd > 0 and 0 <= momentum < 1):
+        raise ValueError(f"an equilibrium needs lr > 0, wd > 0 and 0 <= momentum < 1; got lr={lr}, wd={wd}, "
+                         f"momentum={momentum}")
+    e2 = (1 - momentum) * wd * (2 * (1 + momentum) - lr * wd) / (lr * (1 + momentum))
+    if not e2 > 0:
+        raise ValueError(f"no equilibrium: lr*wd = {lr * wd:g} must be < 2(1 + momentum)")
+    e = math.sqrt(e2)
+    return Equilibrium(elr=e, angular=math.sqrt(2 * lr * wd / (1 + momentum)), tangential=lr * e)
+
+
+def relaxation_steps(lr: ArrayLike, wd: ArrayLike) -> np.ndarray:
+    """SGD + weight decay: e-folding time of the approach to equilibrium, −1/ln(2(1 − λwd)² − 1) ≈ 1/(4 λ wd).
+
+    The derivative of s ↦ (1 − λwd)² s + λ²c²/s at its fixed point is 2(1 − λwd)² − 1,
+    whatever c: deviations shrink by that factor per step (linearised).
+    """
+    iota = np.asarray(lr, dtype=float) * np.asarray(wd, dtype=float)
+    rate = 2.0 * (1.0 - iota) ** 2 - 1.0
+    if np.any(~((rate > 0) & (rate < 1))):
+        raise ValueError("relaxation_steps needs 0 < lr*wd < 1 - 1/sqrt(2)")
+    return -1.0 / np.log(rate)
+
+
+def critical_lr_wd(elr: ArrayLike, wd: float) -> np.ndarray:
+    """With weight decay, layers j, k flip iff λ > (1 − λwd) κ_jk, i.e. λ > κ/(1 + wd κ); here for κ_ℓh."""
+    kappa = critical_lr(elr)
+    return kappa / (1.0 + wd * kappa)
