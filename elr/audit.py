@@ -44,6 +44,9 @@ HOMOGENEOUS_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu, F.dropout, F.avg_pool
 SHAPE_METHODS = {"flatten", "view", "reshape", "permute", "transpose", "contiguous", "mean", "sum", "squeeze",
                  "unsqueeze", "relu", "neg", "__getitem__", "chunk", "split"}
 ADDITIONS = {operator.add, operator.sub, torch.add, torch.sub, operator.iadd}
+# products: homogeneous of degree 1 in each factor (attention's q k^T, a scale by a constant)
+PRODUCTS = {operator.mul, torch.mul, operator.matmul, torch.matmul, torch.bmm, operator.truediv, torch.div}
+PRODUCT_METHODS = {"mul", "matmul", "bmm", "div", "__mul__", "__truediv__"}
 
 CONST, HOM, SHIFTED, INV, BROKEN = "const", "scales", "scales+shift", "invariant", "broken"
 
@@ -55,9 +58,12 @@ class AuditRow:
     invariant: bool     # numerically: output unchanged when this parameter is scaled
     change: float       # largest relative output change over the tested factors
     reason: str         # why, from the traced structure (or why no reason could be traced)
+    zero: bool = False  # the parameter is all zeros here, so scaling it tests nothing
 
     @property
     def verdict(self) -> str:
+        if self.zero:
+            return "untested (zero)"
         return "auto-tunes" if self.invariant else "breaks auto-tuning"
 
 
@@ -74,7 +80,7 @@ def exact_copy(model: nn.Module) -> nn.Module:
 
 def _numeric(model: nn.Module, inputs: torch.Tensor, factors=(0.5, 3.0), seed: int = 0) -> dict[str, float]:
     model = exact_copy(model)
-    x = inputs.double()
+    x = inputs.double() if inputs.is_floating_point() else inputs  # token ids stay integers
 
     def run():
         torch.manual_seed(seed)  # identical dropout masks in every forward pass
@@ -166,6 +172,16 @@ def _trace_reason(gm: fx.GraphModule, module_name: str) -> str:
                 new, why = BROKEN, f"'{node.target}' ({type(m).__name__}) is not positively homogeneous of degree 1"
         elif node.op == "call_function" and node.target in ADDITIONS:
             new, why = _combine(ins)
+        elif (node.op == "call_function" and node.target in PRODUCTS) or \
+                (node.op == "call_method" and node.target in PRODUCT_METHODS):
+            divisor = node.target in (operator.truediv, torch.div, "div", "__truediv__") and len(node.args) > 1 \
+                and isinstance(node.args[1], fx.Node) and state.get(node.args[1], CONST) != CONST
+            if all(s == INV for s in live):
+                new = INV
+            elif len(live) > 1:
+                new, why = BROKEN, "a product of two terms that both carry the scale (degree 2, e.g. q·kᵀ)"
+            elif divisor:
+                new, why = BROKEN, "a division by a term that carries the scale"
         elif (node.op == "call_function" and node.target in HOMOGENEOUS_FUNCTIONS) or \
                 (node.op == "call_method" and node.target in SHAPE_METHODS):
             if s_in == SHIFTED and node.target not in (operator.getitem, "flatten", "view", "reshape"):
@@ -200,7 +216,10 @@ def audit(model: nn.Module, inputs: torch.Tensor, tol: float = 1e-8) -> list[Aud
             reason = f"numerical check only: the model could not be traced ({trace_error})"
         else:
             reason = _trace_reason(gm, module_name)
-        rows.append(AuditRow(name, tuple(p.shape), changes[name] < tol, changes[name], reason))
+        zero = not bool(p.detach().abs().max() > 0)
+        if zero:
+            reason = "all zeros at this point, so scaling it cannot change anything: audit a trained model"
+        rows.append(AuditRow(name, tuple(p.shape), changes[name] < tol and not zero, changes[name], reason, zero))
     return rows
 
 

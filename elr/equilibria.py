@@ -1,0 +1,75 @@
+"""Measuring equilibria of weight norms and ELRs in recorded runs (Part III).
+
+The model (``elr.dynamics.simulate_sgd``) says that with weight decay every
+scale-invariant layer settles where ‖W‖ stops changing. These helpers turn
+records of a real run into the quantities the model predicts: the plateau
+of ‖W‖⁴ and how long the approach took, tail averages, and a log-log fit
+with its standard error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Approach:
+    """Per layer: steps until ‖W‖⁴ closed all but ``fraction`` of its gap to the plateau."""
+
+    steps: np.ndarray      # (L,) first logged step with |s − s*| <= fraction·|s0 − s*|
+    plateau: np.ndarray    # (L,) s* = mean of ‖W‖⁴ over the tail
+    drift: np.ndarray      # (L,) relative change of mean ‖W‖² between the two halves of the tail (small = settled)
+
+    def settled(self, tol: float = 0.05) -> np.ndarray:
+        return self.drift <= tol
+
+
+def approach(steps: np.ndarray, weight_norm: np.ndarray, tail: float = 0.2,
+             fraction: float = float(np.exp(-2.0))) -> Approach:
+    """How fast ‖W‖⁴ approaches its final plateau; ``weight_norm`` has shape (T, L), ``steps`` (T,).
+
+    In the model with weight decay, |s_t − s*| shrinks by 2(1 − λwd)² − 1 per step near
+    equilibrium and by (1 − λwd)⁴ far above it, so the e⁻² point comes after ≈ 1/(2λwd)
+    steps either way (``2 * dynamics.relaxation_steps``).
+    """
+    if not 0 < tail < 1 or not 0 < fraction < 1:
+        raise ValueError(f"tail and fraction must be in (0, 1), got {tail}, {fraction}")
+    w = np.asarray(weight_norm, dtype=float)
+    n_tail = max(int(round(tail * len(w))), 2)
+    s = w**4
+    plateau = s[-n_tail:].mean(axis=0)
+    gap = np.abs(s - plateau) / np.abs(s[0] - plateau)
+    within = gap <= fraction
+    first = np.where(within.any(axis=0), np.argmax(within, axis=0), len(w) - 1)
+    half = n_tail // 2
+    drift = np.abs(np.mean(w[-half:] ** 2, axis=0) / np.mean(w[-n_tail:-half] ** 2, axis=0) - 1)
+    return Approach(steps=np.asarray(steps)[first], plateau=plateau, drift=drift)
+
+
+def tail_rms(values: np.ndarray, tail: float = 0.2) -> np.ndarray:
+    """Root mean square over the last ``tail`` fraction of rows, per column."""
+    v = np.asarray(values, dtype=float)
+    n_tail = max(int(round(tail * len(v))), 1)
+    return np.sqrt(np.mean(v[-n_tail:] ** 2, axis=0))
+
+
+@dataclass(frozen=True)
+class LogLogFit:
+    slope: float
+    slope_se: float      # standard error of the slope (least squares)
+    intercept: float     # log10 y at log10 x = 0
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return 10 ** (self.intercept + self.slope * np.log10(x))
+
+
+def loglog_fit(x: np.ndarray, y: np.ndarray) -> LogLogFit:
+    """Least-squares line through (log10 x, log10 y), with the slope's standard error."""
+    lx, ly = np.log10(np.asarray(x, dtype=float)), np.log10(np.asarray(y, dtype=float))
+    if len(lx) < 3:
+        raise ValueError("a slope with an uncertainty needs at least 3 points")
+    (slope, intercept), cov = np.polyfit(lx, ly, 1, cov="unscaled")
+    resid = ly - (intercept + slope * lx)
+    sigma2 = np.sum(resid**2) / (len(lx) - 2)
+    return LogLogFit(float(slope), float(np.sqrt(cov[0, 0] * sigma2)), float(intercept))

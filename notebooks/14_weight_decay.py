@@ -1,0 +1,303 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Weight decay and the intrinsic learning rate
+#
+# The paper trains with plain SGD and switches weight decay off
+# (its Appendix C.1 {cite}`mehmeti2024weight`). Almost everyone else trains
+# with it. Li, Lyu & Arora {cite}`li2020intrinsic` argue that for a
+# normalised network what matters is the product $\lambda\cdot\mathrm{wd}$,
+# the *intrinsic learning rate*, and conjecture that training reaches an
+# equilibrium in a number of steps proportional to $1/(\lambda\,\mathrm{wd})$
+# (the Fast Equilibrium Conjecture). This chapter adds weight decay to the
+# paper's model, derives the equilibrium and the time to reach it, and
+# measures both on a real network.
+#
+# ## The model with weight decay
+#
+# SGD with weight decay replaces $W$ by $(1-\lambda\,\mathrm{wd})W - \lambda\nabla W$.
+# For a scale-invariant layer the gradient is orthogonal to $W$ (Eq. 2), so
+# the two parts add in squares and Eq. (5) becomes
+#
+# $$\sigma_{i+1}^2 = (1-\lambda\,\mathrm{wd})^2\,\sigma_i^2 + \frac{\lambda^2 c^2}{\sigma_i^2}.$$
+#
+# Weight decay shrinks the norm by a fixed factor, the gradient grows it by
+# an amount that is larger the smaller the norm: there is a fixed point.
+
+# %% tags=["parameters"]
+model: str = "bnrelu6"  # network: bnrelu<depth> (BN-ReLU MLP) or resnet<6n+2>
+width: int = 64  # width of bnrelu networks {>= 1}
+dataset: str = "digits"  # digits (offline, quick), cifar10 or cifar100 {in digits|cifar10|cifar100}
+data_root: str = "data"  # where CIFAR lives
+batch_size: int = 64  # examples per step {>= 2}
+steps: int = 1500  # SGD steps per run; the slowest run needs about 12/(4 λ wd) {>= 50}
+log_every: int = 1  # steps between ELR measurements {>= 1}
+grid: list[str] = ["0.1:0.02", "0.1:0.04", "0.2:0.01", "0.2:0.04", "0.4:0.005", "0.4:0.01", "0.4:0.02", "0.4:0.04"]  # (λ:wd) pairs "lr:wd", at least 3
+lr_plain: float = 0.4  # λ of the run without weight decay, for the spread comparison {> 0}
+check_claims: bool = True  # assert the measured claims (the smoke profile only runs the code)
+seed: int = 0  # seed of initialisation and data order {>= 0}
+
+# %%
+import numpy as np
+import sympy as sp
+from IPython.display import Markdown, display
+
+from elr import dynamics, equilibria, plots, symbolic, train
+
+plots.setup()
+pairs = [tuple(float(v) for v in item.split(":")) for item in grid]
+if any(len(p) != 2 or p[0] <= 0 or p[1] <= 0 for p in pairs) or len(pairs) < 3:
+    raise ValueError("grid: give at least 3 'lr:wd' pairs with both values > 0, e.g. ['0.1:0.02', '0.4:0.01', ...]")
+s_star, e_star = symbolic.derive_wd_fixed_point()
+display(Markdown(f"SymPy's fixed point: $\\sigma_*^4 = {sp.latex(sp.factor(s_star**2))}$, so "
+                 f"$E_*^2 = c^2/\\sigma_*^4 = {sp.latex(sp.factor(e_star**2))}$."))
+
+# %% [markdown]
+# The equilibrium ELR does not contain $c$: **every layer, whatever its
+# base gradient, settles at the same ELR**
+# $E_*^2 = \mathrm{wd}(2-\lambda\,\mathrm{wd})/\lambda$. Weight decay
+# therefore removes the spread of ELRs entirely, and exponentially fast,
+# where plain SGD only lets it fade like a power of the step count
+# ({doc}`04_gradient_flow`). The step then turns the weight by
+# $\lambda E_* = \sqrt{\lambda\,\mathrm{wd}(2-\lambda\,\mathrm{wd})} \to \sqrt{2\lambda\,\mathrm{wd}}$,
+# and the whole update, gradient plus decay, has relative size
+# $\lVert\Delta W\rVert/\lVert W\rVert = \sqrt{\lambda^2(E_*^2+\mathrm{wd}^2)} = \sqrt{2\lambda\,\mathrm{wd}}$
+# *exactly*. Both depend on $\lambda$ and wd only through the intrinsic
+# learning rate $\lambda\,\mathrm{wd}$ (and on $\lambda$ alone in the
+# correction).
+#
+# How fast is the fixed point reached? The derivative of the map at its
+# fixed point is $2(1-\lambda\,\mathrm{wd})^2-1$, again free of $c$; a
+# deviation shrinks by that factor per step, so its e-folding time is
+# $-1/\ln(2(1-\lambda\,\mathrm{wd})^2-1) = 1/(4\lambda\,\mathrm{wd}) - 3/8 + O(\lambda\,\mathrm{wd})$.
+# Far above the fixed point the decay alone acts, at the same rate
+# $(1-\lambda\,\mathrm{wd})^4 \approx 1-4\lambda\,\mathrm{wd}$ on $\sigma^4$.
+# Either way, **the steps to equilibrium scale as $1/(\lambda\,\mathrm{wd})$**:
+# the Fast Equilibrium Conjecture holds in the model, with the constant:
+# $\sigma^4$ closes all but $e^{-2}$ of its gap in about $1/(2\lambda\,\mathrm{wd})$ steps.
+# `elr prove` checks these statements (Prop. III.1) and the effect of weight
+# decay on the critical rate (Prop. III.2, below):
+
+# %%
+for check in (symbolic.check_weight_decay_equilibrium, symbolic.check_weight_decay_flips):
+    result = check()
+    print(result.report())
+    assert result.ok, result.ref
+
+# %% [markdown]
+# The model, run on the base gradients of the paper's ResNet110 without
+# shortcuts (Eq. 7) at $\lambda = 0.1$, far above its critical rate: with
+# weight decay all ELRs meet at $E_*$ and the spread collapses; without it
+# the spread stays where the first step left it. The overshoot costs time:
+# the first step blows the norms of the highest layers up by orders of
+# magnitude, and decay brings a norm down only by $(1-\lambda\,\mathrm{wd})^2$
+# per step, so those layers need about
+# $\ln(\sigma^2/\sigma_*^2)/(2\lambda\,\mathrm{wd})$ steps: the
+# $1/(\lambda\,\mathrm{wd})$ law with a logarithmic factor for how far
+# the state is from equilibrium.
+
+# %%
+c = dynamics.base_gradients_cifar_resnet(110, shortcut=False)
+n_sim = 30000
+sims = {"wd = 0": dynamics.simulate_sgd(np.full(c.shape, dynamics.SIGMA2_HE), c, 0.1, n_sim)}
+for wd_sim in (5e-4, 5e-3):
+    sims[f"wd = {wd_sim:g}"] = dynamics.simulate_sgd(np.full(c.shape, dynamics.SIGMA2_HE), c, 0.1, n_sim, wd_sim)
+fig, axes = plots.plt.subplots(1, 3, figsize=(10, 3.0))
+plots.layer_paths(np.arange(n_sim + 1) + 1, sims["wd = 0.005"].elr, ax=axes[0], logx=True, ylabel="ELR",
+                  xlabel="step + 1")
+axes[0].axhline(dynamics.equilibrium(0.1, 5e-3).elr, color="k", ls="--", lw=1)
+axes[0].set_title("λ = 0.1, wd = 0.005 (dashed: $E_*$)")
+for name, sim in sims.items():
+    axes[1].plot(np.arange(n_sim + 1) + 1, sim.spread, label=name)
+axes[1].set(xscale="log", yscale="log", xlabel="step + 1", ylabel="$S_{rel}$", title="spread, λ = 0.1")
+axes[1].legend()
+iotas = np.logspace(-4, -1.5, 12)
+axes[2].loglog(iotas, 2 * dynamics.relaxation_steps(1.0, iotas), "k-", label="model: 2 × e-folding time")
+axes[2].loglog(iotas, 1 / (2 * iotas), "C1:", label=r"$1/(2\lambda\,\mathrm{wd})$")
+axes[2].set(xlabel=r"intrinsic learning rate $\lambda\,\mathrm{wd}$", ylabel="steps", title="time to equilibrium")
+axes[2].legend()
+plots.glue("ch14-model", fig)
+spread_end = {name: float(sim.spread[-1]) for name, sim in sims.items()}
+display(Markdown(f"Spread after {n_sim:,} steps at λ = 0.1: " + ", ".join(f"{k}: {v:.2e}" for k, v in spread_end.items())))
+
+# %% [markdown]
+# ```{glue:figure} ch14-model
+# :name: fig-ch14-model
+#
+# The discrete model with weight decay (simulated, not measured), for the 109 layers of ResNet110
+# without shortcuts at He initialisation. Left: per-layer ELRs (blue = lowest layer) converge to the
+# common equilibrium $E_*$. Middle: the relative spread with and without weight decay. Right: the
+# model's time to equilibrium against the intrinsic learning rate.
+# ```
+#
+# ## Measured on a real network
+#
+# A BatchNorm-ReLU network (every hidden layer `Linear` without bias, then
+# `BatchNorm1d` without affine parameters, then ReLU) trains on the digits
+# data with SGD and weight decay at several $(\lambda, \mathrm{wd})$. For
+# every hidden layer we record $\lVert W\rVert$, the gradient ELR and the
+# relative update $\lVert\Delta W\rVert/\lVert W\rVert$ at every step.
+# The equilibrium values are root-mean-squares over the last fifth of the
+# run (the model predicts mean squares: $c^2 = \mathrm{E}[\lVert W\rVert^2\lVert\nabla W\rVert^2]$).
+# The time to equilibrium is the first step at which $\lVert W\rVert^4$
+# has closed all but $e^{-2}$ of its gap to the final plateau, the median
+# over layers.
+
+# %%
+configs = [train.TrainConfig(model=model, width=width, dataset=dataset, data_root=data_root, batch_size=batch_size,
+                             steps=steps, lr=lr, wd=wd, log_every=log_every, eval_batches=2, seed=seed)
+           for lr, wd in pairs]
+plain_config = train.TrainConfig(model=model, width=width, dataset=dataset, data_root=data_root,
+                                 batch_size=batch_size, steps=steps, lr=lr_plain, log_every=log_every,
+                                 eval_batches=2, seed=seed)
+runs = train.sweep(configs + [plain_config])
+plain = runs[-1]
+rows = []
+half_tail = max(int(round(0.2 * steps / log_every)), 2) // 2 * log_every  # steps in half of the tail
+for (lr, wd), run in zip(pairs, runs):
+    logged, w = run.records.matrix("weight_norm")
+    _, e_grad = run.records.matrix("elr_grad")
+    _, u = run.records.matrix("elr_update")
+    eq = dynamics.equilibrium(lr, wd)
+    appr = equilibria.approach(logged, w)
+    rows.append({"lr": lr, "wd": wd, "iota": lr * wd, "status": run.status,
+                 "angular": equilibria.tail_rms(u), "elr": equilibria.tail_rms(e_grad),
+                 "angular_pred": eq.angular, "elr_pred": eq.elr,
+                 "settled": bool(appr.drift.max() < 0.2 * (1 - (1 - lr * wd) ** (2 * half_tail))),
+                 "drift": float(appr.drift.max()), "t_eq": float(np.median(appr.steps)),
+                 "t_pred": 2 * float(dynamics.relaxation_steps(lr, wd)),
+                 "spread_end": float(dynamics.relative_spread(e_grad[-max(len(e_grad) // 5, 1):]).mean())})
+_, e_plain = plain.records.matrix("elr_grad")
+spread_plain = float(dynamics.relative_spread(e_plain[-max(len(e_plain) // 5, 1):]).mean())
+display(Markdown(
+    "| λ | wd | λ·wd | settled (change of mean ‖W‖² across the tail) | ‖ΔW‖/‖W‖ measured (layer range) | predicted √(2λwd) | "
+    "ELR measured (layer range) | predicted $E_*$ | steps to equilibrium | predicted | S_rel, tail |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(
+        f"| {r['lr']:g} | {r['wd']:g} | {r['iota']:.1e} | {'yes' if r['settled'] else 'no'} ({r['drift']:.1%}) | "
+        f"{r['angular'].min():.4f}–{r['angular'].max():.4f} | {r['angular_pred']:.4f} | "
+        f"{r['elr'].min():.3f}–{r['elr'].max():.3f} | {r['elr_pred']:.3f} | {r['t_eq']:.0f} | {r['t_pred']:.0f} | "
+        f"{r['spread_end']:.3f} |" for r in rows)
+    + f"\n\nWithout weight decay (λ = {lr_plain:g}) the spread over the same tail is {spread_plain:.3f}. "
+    f"Data: {dataset}, "
+    f"{steps} steps of batch {batch_size}."))
+
+# %% [markdown]
+# ## The Fast Equilibrium Conjecture, measured
+#
+# The conjecture predicts a slope of $-1$ for the steps to equilibrium
+# against $\lambda\,\mathrm{wd}$ on log–log axes. We fit a line through the
+# runs that settled: in every layer the mean of $\lVert W\rVert^2$ changes between the two halves of the tail by less than a fifth of what weight decay alone would change it in the same number of steps. (Settled norms still drift a little, because $\sigma_*^2 = c/E_*$ follows the base gradient as the loss falls; the ELR does not, since $E_*$ is free of $c$.) and report
+# the slope with its standard error.
+
+# %%
+settled = [r for r in rows if r["settled"] and r["status"] == "completed"]
+fit = equilibria.loglog_fit([r["iota"] for r in settled], [r["t_eq"] for r in settled]) if len(settled) >= 3 else None
+fig, axes = plots.plt.subplots(1, 2, figsize=(9, 3.2))
+iota_all = np.array([r["iota"] for r in rows])
+axes[0].loglog(iota_all, [r["t_eq"] for r in rows], "o", label="measured (median over layers)")
+axes[0].loglog(np.sort(iota_all), 2 * dynamics.relaxation_steps(1.0, np.sort(iota_all)), "k--", label="model")
+if fit is not None:
+    axes[0].loglog(np.sort(iota_all), fit.predict(np.sort(iota_all)), "C1-", lw=0.8,
+                   label=f"fit: slope {fit.slope:.3f} ± {fit.slope_se:.3f}")
+axes[0].set(xlabel=r"$\lambda\,\mathrm{wd}$", ylabel="steps to equilibrium")
+axes[0].legend()
+for r in rows:
+    axes[1].plot(np.full(r["angular"].shape, r["angular_pred"]), r["angular"], ".", color="C0", ms=4)
+lim = [min(r["angular_pred"] for r in rows) * 0.5, max(r["angular_pred"] for r in rows) * 1.5]
+axes[1].plot(lim, lim, "k--", lw=1)
+axes[1].set(xscale="log", yscale="log", xlabel=r"predicted $\sqrt{2\lambda\,\mathrm{wd}}$",
+            ylabel=r"measured $\|\Delta W\|/\|W\|$ (per layer)")
+plots.glue("ch14-measured", fig)
+plots.glue("ch14-setting", f"{model} (width {width}) on {dataset}, {steps} steps of batch {batch_size}, seed {seed}")
+if fit is not None:
+    plots.glue("ch14-slope", f"{fit.slope:.3f} ± {fit.slope_se:.3f}")
+    display(Markdown(f"Fitted slope: **{fit.slope:.3f} ± {fit.slope_se:.3f}** over {len(settled)} settled runs "
+                     f"(the conjecture and the model: −1)."))
+
+# %% [markdown]
+# ```{glue:figure} ch14-measured
+# :name: fig-ch14-measured
+#
+# Measured: {glue:text}`ch14-setting`. Left: steps until $\lVert W\rVert^4$ closed all but $e^{-2}$ of
+# its gap, against the intrinsic learning rate, with the model's prediction (dashed) and a least-squares
+# fit. Right: each hidden layer's relative update at equilibrium against $\sqrt{2\lambda\,\mathrm{wd}}$.
+# ```
+#
+# What the measurements say. Once its norm has settled, every hidden layer
+# turns by the predicted $\sqrt{2\lambda\,\mathrm{wd}}$ per step and its
+# gradient ELR sits at the predicted $E_*$ (the equilibrium is an average
+# identity, $\mathrm{E}\lVert W_{i+1}\rVert^2 = \mathrm{E}\lVert W_i\rVert^2$,
+# so it survives the fluctuations of real base gradients). The time to
+# equilibrium falls as $1/(\lambda\,\mathrm{wd})$. Two caveats: the runs
+# start far above their equilibrium norm, so much of the approach is plain
+# decay, which is why the measured times follow the model so closely; and a
+# run with $\lambda\,\mathrm{wd}$ much smaller than here would need
+# proportionally more steps than the quick profile affords.
+#
+# ## What weight decay does to the critical rate and the spread
+#
+# With weight decay the ELR map of Part I becomes
+# $E' = E/((1-\lambda\,\mathrm{wd})^2+\lambda^2E^2)$, and a pair of layers
+# reverses its order exactly when $\lambda > (1-\lambda\,\mathrm{wd})\,\kappa_{jk}$,
+# that is $\lambda > \kappa_{jk}/(1+\mathrm{wd}\,\kappa_{jk})$ (Prop. III.2).
+# Weight decay lowers the critical rate, but negligibly in practice: for the
+# ResNet110 profile above, $\kappa_{\ell h}(0)$ moves by the factor printed
+# below. What changes qualitatively is the long run: the spread no longer
+# fades slowly but disappears, because $E_*$ is the same for every layer.
+
+# %%
+e0 = dynamics.elr(dynamics.SIGMA2_HE, c)
+kappa0 = float(dynamics.critical_lr(e0))
+for wd_show in (5e-4, 5e-3):
+    print(f"ResNet110 NoShort at init: κ_ℓh = {kappa0:.4g}; with wd = {wd_show:g}: "
+          f"{float(dynamics.critical_lr_wd(e0, wd_show)):.4g} (factor {float(dynamics.critical_lr_wd(e0, wd_show)) / kappa0:.6f})")
+
+# %% [markdown]
+# A remark on the paper's Appendix C.1, which says that reducing all weights
+# by a factor $\alpha$ corresponds to increasing the learning rate by a
+# factor $\alpha$. By Eq. (1) the gradient grows by $\alpha$ when the weight
+# shrinks by $\alpha$, so the relative step $\lambda\lVert\nabla W\rVert/\lVert W\rVert$
+# grows by $\alpha^2$: the equivalent learning rate is $\alpha^2\lambda$
+# (the next cell checks this on the model).
+
+# %%
+alpha = 3.0
+sigma2_a, c_a = np.array([2.0, 5.0]), np.array([0.3, 1.1])
+shrunk = dynamics.discrete_step(sigma2_a / alpha**2, c_a, 0.1) * alpha**2   # weights divided by α, λ = 0.1
+faster = dynamics.discrete_step(sigma2_a, c_a, 0.1 * alpha**2)             # original weights, λ·α²
+as_printed = dynamics.discrete_step(sigma2_a, c_a, 0.1 * alpha)            # original weights, λ·α
+print("relative error, λα²:", float(np.max(np.abs(shrunk / faster - 1))),
+      " λα:", float(np.max(np.abs(shrunk / as_printed - 1))))
+
+# %% [markdown]
+# ## Checks
+
+# %%
+assert np.isclose(float(shrunk[0] / faster[0]), 1.0) and not np.isclose(float(shrunk[0] / as_printed[0]), 1.0), \
+    "shrinking weights by α equals raising λ by α², not α"
+eq_sim = dynamics.equilibrium(0.1, 5e-3)
+assert np.allclose(sims["wd = 0.005"].elr[-1], eq_sim.elr, rtol=1e-6), "model: every layer ends at E_*"
+assert spread_end["wd = 0.005"] < 1e-6 < 1 < spread_end["wd = 0"], "model: weight decay removes the spread, plain SGD keeps it"
+if check_claims:
+    assert len(settled) >= 3 and fit is not None, f"at least 3 runs settle ({len(settled)} did)"
+    assert abs(fit.slope + 1) < max(3 * fit.slope_se, 0.1), \
+        f"the slope of steps-to-equilibrium against λ·wd is −1 within 3 standard errors or 0.1 ({fit.slope:.3f})"
+    for r in settled:
+        assert np.all(np.abs(r["angular"] / r["angular_pred"] - 1) < 0.1), \
+            f"λ={r['lr']}, wd={r['wd']}: every layer's ‖ΔW‖/‖W‖ within 10% of √(2λwd)"
+        assert np.all(np.abs(r["elr"] / r["elr_pred"] - 1) < 0.1), f"λ={r['lr']}, wd={r['wd']}: ELR within 10% of E_*"
+        assert abs(r["t_eq"] / r["t_pred"] - 1) < 0.25, f"λ={r['lr']}, wd={r['wd']}: steps to equilibrium within 25%"
+    at_plain_lr = [r for r in settled if r["lr"] == lr_plain]
+    assert at_plain_lr and max(r["spread_end"] for r in at_plain_lr) < spread_plain, \
+        "with weight decay the measured spread ends below the run without it"
+print("all claims of this chapter hold" if check_claims else "claims not checked at this profile")
