@@ -113,12 +113,14 @@ display(Markdown(
 # The angular update agrees with $\sqrt{2\lambda\,\mathrm{wd}/(1+\mu)}$
 # within a few percent, and is clearly not the momentum-free
 # $\sqrt{2\lambda\,\mathrm{wd}}$. The gradient ELR agrees less well: it
-# runs up to about a fifth above $E_*$ in the table. Our added assumption is
-# the reason: consecutive mini-batch gradients of a real network are not
-# orthogonal to the buffer; a positive correlation makes the buffer longer
-# than the model's for the same gradients, and the equilibrium then needs
-# *smaller* gradients to keep the same rotation, yet it is the ELR that
-# departs and the rotation that holds. The angular update is the robust
+# runs up to about a fifth *above* $E_*$ in the table. The added assumption
+# (each gradient orthogonal to the buffer) is the likely reason: the
+# rotation is fixed by the balance of norms alone, so if real gradients
+# partly point against the buffer (the next step partly undoing the last,
+# as in oscillation across a valley), the buffer is shorter than the model's
+# and larger gradients are needed for the same rotation. We have not
+# measured that correlation, so this is a hypothesis. The angular update is
+# the robust
 # prediction; we assert it, and only report the ELR.
 #
 # ## How momentum moves the critical rate
