@@ -36,15 +36,18 @@ class Work:
     batch_size: int
     runs: int
     steps: int
+    width: int = 64    # hidden width of bnrelu models (the chapters use 64)
 
 
 @lru_cache(maxsize=None)
-def step_flops(model: str, dataset: str, batch_size: int) -> float:
+def step_flops(model: str, dataset: str, batch_size: int, width: int = 64) -> float:
     """Counted FLOPs of one forward and backward pass (counted at batch 2, scaled linearly)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     kwargs = {"num_classes": CLASSES[dataset]}
-    if model != "resnet101":
+    if model.startswith("bnrelu"):
+        kwargs.update(width=width, in_features=math.prod(INPUT[dataset]))
+    elif model != "resnet101":
         kwargs["in_channels"] = INPUT[dataset][0]
     net = nets.build(model, **kwargs).train()
     x = torch.randn(2, *INPUT[dataset])
@@ -69,7 +72,14 @@ def chapter_work(chapter: str, values: dict) -> list[Work]:
     if chapter == "13_trainability":
         runs = 2 * (2 * len(v["lrs"]) + len(v["elr_goals"])) + 8
         return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], runs, v["steps"])]
-    return []  # Part I simulates the model; chapter 8 does single forward/backward passes
+    if chapter == "14_weight_decay":
+        return [Work(v["model"], v["dataset"], v["batch_size"], len(v["grid"]) + 1, v["steps"], v["width"])]
+    if chapter == "15_momentum":
+        return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], len(v["lrs"]) * len(v["momenta"]), v["steps"]),
+                Work(v["eq_model"], v["dataset"], v["eq_batch_size"], len(v["eq_grid"]), v["eq_steps"])]
+    if chapter == "18_transformers":  # the ResNet runs compared with; the two Transformer runs are not counted
+        return [Work(f"resnet{v['resnet_depth']}", "digits", v["batch_size"], 2, v["steps"])]
+    return []  # Parts I and III simulate the model; chapter 8 does single forward/backward passes
 
 
 def plan(profile: str = "paper", gpu_flops: float = ASSUMED_GPU_FLOPS) -> list[dict]:
@@ -77,7 +87,7 @@ def plan(profile: str = "paper", gpu_flops: float = ASSUMED_GPU_FLOPS) -> list[d
     rows = []
     for chapter in book.chapters():
         work = chapter_work(chapter, book.resolve(chapter, profile))
-        flops = sum(w.runs * w.steps * step_flops(w.model, w.dataset, w.batch_size) for w in work)
+        flops = sum(w.runs * w.steps * step_flops(w.model, w.dataset, w.batch_size, w.width) for w in work)
         rows.append({"chapter": chapter, "runs": sum(w.runs for w in work),
                      "steps": sum(w.runs * w.steps for w in work), "pflops": flops / 1e15,
                      "gpu_hours": flops / gpu_flops / 3600,

@@ -243,3 +243,40 @@ def at_init(build, inputs: torch.Tensor, targets: torch.Tensor, seeds: int) -> l
         torch.manual_seed(seed)
         out.append(measure_once(build(), inputs, targets))
     return out
+
+
+# ----------------------------------------------- base gradients of recorded runs (Part III)
+
+
+def base_gradient_stats(records: Records, tail: float = 0.2) -> dict[str, np.ndarray]:
+    """Per layer: how much the base gradient c = ‖W‖·‖∇W‖ moves during a run.
+
+    ``noise``: standard deviation of log c from one logged step to the next;
+    ``drift``: |log c| between the median of the last ``tail`` of the run and of the first 5 logged steps;
+    ``growth``: log σ² between the same windows (the auto-rate-tuning part of the ELR's change,
+    since log E = log c − log σ²).
+    """
+    _, w = records.matrix("weight_norm")
+    _, g = records.matrix("grad_norm")
+    if len(w) < 7:
+        raise ValueError("base_gradient_stats needs at least 7 logged steps")
+    c = w * g
+    k = max(int(round(tail * len(c))), 1)
+    late, early = np.median(c[-k:], axis=0), np.median(c[:5], axis=0)
+    return {"noise": np.std(np.diff(np.log(c), axis=0), axis=0),
+            "drift": np.abs(np.log(late / early)),
+            "growth": np.log(np.median(w[-k:] ** 2, axis=0) / np.median(w[:5] ** 2, axis=0))}
+
+
+def radial_cosine(records: Records, lr: float) -> np.ndarray:
+    """|cos(W, ∇W)| per logged step and layer, from the norms alone, for plain SGD logged at every step.
+
+    Plain SGD gives ‖W'‖² = ‖W‖² − 2λ⟨W, ∇W⟩ + λ²‖∇W‖², so
+    cos = (‖W‖² + λ²‖∇W‖² − ‖W'‖²) / (2λ ‖W‖ ‖∇W‖). It is 0 for a scale-invariant
+    layer (Eq. 2). Returns shape (T − 1, L); needs consecutive steps.
+    """
+    steps, w = records.matrix("weight_norm")
+    _, g = records.matrix("grad_norm")
+    if len(steps) < 2 or np.any(np.diff(steps) != 1):
+        raise ValueError("radial_cosine needs records logged at every step (log_every=1)")
+    return np.abs((w[:-1] ** 2 + lr**2 * g[:-1] ** 2 - w[1:] ** 2) / (2 * lr * w[:-1] * g[:-1]))

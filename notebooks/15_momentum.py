@@ -50,6 +50,7 @@ eq_model: str = "bnrelu6"  # network of the equilibrium runs
 eq_steps: int = 1500  # steps of each equilibrium run {>= 50}
 eq_grid: list[str] = ["0.04:0.02", "0.1:0.02", "0.1:0.04"]  # (λ:wd) pairs of the equilibrium runs, at μ = eq_momentum
 eq_momentum: float = 0.9  # momentum of the equilibrium runs {>= 0, < 1}
+eq_batch_size: int = 64  # batch size of the equilibrium runs {>= 2}
 sim_steps: int = 100  # steps of the model's spread simulation {>= 10}
 check_claims: bool = True  # assert the measured claims (the smoke profile only runs the code)
 seed: int = 0  # seed of initialisation and data order {>= 0}
@@ -90,8 +91,9 @@ for check in (symbolic.check_momentum_equilibrium, symbolic.check_momentum_effec
 # now with momentum.
 
 # %%
-eq_configs = [train.TrainConfig(model=eq_model, width=64, dataset=dataset, data_root=data_root, batch_size=64,
-                                steps=eq_steps, lr=lr, wd=wd, momentum=eq_momentum, eval_batches=2, seed=seed)
+eq_configs = [train.TrainConfig(model=eq_model, width=64, dataset=dataset, data_root=data_root,
+                                steps=eq_steps, lr=lr, wd=wd, momentum=eq_momentum, eval_batches=2, seed=seed,
+                                batch_size=eq_batch_size)
               for lr, wd in eq_pairs]
 eq_rows = []
 for (lr, wd), run in zip(eq_pairs, train.sweep(eq_configs)):
@@ -102,7 +104,7 @@ for (lr, wd), run in zip(eq_pairs, train.sweep(eq_configs)):
                     "angular_pred": eq.angular, "angular_sgd": dynamics.equilibrium(lr, wd).angular,
                     "elr": equilibria.tail_rms(e_grad), "elr_pred": eq.elr})
 display(Markdown(
-    f"μ = {eq_momentum:g}, {eq_model} on {dataset}, {eq_steps} steps of batch 64; values are root-mean-squares "
+    f"μ = {eq_momentum:g}, {eq_model} on {dataset}, {eq_steps} steps of batch {eq_batch_size}; values are root-mean-squares "
     "over the last fifth of the run.\n\n"
     "| λ | wd | ‖ΔW‖/‖W‖ measured (layer range) | predicted √(2λwd/(1+μ)) | without the 1+μ | "
     "ELR measured (layer range) | predicted $E_*$ |\n|---|---|---|---|---|---|---|\n" + "\n".join(
