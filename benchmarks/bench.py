@@ -4,7 +4,14 @@
 
 1. Monitor overhead: an SGD step with the ELR monitor logging every step, against the same step without it.
 2. Framework overhead: a step of elr.train against a minimal hand-written loop (same model, data, seed).
-3. Simulator throughput: vectorised elr.dynamics against a plain Python loop over layers and steps.
+3. Simulator throughput: vectorised elr.dynamics against a plain Python loop over layers and steps,
+   and the long-horizon closed form against iterating the recurrence.
+4. Fast paths: channels_last against the default memory format per ResNet depth; torch.compile
+   (compilation time, then the steady step against eager).
+5. The book: time per chapter at the profile it was last built with (book/chapters/run_record.json).
+
+The output is printed and written to benchmarks/latest.md, which the book's reproducibility page
+includes, with the machine and the date.
 
 Timings interleave the variants and report the median ratio over repetitions, so a slow
 moment of the machine hits both sides alike.
@@ -12,10 +19,13 @@ moment of the machine hits both sides alike.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -124,17 +134,115 @@ def simulator_throughput(n_layers: int = 109, n_lrs: int = 50, n_steps: int = 19
             f"vectorised elr.dynamics is {ratio:.0f}x faster than a Python loop ({t_vec * 1e3:.1f} vs {t_loop * 1e3:.0f} ms)")
 
 
+def long_horizon_throughput(depth: int = 110, n: int = 1_000_000, lr: float = 0.1) -> str:
+    c = dynamics.base_gradients_cifar_resnet(depth, shortcut=False)
+    s0 = np.full(c.shape, dynamics.SIGMA2_HE)
+
+    def closed():
+        return dynamics.elr_at_step(s0, c, lr, n).x
+
+    def iterate():
+        s = s0.copy()
+        for _ in range(n):
+            s = dynamics.discrete_step(s, c, lr)
+        return dynamics.elr(s, c)
+
+    err = float(np.max(np.abs(closed() / iterate() - 1)))
+    ratio, t_iter, t_closed = _median_ratio(iterate, closed, 2)
+    return (f"long horizon, ResNet{depth} NoShort ({len(c)} layers), ELRs at step {n:,}: closed form is {ratio:,.0f}x "
+            f"faster than iterating Eq. 5 ({t_closed * 1e3:.2f} ms vs {t_iter:.2f} s), max relative difference {err:.1e}")
+
+
+def _step_fn(model, x, y):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return step
+
+
+def channels_last_speed(depth: int, steps: int, reps: int, batch: int = 128) -> str:
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(batch, 3, 32, 32, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+    torch.manual_seed(0)
+    plain = nets.resnet(depth, shortcut=False)
+    last = nets.resnet(depth, shortcut=False).to(memory_format=torch.channels_last)
+    step_plain = _step_fn(plain, x, y)
+    step_last = _step_fn(last, x.contiguous(memory_format=torch.channels_last), y)
+    step_plain(); step_last()  # warm-up
+    ratio, t_plain, t_last = _median_ratio(lambda: [step_plain() for _ in range(steps)],
+                                           lambda: [step_last() for _ in range(steps)], reps)
+    return (f"channels_last, ResNet{depth} NoShort, batch {batch} of 3x32x32: {ratio:.2f}x the speed of the default "
+            f"layout ({t_last / steps * 1e3:.0f} vs {t_plain / steps * 1e3:.0f} ms/step)")
+
+
+def compile_speed(depth: int, steps: int, reps: int, batch: int = 64) -> str:
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(batch, 3, 32, 32, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+    torch.manual_seed(0)
+    eager = nets.resnet(depth, shortcut=False)
+    compiled_model = nets.resnet(depth, shortcut=False)
+    step_eager = _step_fn(eager, x, y)
+    step_compiled = _step_fn(torch.compile(compiled_model), x, y)
+    t0 = time.perf_counter(); step_compiled(); first = time.perf_counter() - t0
+    step_eager()
+    ratio, t_eager, t_comp = _median_ratio(lambda: [step_eager() for _ in range(steps)],
+                                           lambda: [step_compiled() for _ in range(steps)], reps)
+    return (f"torch.compile, ResNet{depth} NoShort, batch {batch} of 3x32x32: first step (compilation) {first:.1f} s, "
+            f"then {ratio:.2f}x the speed of eager ({t_comp / steps * 1e3:.0f} vs {t_eager / steps * 1e3:.0f} ms/step); "
+            f"compilation pays off after about {first / max(t_eager / steps - t_comp / steps, 1e-9):,.0f} steps"
+            if t_comp < t_eager else
+            f"torch.compile, ResNet{depth} NoShort, batch {batch} of 3x32x32: first step (compilation) {first:.1f} s, "
+            f"then {ratio:.2f}x the speed of eager ({t_comp / steps * 1e3:.0f} vs {t_eager / steps * 1e3:.0f} ms/step): "
+            f"no gain on this CPU")
+
+
+def book_profile(path: Path = Path("book/chapters/run_record.json")) -> list[str]:
+    """Where the book's time goes: each chapter's wall time when `elr book` last executed it."""
+    if not path.exists():
+        return [f"the book: no run record at {path} (run `make book` first)"]
+    record = json.loads(path.read_text())
+    rows = sorted(record.items(), key=lambda kv: -kv[1]["seconds"])
+    total = sum(e["seconds"] for _, e in rows)
+    profiles = sorted({e["profile"] for _, e in rows})
+    lines = [f"the book, profile {'/'.join(profiles)}: {total:.0f} s of chapter time in all, by chapter:"]
+    lines += [f"  {name}: {e['seconds']:.0f} s ({100 * e['seconds'] / total:.0f}%)" for name, e in rows]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compilation takes minutes)")
+    parser.add_argument("--out", default="benchmarks/latest.md", help="where to write the output for the book")
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    lines = []
+
+    def emit(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    emit(f"machine: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+         f"torch {torch.__version__}, {'CUDA' if torch.cuda.is_available() else 'CPU only'}; "
+         f"--reps {args.reps} --steps {args.steps}; {time.strftime('%Y-%m-%d')}")
     for depth in (56, 110):
         for cifar_shape in (False, True):
-            print(monitor_overhead(depth, args.steps, args.reps, cifar_shape), flush=True)
-    print(framework_overhead(56, args.steps, max(args.reps // 2, 2)), flush=True)
-    print(simulator_throughput(), flush=True)
+            emit(monitor_overhead(depth, args.steps, args.reps, cifar_shape))
+    emit(framework_overhead(56, args.steps, max(args.reps // 2, 2)))
+    emit(simulator_throughput())
+    emit(long_horizon_throughput())
+    for depth in (20, 56, 110):
+        emit(channels_last_speed(depth, max(args.steps // 3, 2), args.reps))
+    if not args.no_compile:
+        emit(compile_speed(20, max(args.steps // 2, 2), args.reps))
+    for line in book_profile():
+        emit(line)
+    out = Path(args.out)
+    out.write_text("```text\n" + "\n".join(lines) + "\n```\n")
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":

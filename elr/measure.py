@@ -145,7 +145,7 @@ class ELRMonitor:
         self.every, self.per_channel = every, per_channel
         self.channels = [w.shape[0] if w.dim() > 1 else 1 for w in self.weights]
         offsets = np.cumsum([0] + self.channels)
-        self._slices = [slice(a, b) for a, b in zip(offsets[:-1], offsets[1:])]
+        self._starts = offsets[:-1]  # first channel of each layer, for np.*.reduceat
         self._layer_of_channel = np.repeat(np.arange(len(self.weights)), self.channels)
         self._channel_index = np.concatenate([np.arange(c) for c in self.channels])
         self.records = Records(self.names)
@@ -197,18 +197,19 @@ class ELRMonitor:
     def _record(self, step: int, w_sq: np.ndarray, g_sq: np.ndarray, u_sq: np.ndarray | None) -> None:
         n_layers = len(self.weights)
         layer_idx, minus1 = np.arange(n_layers), np.full(n_layers, -1)
-        w_layer = np.sqrt([w_sq[s].sum() for s in self._slices])
+        starts = self._starts
+        w_layer = np.sqrt(np.add.reduceat(w_sq, starts))  # per-layer sums of the per-channel squares
         w_chan = np.sqrt(w_sq)
         pairs = [("grad", g_sq)] + ([("update", u_sq)] if u_sq is not None else [])
         self.records.add(step, layer_idx, minus1, "weight_norm", w_layer)
         if self.per_channel:
             self.records.add(step, self._layer_of_channel, self._channel_index, "weight_norm", w_chan)
         for kind, sq in pairs:
-            n_layer = np.sqrt([sq[s].sum() for s in self._slices])
+            n_layer = np.sqrt(np.add.reduceat(sq, starts))
             n_chan = np.sqrt(sq)
             e_layer = _ratio(n_layer, w_layer)
             e_chan = _ratio(n_chan, w_chan)
-            e_max = np.array([np.max(e_chan[s]) for s in self._slices])
+            e_max = np.maximum.reduceat(e_chan, starts)  # max over channels (NaN if any channel has no ELR)
             self.records.add(step, layer_idx, minus1, f"{kind}_norm", n_layer)
             self.records.add(step, layer_idx, minus1, f"elr_{kind}", e_layer)
             self.records.add(step, layer_idx, minus1, f"elr_{kind}_max", e_max)

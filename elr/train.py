@@ -84,6 +84,7 @@ class TrainConfig:
     device: str = "cpu"
     channels_last: bool = False        # NHWC memory format for convolutions
     autocast: str = "none"             # "bf16": bfloat16 autocast of the forward pass; ELRs and norms stay float32
+    compile: bool = False              # torch.compile the model (the first step's time, compilation included, is recorded)
     progress: bool = False             # show a tqdm progress bar
 
     def __post_init__(self):
@@ -293,6 +294,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
             raise ValueError(f"batch_size {config.batch_size} is not divisible by the {world} processes")
         # gradients are averaged over processes; BatchNorm statistics stay per process (plain DDP)
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=None if config.device == "cpu" else [rank])
+    if config.compile:
+        net = torch.compile(net)  # parameters stay those of `model`: the monitor and checkpoints see no difference
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 nesterov=config.nesterov, weight_decay=config.wd)
     weights = [m.weight for _, m in layers]
@@ -328,7 +331,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
         bar = tqdm(total=config.steps, initial=start_step, desc=f"{config.model} λ={config.lr:g}", leave=False)
     model.train()
     step = start_step
+    step_seconds = []  # wall time of the first steps of this process (the first includes any compilation)
     for step in range(start_step, config.steps):
+        tick = time.perf_counter()
         x, y = batches.get(step)
         if config.flip and x.dim() == 4:
             x = data_mod.random_flip(x, _step_generator(config.seed, step, 2))
@@ -358,6 +363,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
             break
         if monitor.logs(step):
             history.append({"step": step, "train_loss": loss.item(), "lr": lr})
+        if len(step_seconds) < 5:
+            step_seconds.append(time.perf_counter() - tick)
         if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps and rank == 0:
             history.append({"step": step + 1, **evaluate(model, test_set, config)})
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and rank == 0:
@@ -374,7 +381,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
     final = evaluate(model, test_set, config) if status == "completed" else {}
     metrics = {"status": status, "diverged_at": diverged_at, "steps_done": step,
                "final": final, "history": history,
-               "warmup_steps": getattr(scheduler, "warmup_steps", 0)}
+               "warmup_steps": getattr(scheduler, "warmup_steps", 0),
+               "first_step_seconds": step_seconds[:1], "next_step_seconds": step_seconds[1:]}
     monitor.records.save(run_dir / "records.npz")
     _atomic_json(run_dir / "provenance.json", {
         "elr_version": elr.__version__, "git": _git_revision(), "torch": torch.__version__,
@@ -411,23 +419,84 @@ def run(config: TrainConfig, root: str | Path = "runs", fresh: bool | None = Non
 _RETRAINED: set[str] = set()
 
 
-def sweep(configs: list[TrainConfig], root: str | Path = "runs", workers: int = 1) -> list[RunResult]:
+ENGINES = ("pool", "submitit")
+
+
+def sweep(configs: list[TrainConfig], root: str | Path = "runs", workers: int | None = None, engine: str = "pool",
+          cluster: str | None = None, executor_parameters: dict[str, Any] | None = None,
+          poll_seconds: float = 0.5) -> list[RunResult]:
     """Run (or reuse) every config; a diverged run is a result like any other.
 
-    ``workers > 1`` runs the missing ones in a pool of that many processes (one torch thread
-    each, so the pool is bounded by the cores). Finished runs are reused, interrupted ones
-    resume from their checkpoint: a sweep that was killed skips what it had finished.
+    Runs land in ``root/<config key>`` whatever runs them, so a chapter reads a
+    sweep the same way. Finished runs are reused and interrupted ones resume
+    from their checkpoint: a sweep that was killed skips what it had finished.
+
+    ``workers=None`` reads the environment variable ELR_WORKERS (default 1): chapters
+    call ``sweep(configs)`` and the person running the book decides (``make book``
+    uses 2, the cores of the machine it was written on).
+
+    ``engine="pool"``: ``workers > 1`` runs the missing configs in a local pool of
+    that many processes (one torch thread each, so the pool is bounded by the cores).
+
+    ``engine="submitit"``: through submitit (``pip install 'elr[cluster]'``). With
+    ``cluster=None`` it submits a SLURM job array when ``sbatch`` is available
+    (``executor_parameters`` go to ``update_parameters``, e.g.
+    ``{"slurm_partition": "gpu", "gpus_per_node": 1, "timeout_min": 600}``;
+    ``workers`` caps how many array tasks run at once) and otherwise runs
+    local subprocesses, at most ``workers`` at a time; ``cluster="local"``
+    forces the latter.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if workers is None:
+        workers = int(os.environ.get("ELR_WORKERS", "1"))
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     todo = [cfg for cfg in configs if not _finished(Path(root) / cfg.key()) or os.environ.get("ELR_FRESH") == "1"]
-    if workers > 1 and len(todo) > 1:
+    jobs = [(cfg.to_dict(), str(root)) for cfg in todo]
+    if engine == "submitit" and todo:
+        _submitit(jobs, Path(root), workers, cluster, executor_parameters or {}, poll_seconds)
+    elif workers > 1 and len(todo) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            list(pool.map(_run_in_worker, [(cfg.to_dict(), str(root)) for cfg in todo]))
-        for cfg in todo:  # retrained in the workers: do not retrain again in this process
-            _RETRAINED.add(str((Path(root) / cfg.key()).resolve()))
+            list(pool.map(_run_in_worker, jobs))
+    else:
+        todo = []  # run below, in this process
+    for cfg in todo:  # retrained by the workers: do not retrain again in this process
+        _RETRAINED.add(str((Path(root) / cfg.key()).resolve()))
     return [run(cfg, root) for cfg in configs]
+
+
+def _submitit(jobs: list[tuple[dict, str]], root: Path, workers: int, cluster: str | None,
+              parameters: dict[str, Any], poll_seconds: float) -> None:
+    try:
+        import submitit
+    except ImportError:
+        raise ImportError("engine='submitit' needs submitit: pip install 'elr[cluster]'") from None
+    executor = submitit.AutoExecutor(folder=root / "_submitit" / "%j", cluster=cluster)
+    params = {"timeout_min": 24 * 60, **parameters}
+    if executor.cluster == "slurm":
+        params.setdefault("slurm_array_parallelism", workers)
+    executor.update_parameters(**params)
+    if executor.cluster == "slurm":
+        import functools
+
+        for job in executor.map_array(functools.partial(_run_in_worker, threads=None), jobs):
+            job.result()  # raises with the job's traceback if it failed
+        return
+    # local (or debug) executor: it starts every job at once, so keep at most `workers` running
+    pending, running = list(jobs), []
+    while pending or running:
+        while pending and len(running) < workers:
+            running.append(executor.submit(_run_in_worker, pending.pop(0), 1))
+        done = [job for job in running if job.done()]
+        for job in done:
+            job.result()
+            running.remove(job)
+        if not done:
+            time.sleep(poll_seconds)
 
 
 def _finished(run_dir: Path) -> bool:
@@ -435,9 +504,11 @@ def _finished(run_dir: Path) -> bool:
     return path.exists() and json.loads(path.read_text()).get("status") in ("completed", "diverged")
 
 
-def _run_in_worker(job: tuple[dict, str]) -> str:
+def _run_in_worker(job: tuple[dict, str], threads: int | None = 1) -> str:
+    """Run one config in a worker process; ``threads=None`` keeps torch's default (a cluster job's own cores)."""
     values, root = job
-    torch.set_num_threads(1)
+    if threads:
+        torch.set_num_threads(threads)
     values["milestones"] = tuple(values["milestones"])
     return str(run(TrainConfig(**values), root).run_dir)
 

@@ -150,6 +150,21 @@ display(Markdown(
         for r, c, w in table_cases)))
 
 # %% [markdown]
+# How much of this is noise? We executed this chapter twice with identical
+# configurations and seeds, once in one process with two torch threads and
+# once in a pool of two single-threaded processes, which changes nothing but
+# the order of floating-point reductions. The spreads, the warm-up lengths,
+# Short against NoShort and the Table 1 analogue came out the same in
+# direction. The accuracies of single NoShort runs did not: the plain run at
+# $\lambda = 0.1$ reached 28.5% in one execution and 42.1% in the other,
+# and the best constrained run 48.8% and 31.0%. So at this scale the
+# *best accuracy over* $\lambda$ of a protocol is not a stable statistic,
+# and we do not assert the paper's claim that the constraint raises it; what
+# held in both executions, with margins of 12 points or more, is that at
+# the super-critical $\lambda = 1$ the warm-up trains NoShort better than
+# no warm-up, and that is what we check. Settling the rest needs several
+# seeds per point, as in the paper's profile.
+#
 # What the quick profile reproduces, and what it does not, is stated by the
 # checks below; the table sets our numbers beside the paper's, which come
 # from a different data set, network and training length and are not
@@ -165,11 +180,12 @@ if check_claims:
         assert summary[(False, "plain", lr)]["spread"] > max(others), f"λ={lr}: NoShort without warm-up spreads most"
         assert summary[(False, "warm-up", lr)]["spread"] < summary[(False, "plain", lr)]["spread"], \
             f"λ={lr}: the subcritical warm-up lowers NoShort's spread"
-    best = {p: max(summary[(False, p, x)]["acc"] for x in (elr_goals if p == "constrained" else lrs))
-            for p in ("plain", "warm-up", "constrained")}
-    assert best["warm-up"] > best["plain"] and best["constrained"] > best["plain"], \
-        "warm-up and the ELR constraint both raise NoShort's best accuracy"
-    assert max(summary[(True, "plain", lr)]["acc"] for lr in lrs) > best["plain"], "Short trains better than NoShort"
+    super_critical = [lr for lr in lrs if 0.5 <= lr <= 2.0]  # λ = 1: far above NoShort's κ_ℓh, still trainable
+    for lr in super_critical:
+        assert summary[(False, "warm-up", lr)]["acc"] > summary[(False, "plain", lr)]["acc"] + 0.05, \
+            f"λ={lr}: the subcritical warm-up raises NoShort's accuracy by more than 5 points"
+    best_plain = max(summary[(False, "plain", x)]["acc"] for x in lrs)
+    assert max(summary[(True, "plain", lr)]["acc"] for lr in lrs) > best_plain + 0.2, "Short trains better than NoShort"
     assert all(summary[(False, "constrained", g)]["spread"] < min(summary[(False, "plain", lr)]["spread"] for lr in lrs)
                for g in elr_goals), "the constraint lowers NoShort's spread below every plain run"
     warm_steps = [summary[(False, "warm-up", lr)]["warmup_steps"] for lr in lrs]

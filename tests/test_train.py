@@ -148,3 +148,57 @@ def test_an_interrupted_sweep_skips_what_it_finished(tmp_path):
     serial = train.train(configs[2], tmp_path / "serial")
     # a pool run (1 thread) equals a serial one up to the order of floating-point reductions
     np.testing.assert_allclose(again[2].records.table["value"], serial.records.table["value"], rtol=1e-4)
+
+
+def test_a_killed_sweep_resumes_and_skips_what_it_finished(tmp_path):
+    """Kill a real sweep process mid-run; the next sweep skips the finished run and resumes the cut one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    configs = [train.TrainConfig(**{**SMALL, "steps": 200, "seed": s, "checkpoint_every": 5}) for s in range(2)]
+    dirs = [tmp_path / "runs" / c.key() for c in configs]
+    script = ("import sys; from elr import train; "
+              f"cfgs = [train.TrainConfig.from_dict(d) for d in {[c.to_dict() for c in configs]!r}]; "
+              "train.sweep(cfgs, sys.argv[1])")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "runs")],
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while not ((dirs[0] / "metrics.json").exists() and (dirs[1] / "checkpoint.pt").exists()):
+        assert proc.poll() is None and time.time() < deadline, "the sweep finished or stalled before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (dirs[1] / "metrics.json").exists(), "the second run was cut before it finished"
+    stamp = (dirs[0] / "metrics.json").stat().st_mtime_ns
+    resumed = train.sweep(configs, tmp_path / "runs")
+    assert (dirs[0] / "metrics.json").stat().st_mtime_ns == stamp, "the finished run was not retrained"
+    assert all(r.status == "completed" and r.steps_done == 200 for r in resumed)
+    clean = train.train(configs[1], tmp_path / "clean")
+    np.testing.assert_array_equal(resumed[1].records.table, clean.records.table)  # resumed exactly
+
+
+def test_submitit_local_sweep_lands_in_the_same_run_directories(tmp_path):
+    pytest.importorskip("submitit")
+    configs = [train.TrainConfig(**{**SMALL, "steps": 3, "seed": s}) for s in range(3)]
+    results = train.sweep(configs, tmp_path / "runs", workers=2, engine="submitit", cluster="local", poll_seconds=0.1)
+    assert [r.run_dir.name for r in results] == [c.key() for c in configs]
+    assert all(r.status == "completed" for r in results)
+    assert (tmp_path / "runs" / "_submitit").is_dir()  # the jobs' logs
+    stamps = [(r.run_dir / "metrics.json").stat().st_mtime_ns for r in results]
+    train.sweep(configs, tmp_path / "runs", engine="submitit", cluster="local")  # nothing left to do
+    assert [(r.run_dir / "metrics.json").stat().st_mtime_ns for r in results] == stamps
+    serial = train.train(configs[0], tmp_path / "serial")
+    np.testing.assert_allclose(results[0].records.table["value"], serial.records.table["value"], rtol=1e-4)
+    with pytest.raises(ValueError, match="engine"):
+        train.sweep(configs, tmp_path / "runs", engine="ray")
+
+
+def test_compiled_training_matches_eager(tmp_path):
+    cfg = dict(model="bnrelu2", width=8, steps=3, batch_size=16, lr=0.1, log_every=1, eval_batches=1, flip=False)
+    eager = train.train(train.TrainConfig(**cfg), tmp_path / "eager")
+    compiled = train.train(train.TrainConfig(**cfg, compile=True), tmp_path / "compiled")
+    np.testing.assert_allclose(compiled.records.table["value"], eager.records.table["value"], rtol=1e-4)
+    assert compiled.metrics["first_step_seconds"] and len(compiled.metrics["next_step_seconds"]) == 2
