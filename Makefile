@@ -6,6 +6,8 @@ PY     := $(VENV)/bin/python
 ELR    := $(VENV)/bin/elr
 STAMP  := $(VENV)/.installed-stamp
 PROFILE ?= quick
+# training processes per sweep inside a chapter (one torch thread each); 1 = one process with all threads
+ELR_WORKERS ?= 2
 
 .PHONY: install book test prove bench clean
 
@@ -20,7 +22,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 book: $(STAMP)
-	$(ELR) book --profile $(PROFILE)
+	ELR_WORKERS=$(ELR_WORKERS) $(ELR) book --profile $(PROFILE)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -42,7 +42,7 @@ from elr import dynamics, plots, train
 plots.setup()
 configs = {(transform, lr): train.TrainConfig(model=f"resnet{depth}", shortcut=False, dataset=dataset,
                                               data_root=data_root, batch_size=batch_size, steps=steps + 1, lr=lr,
-                                              transform=transform, log_every=steps, eval_batches=1, seed=seed,
+                                              transform=transform, log_every=1, eval_batches=1, seed=seed,
                                               channels_last=True)
            for transform in ("random_walk", "none") for lr in lrs}
 runs = dict(zip(configs, train.sweep(list(configs.values()))))
@@ -54,6 +54,10 @@ display(Markdown(f"{len(runs)} runs of ResNet{depth} NoShort, {steps} steps each
 # step 0, iterate the discrete model for the same number of steps, and
 # compare the predicted $\lVert W\rVert$ and $\lVert \nabla W\rVert =
 # c/\lVert W\rVert$ with the measurement at step {glue:text}`ch10-steps`.
+# The gradient of one mini-batch scatters around the model's expectation
+# ($c$ is an average over batches), so the gradient's ratio in the checks
+# is the geometric mean of measured over predicted over the second half of
+# the steps, where the model's prediction is made step by step.
 
 # %%
 rows = {}
@@ -63,10 +67,14 @@ for (transform, lr), run in runs.items():
         continue
     sigma2_0, c = run.records.model_state(0)
     model = dynamics.simulate(sigma2_0[:1], c[:1], np.full(steps, lr))
-    w_meas = run.records.matrix("weight_norm")[1][-1, 0]
-    g_meas = run.records.matrix("grad_norm")[1][-1, 0]
+    logged, w_all = run.records.matrix("weight_norm")
+    g_all = run.records.matrix("grad_norm")[1]
+    w_meas, g_meas = w_all[steps, 0], g_all[steps, 0]  # the state before step `steps`, as the model's last entry
     w_pred = float(np.sqrt(model.sigma2[-1, 0]))
-    rows[(transform, lr)] = {"w_meas": w_meas, "w_pred": w_pred, "g_meas": g_meas, "g_pred": c[0] / w_pred}
+    half = np.arange(steps // 2, steps + 1)
+    g_ratio = float(np.exp(np.mean(np.log(g_all[half, 0] * np.sqrt(model.sigma2[half, 0]) / c[0]))))
+    rows[(transform, lr)] = {"w_meas": w_meas, "w_pred": w_pred, "g_meas": g_meas, "g_pred": c[0] / w_pred,
+                             "g_ratio": g_ratio}
 
 fig, axes = plots.plt.subplots(1, 2, figsize=(9.0, 3.2), sharey=True)
 for ax, transform, title in zip(axes, ("random_walk", "none"), ("random-walk gradients", "real gradients")):
@@ -84,8 +92,8 @@ plots.glue("ch10-short-term", fig)
 plots.glue("ch10-steps", f"{steps}")
 plots.glue("ch10-setting", f"ResNet{depth} NoShort on {dataset}, {steps} steps, batch {batch_size}, seed {seed}")
 
-ratio = {k: (None if v is None else (v["w_meas"] / v["w_pred"], v["g_meas"] / v["g_pred"])) for k, v in rows.items()}
-display(Markdown("| λ | random walk: measured/predicted ‖W‖, ‖∇W‖ | real: measured/predicted ‖W‖, ‖∇W‖ |\n|---|---|---|\n"
+ratio = {k: (None if v is None else (v["w_meas"] / v["w_pred"], v["g_ratio"])) for k, v in rows.items()}
+display(Markdown("| λ | random walk: measured/predicted ‖W‖, ‖∇W‖ (geometric mean, 2nd half) | real: the same |\n|---|---|---|\n"
                  + "\n".join(f"| {lr:g} | " + " | ".join("diverged" if ratio[(t, lr)] is None else
                                                            f"{ratio[(t, lr)][0]:.3f}, {ratio[(t, lr)][1]:.3g}"
                                                            for t in ("random_walk", "none")) + " |" for lr in lrs)))
@@ -104,8 +112,9 @@ display(Markdown("| λ | random walk: measured/predicted ‖W‖, ‖∇W‖ | r
 # beyond it the measured gradient grows far above the prediction. The
 # paper reports the same break above $\lambda \approx 1$. With real
 # gradients the weight norm is still close, but the gradient falls far
-# below the prediction, and the further the larger $\lambda$: the network
-# learns, its loss saturates and its base gradient shrinks. The model's
+# below the prediction, and the further the larger $\lambda$, up to about
+# $\lambda = 0.3$, above which it stays about a thousand times below: the
+# network learns, its loss saturates and its base gradient shrinks. The model's
 # assumption of a constant $c$ is what breaks, not its account of the
 # normalisation, and the error is not a constant factor but grows with
 # $\lambda$, which matters for the critical rate
@@ -120,8 +129,12 @@ assert all(abs(ratio[("random_walk", lr)][0] - 1) < 0.10 for lr in walk_ok), \
     "random walk: weight norm within 10% of the prediction for λ <= 1"
 assert all(abs(np.log(ratio[("random_walk", lr)][1])) < np.log(1.5) for lr in walk_ok), \
     "random walk: gradient norm within a factor 1.5 of the prediction for λ <= 1"
-real = [ratio[("none", lr)][1] for lr in lrs if lr <= 1.0 and ratio[("none", lr)] is not None]
-assert all(r < 1 for r in real), "real training: the gradient falls below the prediction"
-assert all(b <= a * 1.05 for a, b in zip(real, real[1:])) and real[-1] < real[0] / 2, \
-    "real training: the gap grows with λ"
+real = {lr: ratio[("none", lr)][1] for lr in lrs if lr <= 1.0 and ratio[("none", lr)] is not None}
+assert all(r < 1 for r in real.values()), "real training: the gradient falls below the prediction"
+rising = [r for lr, r in real.items() if lr <= 0.1]
+assert all(b <= a * 1.05 for a, b in zip(rising, rising[1:])) and rising[-1] < rising[0] / 10, \
+    "real training: the gap grows with λ up to λ = 0.1"
+flat = [r for lr, r in real.items() if lr >= 0.3]
+assert not flat or (max(flat) < 3 * min(flat) and max(flat) < rising[0] / 100), \
+    "real training: above λ ≈ 0.3 the gap stays at its largest, within a factor 3"
 print("all claims of this chapter hold")

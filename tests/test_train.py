@@ -202,3 +202,9 @@ def test_compiled_training_matches_eager(tmp_path):
     compiled = train.train(train.TrainConfig(**cfg, compile=True), tmp_path / "compiled")
     np.testing.assert_allclose(compiled.records.table["value"], eager.records.table["value"], rtol=1e-4)
     assert compiled.metrics["first_step_seconds"] and len(compiled.metrics["next_step_seconds"]) == 2
+
+
+def test_sweep_takes_its_worker_count_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("ELR_WORKERS", "0")
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        train.sweep([train.TrainConfig(**SMALL)], tmp_path)
