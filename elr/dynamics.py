@@ -288,8 +288,24 @@ def subcritical_policy(target: Callable[[np.ndarray], np.ndarray] | None = None,
 LrPolicy = Union[ArrayLike, Callable[[int, np.ndarray], ArrayLike]]
 
 
+class _ELRView:
+    """ELRs and their spread from ``sigma2`` and ``c`` (shared by the trajectory classes)."""
+
+    sigma2: np.ndarray
+    c: np.ndarray
+
+    @property
+    def elr(self) -> np.ndarray:
+        return elr(self.sigma2, self.c)
+
+    @property
+    def spread(self) -> np.ndarray:
+        """S_rel over time, shape (n_steps + 1, *runs)."""
+        return relative_spread(self.elr)
+
+
 @dataclass(frozen=True)
-class Trajectory:
+class Trajectory(_ELRView):
     """A simulated run of the discrete model.
 
     ``sigma2`` and ``elr`` have shape (n_steps + 1, *runs, L): entry i is the
@@ -300,15 +316,6 @@ class Trajectory:
     sigma2: np.ndarray
     c: np.ndarray
     lr: np.ndarray
-
-    @property
-    def elr(self) -> np.ndarray:
-        return elr(self.sigma2, self.c)
-
-    @property
-    def spread(self) -> np.ndarray:
-        """S_rel over time, shape (n_steps + 1, *runs)."""
-        return relative_spread(self.elr)
 
     @property
     def critical_lr(self) -> np.ndarray:
@@ -545,7 +552,7 @@ def simulate_solver(sigma2_0: ArrayLike, c: ArrayLike, lr: ArrayLike, method: st
 
 
 @dataclass(frozen=True)
-class SGDTrajectory:
+class SGDTrajectory(_ELRView):
     """The mean-field model of SGD with weight decay and momentum, see :func:`simulate_sgd`.
 
     ``sigma2`` (n_steps + 1, *runs, L) as in :class:`Trajectory`; ``angular``
@@ -558,14 +565,6 @@ class SGDTrajectory:
     wd: float
     momentum: float
     angular: np.ndarray
-
-    @property
-    def elr(self) -> np.ndarray:
-        return elr(self.sigma2, self.c)
-
-    @property
-    def spread(self) -> np.ndarray:
-        return relative_spread(self.elr)
 
 
 def simulate_sgd(sigma2_0: ArrayLike, c: ArrayLike, lr: float, n_steps: int, wd: float = 0.0,

@@ -151,15 +151,37 @@ class ELRMonitor:
         self.records = Records(self.names)
         self.transfers = 0  # device-to-host transfers so far (one per logged step)
         self._pending: tuple[int, torch.Tensor, torch.Tensor, list[torch.Tensor]] | None = None
+        # Layers of equal shape, dtype and device are stacked and reduced together: a ResNet has a
+        # handful of distinct shapes, so a logged step costs a few dozen kernels instead of several
+        # per layer. `_perm` puts the channels back into layer order.
+        groups: dict[tuple, list[int]] = {}
+        for i, w in enumerate(self.weights):
+            groups.setdefault((tuple(w.shape), w.dtype, w.device), []).append(i)
+        self._groups = list(groups.values())
+        first, k = {}, 0
+        for i in (i for g in self._groups for i in g):
+            first[i], k = k, k + self.channels[i]
+        self._perm = torch.from_numpy(np.concatenate(
+            [np.arange(first[i], first[i] + c) for i, c in enumerate(self.channels)]))
+        self._perm_on: dict[torch.device, torch.Tensor] = {}
 
     def logs(self, step: int) -> bool:
         return step % self.every == 0
 
-    @staticmethod
-    def _channel_sq(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Squared norms of every output channel of every tensor, concatenated (float32 or wider)."""
-        return torch.cat([t.detach().reshape(t.shape[0] if t.dim() > 1 else 1, -1).to(
-            torch.promote_types(t.dtype, torch.float32)).square().sum(dim=1) for t in tensors])
+    def _stacks(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """One stacked copy per group of equally shaped layers."""
+        return [torch.stack([tensors[i].detach() for i in g]) for g in self._groups]
+
+    def _grouped_sq(self, stacks: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Squared norms of every output channel, in layer order (float32 or wider), from ``_stacks``."""
+        parts = []
+        for s in stacks:
+            rows = s.shape[0] * (s.shape[1] if s.dim() > 2 else 1)
+            parts.append(s.reshape(rows, -1).to(torch.promote_types(s.dtype, torch.float32)).square().sum(dim=1))
+        flat = torch.cat(parts)
+        if flat.device not in self._perm_on:
+            self._perm_on[flat.device] = self._perm.to(flat.device)
+        return flat.index_select(0, self._perm_on[flat.device])
 
     @torch.no_grad()
     def observe_gradients(self, step: int) -> None:
@@ -169,8 +191,8 @@ class ELRMonitor:
         if self._pending is not None:
             self.flush()
         grads = [w.grad if w.grad is not None else torch.zeros_like(w) for w in self.weights]
-        before = [w.detach().clone() for w in self.weights]
-        self._pending = (step, self._channel_sq(self.weights), self._channel_sq(grads), before)
+        before = self._stacks(self.weights)  # a copy of the weights, for the update
+        self._pending = (step, self._grouped_sq(before), self._grouped_sq(self._stacks(grads)), before)
 
     @torch.no_grad()
     def observe_update(self, step: int) -> None:
@@ -178,7 +200,7 @@ class ELRMonitor:
         if self._pending is None or self._pending[0] != step:
             return
         _, w_sq, g_sq, before = self._pending
-        u_sq = self._channel_sq([w.detach() - b for w, b in zip(self.weights, before)])
+        u_sq = self._grouped_sq([a - b for a, b in zip(self._stacks(self.weights), before)])
         self._transfer(step, w_sq, g_sq, u_sq)
 
     def flush(self) -> None:
