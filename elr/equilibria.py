@@ -21,9 +21,6 @@ class Approach:
     plateau: np.ndarray    # (L,) s* = mean of ‖W‖⁴ over the tail
     drift: np.ndarray      # (L,) relative change of mean ‖W‖² between the two halves of the tail (small = settled)
 
-    def settled(self, tol: float = 0.05) -> np.ndarray:
-        return self.drift <= tol
-
 
 def approach(steps: np.ndarray, weight_norm: np.ndarray, tail: float = 0.2,
              fraction: float = float(np.exp(-2.0))) -> Approach:

@@ -432,8 +432,9 @@ def sweep(configs: list[TrainConfig], root: str | Path = "runs", workers: int | 
     from their checkpoint: a sweep that was killed skips what it had finished.
 
     ``workers=None`` reads the environment variable ELR_WORKERS (default 1): chapters
-    call ``sweep(configs)`` and the person running the book decides (``make book``
-    uses 2, the cores of the machine it was written on).
+    call ``sweep(configs)`` and the person running the book decides
+    (``ELR_WORKERS=2 make book``). Runs in one process repeat bit for bit; runs in a
+    pool did not always do so here (see the book's reproducibility page).
 
     ``engine="pool"``: ``workers > 1`` runs the missing configs in a local pool of
     that many processes (one torch thread each, so the pool is bounded by the cores).

@@ -114,7 +114,9 @@ display(Markdown(f"κ_ℓh(0) = {k_crit:.3g}, κ_hh'(0) = {k_sub:.3g} (mean over
 # paper: the base gradients shrink as the network learns, the ELRs drop
 # faster than the model predicts, and the best rate falls below
 # $\kappa_{\ell h}(0)$. At the largest rates real training ends with a
-# *larger* spread than it started with. The paper's conservative choice,
+# spread about as large as it started with (slightly larger or slightly
+# smaller from one execution to the next; we have seen both), far above the
+# smallest spread of the sweep: the curve is U-shaped. The paper's conservative choice,
 # the subcritical rate, lies well inside the region where every run lowers
 # the spread.
 #
@@ -134,8 +136,10 @@ grid_step = lrs[1] / lrs[0]
 assert 1 / grid_step <= best_walk / k_crit <= grid_step, "random walk: the smallest spread (λ <= 1) is one grid step from κ_ℓh(0)"
 best_real = lrs[int(np.nanargmin(mean(spread1, "none")))]
 assert best_real < best_walk, "real training: the curve is shifted to smaller rates"
-assert mean(spread1, "none")[-1] > mean(spread0, "none")[-1] or ("none", lrs[-1], 0) in diverged, \
-    "real training at the largest rate ends with a larger spread (or diverges)"
+assert ("none", lrs[-1], 0) in diverged or (
+    mean(spread1, "none")[-1] > 0.8 * mean(spread0, "none")[-1]
+    and mean(spread1, "none")[-1] > 2 * np.nanmin(mean(spread1, "none"))), \
+    "real training at the largest rate ends with about the spread it started with, twice the smallest (or diverges)"
 assert k_sub < k_crit and all(mean(spread1, "none")[i] < mean(spread0, "none")[i] for i, lr in enumerate(lrs)
                               if lr <= k_sub * grid_step), "the subcritical rate lowers the spread"
 print("all claims of this chapter hold")
