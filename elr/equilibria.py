@@ -20,6 +20,7 @@ class Approach:
     steps: np.ndarray      # (L,) first logged step with |s − s*| <= fraction·|s0 − s*|
     plateau: np.ndarray    # (L,) s* = mean of ‖W‖⁴ over the tail
     drift: np.ndarray      # (L,) relative change of mean ‖W‖² between the two halves of the tail (small = settled)
+    half_steps: int        # steps between the starts of the two halves of the tail (what ``drift`` spans)
 
 
 def approach(steps: np.ndarray, weight_norm: np.ndarray, tail: float = 0.2,
@@ -41,7 +42,8 @@ def approach(steps: np.ndarray, weight_norm: np.ndarray, tail: float = 0.2,
     first = np.where(within.any(axis=0), np.argmax(within, axis=0), len(w) - 1)
     half = n_tail // 2
     drift = np.abs(np.mean(w[-half:] ** 2, axis=0) / np.mean(w[-n_tail:-half] ** 2, axis=0) - 1)
-    return Approach(steps=np.asarray(steps)[first], plateau=plateau, drift=drift)
+    steps = np.asarray(steps)
+    return Approach(steps=steps[first], plateau=plateau, drift=drift, half_steps=int(steps[-1] - steps[-1 - half]))
 
 
 def tail_rms(values: np.ndarray, tail: float = 0.2) -> np.ndarray:

@@ -163,7 +163,6 @@ plain_config = train.TrainConfig(model=model, width=width, dataset=dataset, data
 runs = train.sweep(configs + [plain_config])
 plain = runs[-1]
 rows = []
-half_tail = max(int(round(0.2 * steps / log_every)), 2) // 2 * log_every  # steps in half of the tail
 for (lr, wd), run in zip(pairs, runs):
     logged, w = run.records.matrix("weight_norm")
     _, e_grad = run.records.matrix("elr_grad")
@@ -173,7 +172,7 @@ for (lr, wd), run in zip(pairs, runs):
     rows.append({"lr": lr, "wd": wd, "iota": lr * wd, "status": run.status,
                  "angular": equilibria.tail_rms(u), "elr": equilibria.tail_rms(e_grad),
                  "angular_pred": eq.angular, "elr_pred": eq.elr,
-                 "settled": bool(appr.drift.max() < 0.2 * (1 - (1 - lr * wd) ** (2 * half_tail))),
+                 "settled": bool(appr.drift.max() < 0.2 * (1 - (1 - lr * wd) ** (2 * appr.half_steps))),
                  "drift": float(appr.drift.max()), "t_eq": float(np.median(appr.steps)),
                  "t_pred": 2 * float(dynamics.relaxation_steps(lr, wd)),
                  "spread_end": float(dynamics.relative_spread(e_grad[-max(len(e_grad) // 5, 1):]).mean())})

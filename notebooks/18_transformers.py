@@ -95,7 +95,7 @@ for qk in (False, True):
 # %%
 tf_runs = {qk: transformer.train_sequence(qk, task, steps, lr, batch_size=batch_size, seed=seed, d_model=d_model,
                                           n_heads=n_heads, n_layers=n_layers) for qk in (False, True)}
-names = [n for n, _ in transformer.PreLNTransformer(vocab, seq_len, d_model, n_heads, n_layers).weight_layers()]
+names = tf_runs[False].records.layer_names  # every weight matrix of the blocks, as monitored
 tf = {}
 for qk, run in tf_runs.items():
     _, e = run.records.matrix("elr_grad")

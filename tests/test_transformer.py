@@ -76,7 +76,7 @@ def test_approach_recovers_the_relaxation_time_of_the_model():
     traj = dynamics.simulate_sgd(np.full(3, 40.0), c, lr, 2000, wd)
     appr = equilibria.approach(np.arange(2001), np.sqrt(traj.sigma2))
     assert np.all(np.abs(appr.steps / (2 * dynamics.relaxation_steps(lr, wd)) - 1) < 0.1)
-    assert np.all(appr.drift < 1e-3)
+    assert np.all(appr.drift < 1e-3) and appr.half_steps == 200  # a tail of 400 of the 2001 steps
     with pytest.raises(ValueError, match="tail"):
         equilibria.approach(np.arange(3), np.ones((3, 1)), tail=1.5)
 
