@@ -10,7 +10,21 @@ the ELR monitor and evaluation, and leaves in ``run_dir``:
 ``records.npz``     the ELR monitor's tidy records (:class:`elr.measure.Records`)
 ``metrics.json``    evaluations, final status (``completed`` or ``diverged`` and at which step)
 ``checkpoint.pt``   the state to resume from, written atomically every ``checkpoint_every`` steps
+``fingerprint.json`` what the run's results depend on besides the config: a hash of the elr sources
+                    training runs through, and the torch version
 ==================  =============================================================
+
+A run is reused only when it is the same run: :func:`run` names its directory
+by :func:`run_key`, a hash of the config, of the content of the ``elr`` modules
+that :mod:`elr.train` imports (directly or through each other, see
+:func:`training_sources`) and of the torch version, so an edit to the training
+code retrains while an edit to a chapter's prose does not. A run counts as
+finished only when ``metrics.json`` says ``completed`` or ``diverged`` and
+every file it lists is present with the size and SHA-256 it lists.
+
+Checkpoints hold only tensors and plain containers and are loaded with
+``torch.load(..., weights_only=True)``: a crafted ``checkpoint.pt`` is refused,
+never executed.
 
 Every random choice (data order, flips, random-walk directions) is derived
 from ``(seed, step)``, so a run is bit-for-bit reproducible on the CPU and a
@@ -20,7 +34,9 @@ as diverged with its step: at a super-critical rate that is a result, not a cras
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -121,9 +137,7 @@ class TrainConfig:
         return out
 
     def key(self) -> str:
-        """A stable short hash of the config, to name and reuse runs."""
-        import hashlib
-
+        """A stable short hash of the config alone (see :func:`run_key` for the name of a run directory)."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
     def lr_at(self, step: int) -> float:
@@ -139,6 +153,53 @@ class TrainConfig:
             "exponential": lambda: dynamics.exponential(s, self.lr, self.gamma),
         }[self.schedule]
         return float(fn())
+
+
+# ------------------------------------------------------------ what a run depends on
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def training_sources() -> list[Path]:
+    """The ``elr`` source files training runs through: ``train.py`` and the elr modules it imports.
+
+    Found by reading the module-level imports of ``train.py`` and, in turn, of
+    each elr module it reaches (plus ``elr/__init__.py``). Imports inside
+    functions are left out on purpose: ``train`` only reaches ``elr.book`` that
+    way, to record the git revision, which does not change results.
+    """
+    seen: set[str] = set()
+    todo = ["train", "__init__"]
+    while todo:
+        name = todo.pop()
+        if name in seen or not (_PACKAGE / f"{name}.py").exists():
+            continue
+        seen.add(name)
+        tree = ast.parse((_PACKAGE / f"{name}.py").read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and node.module == "elr":
+                todo += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("elr."):
+                todo.append(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                todo += [a.name.split(".")[1] for a in node.names if a.name.startswith("elr.")]
+    return sorted(_PACKAGE / f"{name}.py" for name in seen)
+
+
+def code_fingerprint() -> dict[str, str]:
+    """What a run's results depend on besides its config: the training sources' content and torch's version."""
+    digest = hashlib.sha256()
+    for path in training_sources():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes().replace(b"\r\n", b"\n") + b"\0")
+    return {"code": digest.hexdigest()[:16], "torch": torch.__version__,
+            "sources": ", ".join(p.name for p in training_sources())}
+
+
+def run_key(config: "TrainConfig", fingerprint: dict[str, str] | None = None) -> str:
+    """The name of a run's directory: a hash of the config, the training code and the torch version."""
+    fp = fingerprint or code_fingerprint()
+    blob = json.dumps({"config": config.to_dict(), "code": fp["code"], "torch": fp["torch"]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -166,6 +227,23 @@ def _atomic_torch_save(path: Path, obj: Any) -> None:
     os.close(fd)
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+class UnsafeCheckpoint(RuntimeError):
+    """A checkpoint that holds something other than tensors and plain containers."""
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only, never code."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpoint(
+            f"refusing to load {path}: it holds objects other than tensors and plain containers, and loading "
+            f"them could run code ({str(err).splitlines()[0]}). elr writes no such checkpoint; delete the file "
+            f"to train this run from the start.") from None
 
 
 def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -241,24 +319,60 @@ def evaluate(model: torch.nn.Module, dataset, config: TrainConfig) -> dict[str, 
 def train(config: TrainConfig, run_dir: str | Path, resume: bool = True) -> RunResult:
     """Run ``config`` into ``run_dir``; with ``resume``, continue from ``checkpoint.pt`` if present.
 
-    A run directory that already holds a finished run of the same config is
-    returned as it is (nothing is retrained).
+    A run directory that already holds a finished run of the same config, made
+    by the same training code and torch version, is returned as it is (nothing
+    is retrained). One made by other code is cleared and retrained.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     rank, world = _distributed(config)
     if rank > 0:
         return _train(config, run_dir, resume, rank, world)
-    metrics_path, ckpt_path = run_dir / "metrics.json", run_dir / "checkpoint.pt"
-    config_path = run_dir / "config.json"
+    config_path, fp_path = run_dir / "config.json", run_dir / "fingerprint.json"
+    fingerprint = code_fingerprint()
     if config_path.exists():
         stored = json.loads(config_path.read_text())
         if stored != config.to_dict():
             raise ValueError(f"{run_dir} holds a run of a different config; use another run_dir")
-        if metrics_path.exists() and json.loads(metrics_path.read_text()).get("status") in ("completed", "diverged"):
+        made_by = json.loads(fp_path.read_text()) if fp_path.exists() else {}
+        if {k: made_by.get(k) for k in ("code", "torch")} != {k: fingerprint[k] for k in ("code", "torch")}:
+            # results of other code (or of an elr too old to say): nothing here may be reused or resumed
+            for name in RUN_FILES + ("checkpoint.pt",):
+                (run_dir / name).unlink(missing_ok=True)
+        elif finished(run_dir):
             return load_run(run_dir)
     _atomic_json(config_path, config.to_dict())
+    _atomic_json(fp_path, fingerprint)
     return _train(config, run_dir, resume, rank, world)
+
+
+#: The files a finished run lists in metrics.json (with their sizes and SHA-256), besides metrics.json itself.
+RUN_FILES = ("records.npz", "provenance.json")
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    return {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def finished(run_dir: str | Path) -> bool:
+    """True when ``run_dir`` holds a complete run: status ``completed``/``diverged`` and every listed file intact.
+
+    A run cut while it wrote its results (a missing, truncated or altered file)
+    is not finished, and is resumed from its checkpoint or retrained.
+    """
+    path = Path(run_dir) / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    files = metrics.get("files")
+    if metrics.get("status") not in ("completed", "diverged") or not isinstance(files, dict) or not files:
+        return False
+    for name, entry in files.items():
+        f = Path(run_dir) / name
+        if not f.is_file() or _file_entry(f) != entry:
+            return False
+    return True
 
 
 def _distributed(config: TrainConfig) -> tuple[int, int]:
@@ -311,17 +425,21 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
 
     start_step, history, status, diverged_at = 0, [], "running", None
     if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = load_checkpoint(ckpt_path)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        monitor.records = measure.Records(monitor.names, [ckpt["records"]])
+        table = np.frombuffer(ckpt["records"].numpy().tobytes(), dtype=measure.Records._DTYPE).copy()
+        monitor.records = measure.Records(monitor.names, [table])
         start_step, history = ckpt["step"], ckpt["history"]
         wall_start -= ckpt.get("wall", 0.0)
 
     def checkpoint(step: int) -> None:
+        # only tensors and plain containers, so that it loads with weights_only=True (the records as raw bytes)
+        records = torch.frombuffer(bytearray(monitor.records.table.tobytes()) or bytearray(1), dtype=torch.uint8)
+        records = records[:monitor.records.table.nbytes]
         _atomic_torch_save(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                       "scheduler": scheduler.state_dict(), "records": monitor.records.table,
+                                       "scheduler": scheduler.state_dict(), "records": records,
                                        "step": step, "history": history, "wall": time.time() - wall_start})
 
     bar = None
@@ -386,10 +504,12 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
     monitor.records.save(run_dir / "records.npz")
     _atomic_json(run_dir / "provenance.json", {
         "elr_version": elr.__version__, "git": _git_revision(), "torch": torch.__version__,
+        "code": code_fingerprint()["code"],
         "python": platform.python_version(), "device": config.device, "machine": platform.machine(),
         "dataset": getattr(train_set, "description", config.dataset), "wall_seconds": round(time.time() - wall_start, 3),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    _atomic_json(metrics_path, metrics)
+    metrics["files"] = {name: _file_entry(run_dir / name) for name in RUN_FILES}
+    _atomic_json(metrics_path, metrics)  # written last: a run is finished once this file lists the others
     return RunResult(run_dir, status, metrics["steps_done"], diverged_at, metrics, monitor.records)
 
 
@@ -400,12 +520,13 @@ def _git_revision() -> str:
 
 
 def run(config: TrainConfig, root: str | Path = "runs", fresh: bool | None = None) -> RunResult:
-    """Train ``config`` into ``root/<config key>``, reusing a finished run of the same config unless ``fresh``.
+    """Train ``config`` into ``root/<run_key>``, reusing a finished run of the same config and code unless ``fresh``.
 
     ``fresh=None`` reads the environment variable ELR_FRESH (set by ``elr book --fresh`` and
     ``elr run --fresh``): then every run is retrained once per process, never twice.
     """
-    run_dir = Path(root) / config.key()
+    run_dir = Path(root) / run_key(config)
+    _note_use(Path(root), run_dir.name)
     if fresh is None:
         fresh = os.environ.get("ELR_FRESH") == "1" and str(run_dir.resolve()) not in _RETRAINED
         _RETRAINED.add(str(run_dir.resolve()))
@@ -417,6 +538,74 @@ def run(config: TrainConfig, root: str | Path = "runs", fresh: bool | None = Non
 
 
 _RETRAINED: set[str] = set()
+
+
+def _note_use(root: Path, name: str) -> None:
+    """Under ``elr run``/``elr book`` (ELR_CHAPTER set), note that this chapter uses run ``name``."""
+    chapter = os.environ.get("ELR_CHAPTER")
+    if not chapter:
+        return
+    used = root / ".used"
+    used.mkdir(parents=True, exist_ok=True)
+    with open(used / chapter, "a", encoding="utf-8") as fh:  # one short append: safe from several processes
+        fh.write(name + "\n")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One directory under a runs root, as :func:`list_runs` sees it."""
+
+    name: str
+    status: str             # completed | diverged | unfinished
+    current: bool           # made by the training code and torch version installed now
+    chapters: tuple[str, ...]  # chapters whose last execution used it
+    summary: str            # model, lr, seed ... from its config.json
+    stale: bool             # can never be reused: other code, or no chapter uses it any more
+
+
+def list_runs(root: str | Path = "runs") -> list[RunInfo]:
+    """Every run directory under ``root``, with whether it is stale.
+
+    A run is stale when it was made by other training code or another torch
+    version (no chapter can reuse it), or, once chapters have recorded which
+    runs they use (``elr run``/``elr book`` do), when no chapter uses it.
+    """
+    root = Path(root)
+    fp = code_fingerprint()
+    used: dict[str, list[str]] = {}
+    tracked = (root / ".used").is_dir() and any((root / ".used").iterdir())
+    if tracked:
+        for f in sorted((root / ".used").iterdir()):
+            for name in set(f.read_text(encoding="utf-8").split()):
+                used.setdefault(name, []).append(f.name)
+    out = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))) \
+            if root.is_dir() else []:
+        try:
+            made_by = json.loads((d / "fingerprint.json").read_text())
+        except (OSError, ValueError):
+            made_by = {}
+        current = made_by.get("code") == fp["code"] and made_by.get("torch") == fp["torch"]
+        try:
+            cfg = json.loads((d / "config.json").read_text())
+            summary = ", ".join(f"{k}={cfg[k]}" for k in ("model", "shortcut", "lr", "steps", "seed") if k in cfg)
+        except (OSError, ValueError):
+            summary = "no config"
+        status = json.loads((d / "metrics.json").read_text())["status"] if finished(d) else "unfinished"
+        chapters = tuple(sorted(used.get(d.name, [])))
+        out.append(RunInfo(d.name, status, current, chapters, summary,
+                           stale=not current or (tracked and not chapters)))
+    return out
+
+
+def prune_runs(root: str | Path = "runs") -> list[str]:
+    """Delete the stale run directories under ``root``; return their names."""
+    import shutil
+
+    stale = [r.name for r in list_runs(root) if r.stale]
+    for name in stale:
+        shutil.rmtree(Path(root) / name)
+    return stale
 
 
 ENGINES = ("pool", "submitit")
@@ -453,7 +642,9 @@ def sweep(configs: list[TrainConfig], root: str | Path = "runs", workers: int | 
         workers = int(os.environ.get("ELR_WORKERS", "1"))
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    todo = [cfg for cfg in configs if not _finished(Path(root) / cfg.key()) or os.environ.get("ELR_FRESH") == "1"]
+    fingerprint = code_fingerprint()
+    todo = [cfg for cfg in configs
+            if not finished(Path(root) / run_key(cfg, fingerprint)) or os.environ.get("ELR_FRESH") == "1"]
     jobs = [(cfg.to_dict(), str(root)) for cfg in todo]
     if engine == "submitit" and todo:
         _submitit(jobs, Path(root), workers, cluster, executor_parameters or {}, poll_seconds)
@@ -466,7 +657,7 @@ def sweep(configs: list[TrainConfig], root: str | Path = "runs", workers: int | 
     else:
         todo = []  # run below, in this process
     for cfg in todo:  # retrained by the workers: do not retrain again in this process
-        _RETRAINED.add(str((Path(root) / cfg.key()).resolve()))
+        _RETRAINED.add(str((Path(root) / run_key(cfg, fingerprint)).resolve()))
     return [run(cfg, root) for cfg in configs]
 
 
@@ -498,11 +689,6 @@ def _submitit(jobs: list[tuple[dict, str]], root: Path, workers: int, cluster: s
             running.remove(job)
         if not done:
             time.sleep(poll_seconds)
-
-
-def _finished(run_dir: Path) -> bool:
-    path = run_dir / "metrics.json"
-    return path.exists() and json.loads(path.read_text()).get("status") in ("completed", "diverged")
 
 
 def _run_in_worker(job: tuple[dict, str], threads: int | None = 1) -> str:
