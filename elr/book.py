@@ -40,6 +40,17 @@ PROFILES_FILE = NOTEBOOKS / "profiles.toml"
 PROFILES = ("smoke", "quick", "paper")
 RECORD_JSON = CHAPTERS_OUT / "run_record.json"
 RECORD_MD = CHAPTERS_OUT / "run_record.md"
+#: Seconds one chapter may run before it is stopped and counted as failed (``--timeout`` or ELR_CHAPTER_TIMEOUT).
+#: Generous: the slowest quick-profile chapter takes about 4 minutes on a 2-core CPU.
+DEFAULT_TIMEOUT = 3600.0
+
+
+def chapter_timeout(timeout: float | None = None) -> float:
+    value = timeout if timeout is not None else float(os.environ.get("ELR_CHAPTER_TIMEOUT", DEFAULT_TIMEOUT))
+    if not value > 0:
+        raise ParameterError(f"the chapter timeout must be > 0 seconds, got {value!r} "
+                             "(set it with --timeout or ELR_CHAPTER_TIMEOUT)")
+    return value
 
 
 class ParameterError(ValueError):
@@ -227,12 +238,38 @@ def git_revision() -> str:
 
 
 def _banner(chapter: str, profile: str, values: dict[str, Any]) -> str:
+    """The box under a chapter's title: how it ran, downloads, and the exact commands to rerun it."""
     declared = read_parameters(chapter)
     rows = "\n".join(f"| `{k}` | `{v!r}` | {declared[k].help} |" for k, v in values.items())
-    return (f"```{{admonition}} How this chapter ran\n:class: note\n"
+    elr_cmd = f"elr run {chapter} --profile {profile}"
+    params_json = json.dumps(values).replace("'", "'\\''")
+    return (f"````{{admonition}} How this chapter ran, and how to rerun it\n:class: note rerun-box\n"
             f"Profile **{profile}**, elr {elr.__version__} (git {git_revision()}). "
-            f"Rerun it with `elr run {chapter} --profile {profile}` or change any value with `-p name=value`.\n\n"
-            f"| parameter | value | meaning |\n|---|---|---|\n{rows}\n```")
+            f"Downloads: {{download}}`the executed notebook <{chapter}.ipynb>` and "
+            f"{{download}}`its jupytext source <../../notebooks/{chapter}.py>`.\n\n"
+            f"Rerun it from a clone of the repository (after `make install`), with elr or with papermill:\n\n"
+            f"```bash\n.venv/bin/{elr_cmd}   # change any value with -p name=value\n"
+            f".venv/bin/jupytext --to ipynb notebooks/{chapter}.py -o {chapter}.ipynb\n"
+            f".venv/bin/papermill {chapter}.ipynb out.ipynb -y '{params_json}'\n```\n\n"
+            f"| parameter | value | meaning |\n|---|---|---|\n{rows}\n````")
+
+
+def check_built_pages(html_dir: Path, names: list[str]) -> list[str]:
+    """Problems with the built chapter pages: each must offer both downloads and the rerun box."""
+    problems = []
+    for name in names:
+        page = html_dir / "book" / "chapters" / f"{name}.html"
+        if not page.exists():
+            problems.append(f"{page} was not built")
+            continue
+        text = page.read_text(encoding="utf-8")
+        for needle, what in ((f"{name}.ipynb", "the executed notebook's download link"),
+                             (f"{name}.py", "the jupytext source's download link"),
+                             ("rerun-box", "the rerun box"), (f"elr run {name}", "the elr run command"),
+                             ("papermill", "the papermill command")):
+            if needle not in text:
+                problems.append(f"{page.name} has no {what}")
+    return problems
 
 
 def _finish_notebook(path: Path, chapter: str, profile: str, values: dict[str, Any]) -> None:
@@ -251,12 +288,33 @@ def _finish_notebook(path: Path, chapter: str, profile: str, values: dict[str, A
     nbformat.write(nb, path)
 
 
+def _running_cell(path: Path) -> str:
+    """Which cell an interrupted notebook was in: its index and first line, from papermill's cell metadata."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception:  # noqa: BLE001 - the notebook may be half written; the message still names the chapter
+        return "an unknown cell"
+    # the chapter's own code cells (not papermill's injected one); the cell it was in is the last one started
+    code = [c for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+    started = [i for i, c in enumerate(code) if c.metadata.get("papermill", {}).get("start_time")]
+    if not started:
+        return "an unknown cell"
+    i = started[-1]
+    first = code[i].source.strip().splitlines()[0] if code[i].source.strip() else ""
+    return f"code cell {i + 1} of {len(code)} ({first[:70]!r})"
+
+
 def execute(chapter: str, profile: str = "quick", overrides: dict[str, Any] | None = None,
-            out_dir: Path | None = None, values: dict[str, Any] | None = None) -> Path:
+            out_dir: Path | None = None, values: dict[str, Any] | None = None, timeout: float | None = None) -> Path:
     """Execute one chapter with papermill into ``out_dir`` (default book/chapters/); return the notebook path.
 
-    Raises ChapterFailed, naming the executed notebook that holds the traceback.
+    The chapter is stopped after ``timeout`` seconds (see :func:`chapter_timeout`): every cell gets what
+    is left of that budget. Raises ChapterFailed, naming the executed notebook that holds the traceback
+    (and, on a timeout, the cell that was running).
     """
+    timeout = chapter_timeout(timeout)
     import jupytext
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -274,13 +332,23 @@ def execute(chapter: str, profile: str = "quick", overrides: dict[str, Any] | No
         jupytext.write(nb, source)
         env_backend = os.environ.get("MPLBACKEND")
         os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+        os.environ["ELR_CHAPTER"] = chapter  # elr.train notes which runs this chapter uses (`elr runs --stale`)
+        (ROOT / "runs" / ".used" / chapter).unlink(missing_ok=True)
+        # one budget for the whole chapter: each cell may use what the cells before it left (nbclient's timeout_func)
+        deadline = time.monotonic() + timeout
         try:
-            papermill.execute_notebook(str(source), str(output), parameters=values,
-                                       kernel_name="python3", cwd=str(ROOT), progress_bar=False)
+            papermill.execute_notebook(str(source), str(output), parameters=values, kernel_name="python3",
+                                       cwd=str(ROOT), progress_bar=False, execution_timeout=timeout,
+                                       timeout_func=lambda cell: max(1, int(deadline - time.monotonic()) + 1))
         except PapermillExecutionError as err:
             _finish_notebook(output, chapter, profile, values)
             raise ChapterFailed(chapter, output, f"{err.ename}: {err.evalue}") from None
+        except TimeoutError:
+            where = _running_cell(output)
+            raise ChapterFailed(chapter, output, f"timed out after {timeout:g} s in {where}; raise the limit with "
+                                                 f"--timeout SECONDS or ELR_CHAPTER_TIMEOUT") from None
         finally:
+            os.environ.pop("ELR_CHAPTER", None)
             if env_backend is None:
                 os.environ.pop("MPLBACKEND", None)
             else:
@@ -315,9 +383,41 @@ def _record(entries: dict[str, dict[str, Any]]) -> None:
     tmp.replace(RECORD_MD)
 
 
-def run_chapters(names: list[str], profile: str, overrides: dict[str, Any] | None = None) -> dict[str, dict]:
-    """Validate every chapter's parameters first, then execute them in order, recording wall times."""
-    plans = {name: resolve(name, profile, overrides) for name in names}  # fails before any compute
+def summary(entries: dict[str, dict[str, Any]], names: list[str] | None = None) -> str:
+    """The closing report of a book run: each chapter's status and time, and where failing notebooks are."""
+    names = names or sorted(entries)
+    lines = ["elr: summary", f"  {'chapter':28s} {'status':8s} {'seconds':>8s}"]
+    for name in names:
+        e = entries[name]
+        lines.append(f"  {name:28s} {e['status']:8s} {e['seconds']:8.1f}"
+                     + (f"  -> {e['notebook']}" if e["status"] != "ok" and e.get("notebook") else ""))
+    failed = [n for n in names if entries[n]["status"] != "ok"]
+    lines.append(f"  {len(names) - len(failed)} passed, {len(failed)} failed chapters; "
+                 f"{sum(entries[n]['seconds'] for n in names):.1f} s of chapter time"
+                 + ("; each failing notebook above holds its traceback (a failed claim is a failed assert)"
+                    if failed else ""))
+    return "\n".join(lines)
+
+
+def run_chapters(names: list[str], profile: str, overrides: dict[str, Any] | None = None,
+                 timeout: float | None = None, where_declared: bool = False) -> dict[str, dict]:
+    """Validate every chapter's parameters first, then execute them in order, recording wall times.
+
+    With ``where_declared`` (``elr book -p``) an override applies to every chapter that declares it, and a
+    name that no chapter declares is refused. Every chapter runs even when an earlier one failed; a summary
+    is printed at the end.
+    """
+    timeout = chapter_timeout(timeout)
+    overrides = overrides or {}
+    if where_declared:
+        declared = {name: read_parameters(find_chapter(name)) for name in names}
+        nowhere = [k for k in overrides if not any(k in d for d in declared.values())]
+        if nowhere:
+            raise ParameterError(f"no chapter declares {', '.join(map(repr, nowhere))}; see `elr params CHAPTER`")
+        plans = {name: resolve(name, profile, {k: v for k, v in overrides.items() if k in declared[name]})
+                 for name in names}
+    else:
+        plans = {name: resolve(name, profile, overrides) for name in names}  # fails before any compute
     entries = json.loads(RECORD_JSON.read_text()) if RECORD_JSON.exists() else {}
     entries = {k: v for k, v in entries.items() if k in chapters()}
     failures = []
@@ -326,15 +426,17 @@ def run_chapters(names: list[str], profile: str, overrides: dict[str, Any] | Non
         start = time.perf_counter()
         status = "ok"
         try:
-            path = execute(name, profile, values=values)
+            path = execute(name, profile, values=values, timeout=timeout)
             print(f"elr:   done in {time.perf_counter() - start:.1f} s -> {path.relative_to(ROOT)}", flush=True)
         except ChapterFailed as err:
             status = "failed"
             failures.append(err)
             print(f"elr:   FAILED in {time.perf_counter() - start:.1f} s\n{err}", file=sys.stderr, flush=True)
         entries[name] = {"profile": profile, "status": status, "seconds": round(time.perf_counter() - start, 1),
-                         "finished": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "git": git_revision()}
+                         "finished": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "git": git_revision(),
+                         "notebook": str(CHAPTERS_OUT / f"{name}.ipynb")}
         _record(entries)
+    print(summary(entries, list(plans)), flush=True)
     if failures:
         raise failures[0] if len(failures) == 1 else ChapterFailed(
             ", ".join(f.chapter for f in failures), failures[0].notebook,
@@ -359,6 +461,9 @@ def build_html() -> Path:
     proc = subprocess.run(cmd, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"jupyter-book build failed (exit {proc.returncode}); its warnings are printed above")
+    problems = check_built_pages(ROOT / "_build" / "html", chapters())
+    if problems:
+        raise RuntimeError("the built book lacks what each chapter page must offer:\n  " + "\n  ".join(problems))
     return ROOT / "_build" / "html" / "index.html"
 
 

@@ -18,7 +18,8 @@ def _fresh(args) -> None:
 def _cmd_book(args) -> int:
     _fresh(args)
     names = [book.find_chapter(c) for c in args.only] if args.only else book.chapters()
-    book.run_chapters(names, args.profile)
+    book.run_chapters(names, args.profile, book.parse_overrides(args.p or []) or None, timeout=args.timeout,
+                      where_declared=True)
     if not args.no_html:
         index = book.build_html()
         print(f"elr: book built: {index}")
@@ -29,7 +30,7 @@ def _cmd_run(args) -> int:
     _fresh(args)
     name = book.find_chapter(args.chapter)
     overrides = book.parse_overrides(args.p or [])
-    book.run_chapters([name], args.profile, overrides)
+    book.run_chapters([name], args.profile, overrides, timeout=args.timeout)
     return 0
 
 
@@ -138,11 +139,28 @@ def _cmd_train(args) -> int:
     if "milestones" in values:
         values["milestones"] = tuple(values["milestones"])
     cfg = train.TrainConfig.from_dict(values)
-    run_dir = args.run_dir or f"runs/{cfg.key()}"
+    run_dir = args.run_dir or f"runs/{train.run_key(cfg)}"
     result = train.train(cfg, run_dir, resume=not args.fresh)
     if "final" in result.metrics:  # rank 0 (or a single process) reports
         print(json.dumps({"run_dir": str(result.run_dir), "status": result.status, "diverged_at": result.diverged_at,
                           "final": result.metrics["final"]}, indent=2))
+    return 0
+
+
+def _cmd_runs(args) -> int:
+    from elr import train
+
+    runs = train.list_runs(args.root)
+    shown = [r for r in runs if r.stale] if args.stale or args.prune else runs
+    for r in shown:
+        why = "" if not r.stale else ("  STALE: other code or torch" if not r.current else "  STALE: no chapter uses it")
+        print(f"{r.name}  {r.status:10s}  {','.join(r.chapters) or '-':30s}  {r.summary}{why}")
+    if args.prune:
+        removed = train.prune_runs(args.root)
+        print(f"elr runs: removed {len(removed)} stale run(s) from {args.root}")
+    else:
+        print(f"elr runs: {len(runs)} run(s) under {args.root}, {sum(r.stale for r in runs)} stale"
+              + ("; `elr runs --prune` removes them" if any(r.stale for r in runs) else ""))
     return 0
 
 
@@ -163,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", metavar="CHAPTER", help="execute only these chapters (others are reused)")
     p.add_argument("--no-html", action="store_true", help="execute chapters but skip jupyter-book")
     p.add_argument("--fresh", action="store_true", help="retrain runs instead of reusing finished ones in runs/")
+    p.add_argument("--timeout", type=float, default=None,
+                   help=f"seconds one chapter may run (default ELR_CHAPTER_TIMEOUT or {book.DEFAULT_TIMEOUT:g})")
+    p.add_argument("-p", action="append", metavar="NAME=VALUE",
+                   help="set a parameter in every chapter that declares it, e.g. -p seed=1000")
     p.set_defaults(func=_cmd_book)
 
     p = sub.add_parser("run", help="execute one chapter into book/chapters/")
@@ -170,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="quick", choices=book.PROFILES)
     p.add_argument("-p", action="append", metavar="NAME=VALUE", help="override one parameter (repeatable)")
     p.add_argument("--fresh", action="store_true", help="retrain runs instead of reusing finished ones in runs/")
+    p.add_argument("--timeout", type=float, default=None,
+                   help=f"seconds the chapter may run (default ELR_CHAPTER_TIMEOUT or {book.DEFAULT_TIMEOUT:g})")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("params", help="list a chapter's parameters, types, constraints and profiles")
@@ -203,9 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="one training run of elr.train")
     p.add_argument("config", nargs="?", help="a JSON file of TrainConfig fields")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a TrainConfig field (repeatable)")
-    p.add_argument("--run-dir", help="default: runs/<config hash>")
+    p.add_argument("--run-dir", help="default: runs/<hash of config, training code and torch version>")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("runs", help="list the runs under runs/ and which are stale (other code, or unused)")
+    p.add_argument("--root", default="runs")
+    p.add_argument("--stale", action="store_true", help="list only the stale runs")
+    p.add_argument("--prune", action="store_true", help="delete the stale runs")
+    p.set_defaults(func=_cmd_runs)
 
     p = sub.add_parser("data", help="download a data set (needs network access)")
     p.add_argument("name", choices=["cifar10", "cifar100"])

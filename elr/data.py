@@ -5,7 +5,9 @@
   part). Ten classes, no download. It is the data set of the ``quick``
   profile; it is *not* CIFAR, and every run records which data set it used.
 * ``cifar10`` / ``cifar100``: the python-pickle release of CIFAR (Krizhevsky,
-  2009), read from ``<root>/cifar-10-batches-py`` or ``<root>/cifar-100-python``.
+  2009), read from ``<root>/cifar-10-batches-py`` or ``<root>/cifar-100-python``
+  with a restricted unpickler (containers and NumPy arrays only: loading a data
+  file never runs code), each file checked against the release's published MD5.
   ``download=True`` fetches it with torchvision; otherwise a missing data set
   raises an error saying where we looked and how to get it.
 * ``imagenet``: ILSVRC 2012 as an ``ImageFolder`` tree ``<root>/train/<class>/*``
@@ -73,13 +75,71 @@ def digits(train: bool = True, test_fraction: float = 0.25, split_seed: int = 0)
                       f"{len(idx)} of 1,797 images")
 
 
+class UnsafeDataFile(ValueError):
+    """A data file that asks to build objects other than the plain containers and arrays of its format."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what the CIFAR python batches hold: dicts, lists, strings, numbers and NumPy arrays.
+
+    Plain containers, strings and numbers need no global at all; NumPy arrays,
+    dtypes and scalars are rebuilt through the few constructors below, which
+    only make arrays. Any other global (``os.system``, ``builtins.eval``, a
+    class with a ``__reduce__``) is refused before it can be called.
+    """
+
+    _ALLOWED = {(mod, name) for mod in ("numpy.core.multiarray", "numpy._core.multiarray")
+                for name in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise UnsafeDataFile(f"{module}.{name}")
+
+
 def _unpickle(path: Path) -> dict:
     with open(path, "rb") as fh:
-        return pickle.load(fh, encoding="latin1")
+        try:
+            out = _CifarUnpickler(fh, encoding="latin1").load()
+        except UnsafeDataFile as err:
+            raise UnsafeDataFile(
+                f"refusing to load {path}: it asks to build {err}, which a CIFAR batch never holds, and loading "
+                f"it could run code. Replace it with the original file from the CIFAR release "
+                f"(`elr data cifar10 --root ...` verifies the download).") from None
+    if not isinstance(out, dict):
+        raise UnsafeDataFile(f"{path} is not a CIFAR batch (a dict), got {type(out).__name__}")
+    return out
 
 
-def cifar(root: str | Path = "data", name: str = "cifar10", train: bool = True, download: bool = False) -> TensorData:
-    """CIFAR-10 or CIFAR-100 from the python-pickle release under ``root``."""
+def _published_md5(name: str) -> dict[str, str]:
+    """torchvision's published MD5 of each file of the CIFAR python release (it publishes no SHA-256)."""
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    return {f: md5 for f, md5 in cls.train_list + cls.test_list}
+
+
+def _check_files(folder: Path, files: list[str], name: str) -> None:
+    import hashlib
+
+    published = _published_md5(name)
+    for f in files:
+        digest = hashlib.md5((folder / f).read_bytes(), usedforsecurity=False).hexdigest()
+        if f in published and digest != published[f]:
+            raise UnsafeDataFile(
+                f"{folder / f} is not the published file: MD5 {digest}, the release's is {published[f]} "
+                f"(torchvision's list). Get the original with `elr data {name} --root {folder.parent}`, or pass "
+                f"verify=False to read a copy you made yourself.")
+
+
+def cifar(root: str | Path = "data", name: str = "cifar10", train: bool = True, download: bool = False,
+          verify: bool = True) -> TensorData:
+    """CIFAR-10 or CIFAR-100 from the python-pickle release under ``root``.
+
+    Each file is read with a restricted unpickler that builds only containers
+    and NumPy arrays (a crafted batch is refused, never executed), and with
+    ``verify`` its MD5 is checked against the published release first.
+    """
     if name not in CIFAR_STATS:
         raise ValueError(f"name must be 'cifar10' or 'cifar100', got {name!r}")
     root = Path(root)
@@ -98,6 +158,8 @@ def cifar(root: str | Path = "data", name: str = "cifar10", train: bool = True, 
             f"{name.upper()} not found: looked for {', '.join(missing)} under {folder}. Get it with "
             f"`elr data {name} --root {root}` (needs network access; it uses torchvision's download), or unpack "
             f"the python version of the data set there, or use dataset='digits' to run offline.")
+    if verify:
+        _check_files(folder, files, name)
     batches = [_unpickle(folder / f) for f in files]
     x = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
     y = np.concatenate([b["labels" if name == "cifar10" else "fine_labels"] for b in batches]).astype(np.int64)

@@ -172,3 +172,52 @@ def test_paper_profile_starts_and_stops_at_once_without_cifar(tmp_path):
     assert proc.returncode == 1
     assert "running 10_short_term at profile paper" in proc.stdout
     assert "CIFAR10 not found" in proc.stderr and "elr data cifar10" in proc.stderr
+
+
+SLEEPS = '''# %% tags=["parameters"]
+seconds: float = 60.0  # how long to sleep {> 0}
+
+# %%
+import time
+
+# %%
+time.sleep(seconds)
+'''
+
+
+@pytest.mark.slow
+def test_a_chapter_past_its_timeout_fails_naming_the_cell(scratch_book, capsys):
+    import time
+
+    (scratch_book / "01_sleeps.py").write_text(SLEEPS)
+    start = time.monotonic()
+    assert cli.main(["run", "01", "--timeout", "8"]) == 1
+    elapsed = time.monotonic() - start
+    err = capsys.readouterr().err
+    assert elapsed < 8 + 20, elapsed  # the limit plus kernel start-up and shutdown, far below the 60 s sleep
+    assert "timed out after 8 s in code cell 3 of 3 ('time.sleep(seconds)')" in err
+    assert json.loads(book.RECORD_JSON.read_text())["01_sleeps"]["status"] == "failed"
+
+
+def test_summary_names_failures_and_their_notebooks():
+    entries = {"01_a": {"status": "ok", "seconds": 1.0, "notebook": "x/01_a.ipynb"},
+               "02_b": {"status": "failed", "seconds": 2.5, "notebook": "x/02_b.ipynb"}}
+    text = book.summary(entries)
+    assert "1 passed, 1 failed chapters; 3.5 s" in text and "-> x/02_b.ipynb" in text
+    assert "-> x/01_a.ipynb" not in text
+
+
+def test_book_overrides_apply_where_declared_and_unknown_names_are_refused(scratch_book, monkeypatch):
+    (scratch_book / "01_fails.py").write_text(FAILING)
+    (scratch_book / "02_sleeps.py").write_text(SLEEPS)
+    ran = {}
+    def fake_execute(name, profile, values, timeout):
+        ran[name] = values
+        return book.CHAPTERS_OUT / f"{name}.ipynb"
+
+    monkeypatch.setattr(book, "ROOT", scratch_book.parent)
+    monkeypatch.setattr(book, "execute", fake_execute)
+    book.run_chapters(["01_fails", "02_sleeps"], "quick", {"n": 9}, where_declared=True)
+    assert ran["01_fails"]["n"] == 9 and "n" not in ran["02_sleeps"]
+    with pytest.raises(book.ParameterError, match="no chapter declares 'nope'"):
+        book.run_chapters(["01_fails", "02_sleeps"], "quick", {"nope": 1}, where_declared=True)

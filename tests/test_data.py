@@ -29,8 +29,8 @@ def _write_cifar10(root, n=6):
 
 def test_cifar10_reads_the_python_release(tmp_path):
     _write_cifar10(tmp_path)
-    train = data.cifar(tmp_path, "cifar10", train=True)
-    test = data.cifar(tmp_path, "cifar10", train=False)
+    train = data.cifar(tmp_path, "cifar10", train=True, verify=False)
+    test = data.cifar(tmp_path, "cifar10", train=False, verify=False)
     assert train.inputs.shape == (30, 3, 32, 32) and test.inputs.shape == (6, 3, 32, 32)
     assert train.labels.dtype == torch.int64
 
@@ -42,8 +42,39 @@ def test_cifar100_reads_fine_labels(tmp_path):
         with open(folder / name, "wb") as fh:
             pickle.dump({"data": np.zeros((4, 3072), np.uint8), "fine_labels": [0, 99, 5, 7],
                          "coarse_labels": [0, 1, 2, 3]}, fh)
-    ds = data.cifar(tmp_path, "cifar100", train=True)
+    ds = data.cifar(tmp_path, "cifar100", train=True, verify=False)
     assert ds.labels.tolist() == [0, 99, 5, 7]
+
+
+class _WritesMarker:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.write_text, (pathlib.Path(self.marker), "pwned"))
+
+
+@pytest.mark.parametrize("where", ["top", "inside"])
+def test_a_malicious_cifar_batch_is_refused_and_never_runs(tmp_path, where):
+    folder = _write_cifar10(tmp_path)
+    marker = tmp_path / "marker"
+    payload = _WritesMarker(marker)
+    batch = payload if where == "top" else {"data": np.zeros((6, 3072), np.uint8), "labels": [payload] * 6}
+    with open(folder / "data_batch_1", "wb") as fh:
+        pickle.dump(batch, fh)
+    with pytest.raises(data.UnsafeDataFile, match="refusing to load .*data_batch_1.*could run code"):
+        data.cifar(tmp_path, "cifar10", train=True, verify=False)
+    assert not marker.exists()
+
+
+def test_a_cifar_file_that_is_not_the_published_one_is_refused(tmp_path):
+    _write_cifar10(tmp_path)
+    with pytest.raises(data.UnsafeDataFile, match="not the published file: MD5"):
+        data.cifar(tmp_path, "cifar10", train=True)
+    md5 = data._published_md5("cifar10")
+    assert md5["data_batch_1"] == "c99cafc152244af753f735de768cd75f"  # torchvision's list, as published
 
 
 def test_missing_cifar_says_where_and_how(tmp_path):

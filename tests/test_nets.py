@@ -63,3 +63,28 @@ def test_bad_names_and_depths():
         nets.resnet(21)
     with pytest.raises(ValueError, match="unknown model"):
         nets.build("vgg16")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.nn.Conv2d(16, 64, 3, bias=False), lambda: torch.nn.Conv2d(64, 128, 3, bias=False),
+    lambda: torch.nn.Conv2d(3, 256, 1, bias=False), lambda: torch.nn.Linear(512, 256, bias=False),
+    lambda: torch.nn.Linear(100, 400, bias=False),
+])
+def test_he_initialised_layers_have_the_models_sigma2(make):
+    """σ²(0), the squared norm per output unit after He (Kaiming-normal, fan-in, ReLU gain) initialisation.
+
+    E‖w‖² = fan_in · 2/fan_in = 2 for each output unit, so the mean over m units has relative standard
+    error √(2/(fan_in·m)) (each squared weight has variance 2·(2/fan_in)²); the test allows 6 of those,
+    at most ~8% here, while a σ²(0) of 4 (k0 = 16 instead of the paper's 4) is 100% off.
+    """
+    from elr import dynamics
+
+    torch.manual_seed(0)
+    layer = make()
+    torch.nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+    w = layer.weight.detach().double().flatten(1)
+    fan_in, m = w.shape[1], w.shape[0]
+    sigma2 = float((w ** 2).sum(1).mean())
+    tol = 6 * (2 / (fan_in * m)) ** 0.5
+    assert abs(sigma2 / dynamics.SIGMA2_HE - 1) < tol, (sigma2, dynamics.SIGMA2_HE, tol)
+    assert dynamics.SIGMA2_HE ** 2 == 4  # the paper's k0 = σ²(0)² = 4 (Eq. 12 with σ(0)² = 2)
