@@ -24,7 +24,7 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 #: Per-layer growth of BN-ReLU gradient norms at initialisation, Eq. (6):
-#: α = √(π/(π−1)) ≈ 1.2100 (Yang et al., 2019).
+#: α = √(π/(π−1)) ≈ 1.2112 (Yang et al., 2019).
 ALPHA = math.sqrt(math.pi / (math.pi - 1.0))
 
 #: Expected squared norm of one output unit's weights under He initialisation

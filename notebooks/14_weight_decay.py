@@ -96,7 +96,7 @@ for check in (symbolic.check_weight_decay_equilibrium, symbolic.check_weight_dec
 
 # %% [markdown]
 # The model, run on the base gradients of the paper's ResNet110 without
-# shortcuts (Eq. 7) at $\lambda = 0.1$, far above its critical rate: with
+# shortcuts (Eq. 6) at $\lambda = 0.1$, far above its critical rate: with
 # weight decay all ELRs meet at $E_*$ and the spread collapses; without it
 # the spread stays where the first step left it. The overshoot costs time:
 # the first step blows the norms of the highest layers up by orders of

@@ -51,7 +51,7 @@
 
 # %% tags=["parameters"]
 n_max: int = 1000000  # the longest horizon compared with the exact recurrence {>= 100}
-depth: int = 110  # NoShort CIFAR ResNet whose layers are predicted (Eq. 7 base gradients) {>= 8, %6==2}
+depth: int = 110  # NoShort CIFAR ResNet whose layers are predicted (Eq. 6 base gradients) {>= 8, %6==2}
 lr: float = 0.1  # constant learning rate of the prediction {> 0}
 
 # %%
