@@ -227,3 +227,52 @@ def test_subcritical_warmup_hands_over():
     capped = dynamics.simulate(sigma2, c, dynamics.subcritical_policy(lambda s: dynamics.constant(s, 1.0),
                                                                       max_steps=3), n_steps=10)
     assert np.all(capped.lr[3:] == 1.0) and np.all(capped.lr[:3] < 1.0)
+
+
+# Tests that fail on changes to formulas that used to pass every test (the review of issue 13).
+
+
+def test_cifar_resnet_base_gradients_are_eq7_with_two_relus_per_basic_block():
+    """A basic block has two ReLUs (s = 2): c_i = 1 + floor((L − i)/2) α², written out for ResNet8 (L = 7)."""
+    a2 = dynamics.ALPHA ** 2
+    expected = [1 + 3 * a2, 1 + 2 * a2, 1 + 2 * a2, 1 + a2, 1 + a2, 1.0, 1.0]
+    np.testing.assert_allclose(dynamics.base_gradients_cifar_resnet(8, shortcut=True), expected, rtol=1e-12)
+    np.testing.assert_allclose(dynamics.base_gradients_cifar_resnet(8, shortcut=False),
+                               dynamics.ALPHA ** np.arange(6, -1, -1), rtol=1e-12)
+    assert abs(dynamics.ALPHA - (np.pi / (np.pi - 1)) ** 0.5) < 1e-12
+
+
+def test_one_cycle_defaults_are_torchs():
+    torch = pytest.importorskip("torch")
+    total, max_lr = 40, 0.3
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=max_lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total, cycle_momentum=False)
+    theirs = []
+    for _ in range(total):
+        theirs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert dynamics.one_cycle(np.arange(total), max_lr, total) == pytest.approx(theirs, rel=1e-9)
+
+
+def test_warmup_hands_over_at_once_when_the_target_is_already_subcritical():
+    c = dynamics.base_gradients_feedforward(10)
+    sigma2 = np.full(10, 2.0)
+    kappa = float(dynamics.subcritical_lr(dynamics.elr(sigma2, c)))
+    target = 0.5 * kappa   # no ratio can flip under it: there is nothing to warm up
+    lr = dynamics.subcritical_warmup(0, dynamics.elr(sigma2, c), lambda s: dynamics.constant(s, target))
+    assert float(lr) == target
+    traj = dynamics.simulate(sigma2, c, dynamics.subcritical_policy(lambda s: dynamics.constant(s, target)), 5)
+    assert np.all(traj.lr == target)
+
+
+def test_a_flip_is_judged_by_the_layers_ranked_before_the_step():
+    """E = (0.5, 1.5), λ = 3 ≫ κ = 1.15: the top layer ends below the bottom one, a flip in step 0.
+
+    Ranking the layers after the step instead would compare the new top with the new bottom and find none.
+    """
+    traj = dynamics.simulate(np.array([2.0, 2.0]), np.array([1.0, 3.0]), np.full(1, 3.0))
+    assert traj.elr[1, 1] < traj.elr[1, 0]
+    assert traj.extreme_flips.tolist() == [True]
+    calm = dynamics.simulate(np.array([2.0, 2.0]), np.array([1.0, 3.0]), np.full(1, 0.5))
+    assert calm.extreme_flips.tolist() == [False]
