@@ -221,3 +221,33 @@ def test_book_overrides_apply_where_declared_and_unknown_names_are_refused(scrat
     assert ran["01_fails"]["n"] == 9 and "n" not in ran["02_sleeps"]
     with pytest.raises(book.ParameterError, match="no chapter declares 'nope'"):
         book.run_chapters(["01_fails", "02_sleeps"], "quick", {"nope": 1}, where_declared=True)
+
+
+@pytest.mark.slow
+def test_built_chapter_pages_offer_downloads_and_the_rerun_box(tmp_path, monkeypatch):
+    """A one-chapter book, executed by elr and built by jupyter-book: the page has both downloads and the box."""
+    root = tmp_path / "book_root"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "book").mkdir()
+    (root / "notebooks" / "01_tiny.py").write_text('# %% [markdown]\n# # Tiny\n\n' + FAILING.replace("n > 5", "n > 1"))
+    (root / "book" / "intro.md").write_text("# Intro\n\nA scratch book.\n")
+    (root / "book" / "references.bib").write_text("")
+    config = (book.ROOT / "_config.yml").read_text()
+    (root / "_config.yml").write_text(config.replace("  - book/references.bib", "  - book/references.bib"))
+    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/chapters/01_tiny\n")
+    monkeypatch.setattr(book, "ROOT", root)
+    monkeypatch.setattr(book, "NOTEBOOKS", root / "notebooks")
+    monkeypatch.setattr(book, "CHAPTERS_OUT", root / "book" / "chapters")
+    monkeypatch.setattr(book, "PROFILES_FILE", root / "notebooks" / "profiles.toml")
+    book.execute("01_tiny", "quick")
+    exe = Path(sys.executable).with_name("jupyter-book")
+    proc = subprocess.run([str(exe), "build", str(root), "-W", "--keep-going"], cwd=root, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    html = root / "_build" / "html"
+    assert book.check_built_pages(html, ["01_tiny"]) == []
+    page = (html / "book" / "chapters" / "01_tiny.html").read_text()
+    assert "_downloads/" in page  # the download role copied the files into the built book
+    downloads = {p.name for p in (html / "_downloads").rglob("*")}
+    assert {"01_tiny.ipynb", "01_tiny.py"} <= downloads
+    assert book.check_built_pages(html, ["02_missing"]) == [f"{html / 'book' / 'chapters' / '02_missing.html'} was not built"]
