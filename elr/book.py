@@ -262,14 +262,15 @@ def check_built_pages(html_dir: Path, names: list[str]) -> list[str]:
         if not page.exists():
             problems.append(f"{page} was not built")
             continue
-        html = page.read_text(encoding="utf-8")
-        text = re.sub(r"<[^>]+>", "", html)  # highlighted code splits commands into spans
-        for needle, what in (("_downloads/", "a download link"),
-                             (f"{name}.ipynb", "the executed notebook's download link"),
-                             (f"{name}.py", "the jupytext source's download link"),
-                             ("rerun-box", "the rerun box"), (f"elr run {name}", "the elr run command"),
-                             ("papermill", "the papermill command")):
-            if needle not in (html if needle in ("_downloads/", "rerun-box") else text):
+        markup = page.read_text(encoding="utf-8")
+        text = re.sub(r"<[^>]+>", "", markup)  # highlighted code splits commands into spans
+        for needle, where, what in (("_downloads/", markup, "a download link"),
+                                    (f"{name}.ipynb", text, "the executed notebook's download link"),
+                                    (f"{name}.py", text, "the jupytext source's download link"),
+                                    ("rerun-box", markup, "the rerun box"),
+                                    (f"elr run {name}", text, "the elr run command"),
+                                    ("papermill", text, "the papermill command")):
+            if needle not in where:
                 problems.append(f"{page.name} has no {what}")
     return problems
 

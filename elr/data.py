@@ -20,6 +20,7 @@ applied per batch by the training loop with a seeded generator
 """
 from __future__ import annotations
 
+import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,15 +98,18 @@ class _CifarUnpickler(pickle.Unpickler):
         raise UnsafeDataFile(f"{module}.{name}")
 
 
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as fh:
-        try:
-            out = _CifarUnpickler(fh, encoding="latin1").load()
-        except UnsafeDataFile as err:
-            raise UnsafeDataFile(
-                f"refusing to load {path}: it asks to build {err}, which a CIFAR batch never holds, and loading "
-                f"it could run code. Replace it with the original file from the CIFAR release "
-                f"(`elr data cifar10 --root ...` verifies the download).") from None
+def _read_batch(path: Path, name: str, verify: bool) -> dict:
+    """One CIFAR python file, read once: its MD5 checked (with ``verify``), then restricted-unpickled."""
+    raw = path.read_bytes()
+    if verify:
+        _check_md5(path, raw, name)
+    try:
+        out = _CifarUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except UnsafeDataFile as err:
+        raise UnsafeDataFile(
+            f"refusing to load {path}: it asks to build {err}, which a CIFAR batch never holds, and loading "
+            f"it could run code. Replace it with the original file from the CIFAR release "
+            f"(`elr data cifar10 --root ...` verifies the download).") from None
     if not isinstance(out, dict):
         raise UnsafeDataFile(f"{path} is not a CIFAR batch (a dict), got {type(out).__name__}")
     return out
@@ -119,17 +123,16 @@ def _published_md5(name: str) -> dict[str, str]:
     return {f: md5 for f, md5 in cls.train_list + cls.test_list}
 
 
-def _check_files(folder: Path, files: list[str], name: str) -> None:
+def _check_md5(path: Path, raw: bytes, name: str) -> None:
     import hashlib
 
-    published = _published_md5(name)
-    for f in files:
-        digest = hashlib.md5((folder / f).read_bytes(), usedforsecurity=False).hexdigest()
-        if f in published and digest != published[f]:
-            raise UnsafeDataFile(
-                f"{folder / f} is not the published file: MD5 {digest}, the release's is {published[f]} "
-                f"(torchvision's list). Get the original with `elr data {name} --root {folder.parent}`, or pass "
-                f"verify=False to read a copy you made yourself.")
+    published = _published_md5(name).get(path.name)
+    digest = hashlib.md5(raw, usedforsecurity=False).hexdigest()
+    if published is not None and digest != published:
+        raise UnsafeDataFile(
+            f"{path} is not the published file: MD5 {digest}, the release's is {published} "
+            f"(torchvision's list). Get the original with `elr data {name} --root {path.parent.parent}`, or pass "
+            f"verify=False to read a copy you made yourself.")
 
 
 def cifar(root: str | Path = "data", name: str = "cifar10", train: bool = True, download: bool = False,
@@ -158,9 +161,7 @@ def cifar(root: str | Path = "data", name: str = "cifar10", train: bool = True, 
             f"{name.upper()} not found: looked for {', '.join(missing)} under {folder}. Get it with "
             f"`elr data {name} --root {root}` (needs network access; it uses torchvision's download), or unpack "
             f"the python version of the data set there, or use dataset='digits' to run offline.")
-    if verify:
-        _check_files(folder, files, name)
-    batches = [_unpickle(folder / f) for f in files]
+    batches = [_read_batch(folder / f, name, verify) for f in files]
     x = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
     y = np.concatenate([b["labels" if name == "cifar10" else "fine_labels"] for b in batches]).astype(np.int64)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in CIFAR_STATS[name])

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -186,13 +187,28 @@ def training_sources() -> list[Path]:
     return sorted(_PACKAGE / f"{name}.py" for name in seen)
 
 
+@functools.lru_cache(maxsize=1)
 def code_fingerprint() -> dict[str, str]:
-    """What a run's results depend on besides its config: the training sources' content and torch's version."""
+    """What a run's results depend on besides its config: the training sources' content and torch's version.
+
+    Computed once per process, like the imports it describes: the code a process runs is the code it imported.
+    Treat the returned dict as read-only.
+    """
     digest = hashlib.sha256()
-    for path in training_sources():
+    sources = training_sources()
+    for path in sources:
         digest.update(path.name.encode() + b"\0" + path.read_bytes().replace(b"\r\n", b"\n") + b"\0")
-    return {"code": digest.hexdigest()[:16], "torch": torch.__version__,
-            "sources": ", ".join(p.name for p in training_sources())}
+    return {"code": digest.hexdigest()[:16], "torch": torch.__version__, "sources": ", ".join(p.name for p in sources)}
+
+
+def _made_by_current_code(run_dir: Path) -> bool:
+    """Was the run in ``run_dir`` made by the training code and torch version of this process?"""
+    try:
+        made_by = json.loads((run_dir / "fingerprint.json").read_text())
+    except (OSError, ValueError):
+        return False  # no fingerprint: an elr too old to say, or a run cut before it began
+    fp = code_fingerprint()
+    return made_by.get("code") == fp["code"] and made_by.get("torch") == fp["torch"]
 
 
 def run_key(config: "TrainConfig", fingerprint: dict[str, str] | None = None) -> str:
@@ -328,21 +344,19 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = True) -> RunR
     rank, world = _distributed(config)
     if rank > 0:
         return _train(config, run_dir, resume, rank, world)
-    config_path, fp_path = run_dir / "config.json", run_dir / "fingerprint.json"
-    fingerprint = code_fingerprint()
+    config_path = run_dir / "config.json"
     if config_path.exists():
         stored = json.loads(config_path.read_text())
         if stored != config.to_dict():
             raise ValueError(f"{run_dir} holds a run of a different config; use another run_dir")
-        made_by = json.loads(fp_path.read_text()) if fp_path.exists() else {}
-        if {k: made_by.get(k) for k in ("code", "torch")} != {k: fingerprint[k] for k in ("code", "torch")}:
+        if not _made_by_current_code(run_dir):
             # results of other code (or of an elr too old to say): nothing here may be reused or resumed
-            for name in RUN_FILES + ("checkpoint.pt",):
+            for name in RUN_FILES + ("metrics.json", "checkpoint.pt"):
                 (run_dir / name).unlink(missing_ok=True)
         elif finished(run_dir):
             return load_run(run_dir)
     _atomic_json(config_path, config.to_dict())
-    _atomic_json(fp_path, fingerprint)
+    _atomic_json(run_dir / "fingerprint.json", code_fingerprint())
     return _train(config, run_dir, resume, rank, world)
 
 
@@ -429,15 +443,14 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        table = np.frombuffer(ckpt["records"].numpy().tobytes(), dtype=measure.Records._DTYPE).copy()
+        table = ckpt["records"].numpy().view(measure.Records._DTYPE).copy()
         monitor.records = measure.Records(monitor.names, [table])
         start_step, history = ckpt["step"], ckpt["history"]
         wall_start -= ckpt.get("wall", 0.0)
 
     def checkpoint(step: int) -> None:
         # only tensors and plain containers, so that it loads with weights_only=True (the records as raw bytes)
-        records = torch.frombuffer(bytearray(monitor.records.table.tobytes()) or bytearray(1), dtype=torch.uint8)
-        records = records[:monitor.records.table.nbytes]
+        records = torch.from_numpy(monitor.records.table.view(np.uint8).copy())
         _atomic_torch_save(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                        "scheduler": scheduler.state_dict(), "records": records,
                                        "step": step, "history": history, "wall": time.time() - wall_start})
@@ -571,7 +584,6 @@ def list_runs(root: str | Path = "runs") -> list[RunInfo]:
     runs they use (``elr run``/``elr book`` do), when no chapter uses it.
     """
     root = Path(root)
-    fp = code_fingerprint()
     used: dict[str, list[str]] = {}
     tracked = (root / ".used").is_dir() and any((root / ".used").iterdir())
     if tracked:
@@ -581,11 +593,7 @@ def list_runs(root: str | Path = "runs") -> list[RunInfo]:
     out = []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))) \
             if root.is_dir() else []:
-        try:
-            made_by = json.loads((d / "fingerprint.json").read_text())
-        except (OSError, ValueError):
-            made_by = {}
-        current = made_by.get("code") == fp["code"] and made_by.get("torch") == fp["torch"]
+        current = _made_by_current_code(d)
         try:
             cfg = json.loads((d / "config.json").read_text())
             summary = ", ".join(f"{k}={cfg[k]}" for k in ("model", "shortcut", "lr", "steps", "seed") if k in cfg)
