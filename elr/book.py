@@ -363,27 +363,34 @@ def execute(chapter: str, profile: str = "quick", overrides: dict[str, Any] | No
 # ---------------------------------------------------------------------- book
 
 
-def _record(entries: dict[str, dict[str, Any]]) -> None:
-    """Write the run record (JSON and the Markdown page the reproducibility page includes)."""
-    CHAPTERS_OUT.mkdir(parents=True, exist_ok=True)
-    tmp = RECORD_JSON.with_suffix(".tmp")
-    tmp.write_text(json.dumps(entries, indent=2, sort_keys=True))
-    tmp.replace(RECORD_JSON)
+def machine() -> str:
+    """One line naming this machine and software, for run records."""
     try:
         import torch
         torch_version = torch.__version__
     except ImportError:
         torch_version = "not installed"
+    return (f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}; "
+            f"Python {platform.python_version()}, torch {torch_version}, elr {elr.__version__}")
+
+
+def _record(entries: dict[str, dict[str, Any]], out_dir: Path | None = None) -> None:
+    """Write the run record (JSON and the Markdown page the reproducibility page includes)."""
+    out_dir = Path(out_dir or CHAPTERS_OUT)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record_json, record_md = out_dir / RECORD_JSON.name, out_dir / RECORD_MD.name
+    tmp = record_json.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entries, indent=2, sort_keys=True))
+    tmp.replace(record_json)
     total = sum(e["seconds"] for e in entries.values())
     rows = "\n".join(f"| {c} | {e['profile']} | {e['status']} | {e['seconds']:.1f} | {e['finished']} | {e['git']} |"
                      for c, e in sorted(entries.items()))
     md = (f"| chapter | profile | status | seconds | finished (UTC) | git |\n|---|---|---|---|---|---|\n{rows}\n"
           f"| **total** | | | **{total:.1f}** | | |\n\n"
-          f"Machine: {platform.machine()}, {os.cpu_count()} logical CPUs, {platform.system()} "
-          f"{platform.release()}; Python {platform.python_version()}, torch {torch_version}, elr {elr.__version__}.\n")
-    tmp = RECORD_MD.with_suffix(".tmp")
+          f"Machine: {machine()}.\n")
+    tmp = record_md.with_suffix(".tmp")
     tmp.write_text(md)
-    tmp.replace(RECORD_MD)
+    tmp.replace(record_md)
 
 
 def summary(entries: dict[str, dict[str, Any]], names: list[str] | None = None) -> str:
@@ -403,7 +410,8 @@ def summary(entries: dict[str, dict[str, Any]], names: list[str] | None = None) 
 
 
 def run_chapters(names: list[str], profile: str, overrides: dict[str, Any] | None = None,
-                 timeout: float | None = None, where_declared: bool = False) -> dict[str, dict]:
+                 timeout: float | None = None, where_declared: bool = False,
+                 out_dir: Path | None = None) -> dict[str, dict]:
     """Validate every chapter's parameters first, then execute them in order, recording wall times.
 
     With ``where_declared`` (``elr book -p``) an override applies to every chapter that declares it, and a
@@ -421,7 +429,9 @@ def run_chapters(names: list[str], profile: str, overrides: dict[str, Any] | Non
                  for name in names}
     else:
         plans = {name: resolve(name, profile, overrides) for name in names}  # fails before any compute
-    entries = json.loads(RECORD_JSON.read_text()) if RECORD_JSON.exists() else {}
+    out_dir = Path(out_dir or CHAPTERS_OUT)
+    record_json = out_dir / RECORD_JSON.name
+    entries = json.loads(record_json.read_text()) if record_json.exists() else {}
     entries = {k: v for k, v in entries.items() if k in chapters()}
     failures = []
     for name, values in plans.items():
@@ -429,22 +439,88 @@ def run_chapters(names: list[str], profile: str, overrides: dict[str, Any] | Non
         start = time.perf_counter()
         status = "ok"
         try:
-            path = execute(name, profile, values=values, timeout=timeout)
-            print(f"elr:   done in {time.perf_counter() - start:.1f} s -> {path.relative_to(ROOT)}", flush=True)
+            path = execute(name, profile, values=values, timeout=timeout, out_dir=out_dir)
+            print(f"elr:   done in {time.perf_counter() - start:.1f} s -> {path}", flush=True)
         except ChapterFailed as err:
             status = "failed"
             failures.append(err)
             print(f"elr:   FAILED in {time.perf_counter() - start:.1f} s\n{err}", file=sys.stderr, flush=True)
         entries[name] = {"profile": profile, "status": status, "seconds": round(time.perf_counter() - start, 1),
                          "finished": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "git": git_revision(),
-                         "notebook": str(CHAPTERS_OUT / f"{name}.ipynb")}
-        _record(entries)
+                         "notebook": str(out_dir / f"{name}.ipynb")}
+        _record(entries, out_dir)
     print(summary(entries, list(plans)), flush=True)
     if failures:
         raise failures[0] if len(failures) == 1 else ChapterFailed(
             ", ".join(f.chapter for f in failures), failures[0].notebook,
             f"{len(failures)} chapters failed; see the notebooks named above")
     return entries
+
+
+#: The builds of ``make robust`` (``elr robust``): each executes every chapter at the quick profile in its own
+#: run root, so nothing is reused from the default build. name -> (parameter overrides, environment, what it checks)
+ROBUST_VARIANTS: dict[str, tuple[dict[str, Any], dict[str, str], str]] = {
+    "seed1000": ({"seed": 1000}, {"ELR_WORKERS": "2"},
+                 "the base seed moved from 0 to 1000 in every chapter that declares `seed` (pool of two processes)"),
+    "one-process": ({}, {"ELR_WORKERS": "1"}, "sweeps trained in one process with every torch thread"),
+    "one-thread": ({}, {"ELR_WORKERS": "1", "ELR_THREADS": "1", "OMP_NUM_THREADS": "1"},
+                   "sweeps trained in one process with one torch thread"),
+}
+ROBUST_MD = ROOT / "book" / "robustness.md"
+
+
+def robust(variants: list[str] | None = None, profile: str = "quick", timeout: float | None = None,
+           names: list[str] | None = None) -> dict[str, dict]:
+    """Build every chapter once per variant of :data:`ROBUST_VARIANTS`, each in ``_build/robust/<name>`` with
+    runs in ``runs-robust/<name>``; write the outcome to ``book/robustness.md`` (the reproducibility page
+    includes it). Every variant runs even when an earlier one failed; raises at the end if any failed."""
+    variants = variants or list(ROBUST_VARIANTS)
+    names = names or chapters()
+    unknown = [v for v in variants if v not in ROBUST_VARIANTS]
+    if unknown:
+        raise ParameterError(f"unknown robustness variant(s) {unknown}; choose from {list(ROBUST_VARIANTS)}")
+    outcome, failed = {}, []
+    for name in variants:
+        params, env, _ = ROBUST_VARIANTS[name]
+        env = {**env, "ELR_RUNS": str(ROOT / "runs-robust" / name)}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        print(f"elr: robustness build {name!r}: {ROBUST_VARIANTS[name][2]}", flush=True)
+        start = time.perf_counter()
+        try:
+            entries = run_chapters(names, profile, dict(params), timeout=timeout, where_declared=bool(params),
+                                   out_dir=ROOT / "_build" / "robust" / name)
+        except ChapterFailed as err:
+            failed.append(name)
+            record = ROOT / "_build" / "robust" / name / RECORD_JSON.name
+            entries = json.loads(record.read_text()) if record.exists() else {}
+            print(f"elr: robustness build {name!r} failed: {err}", file=sys.stderr, flush=True)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        outcome[name] = {"entries": {c: e for c, e in entries.items() if c in names},
+                         "seconds": round(time.perf_counter() - start, 1), "ok": name not in failed}
+        _robust_record(outcome, profile)
+    if failed:
+        raise RuntimeError(f"robustness builds failed: {', '.join(failed)}; see {ROBUST_MD}")
+    return outcome
+
+
+def _robust_record(outcome: dict[str, dict], profile: str) -> None:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = [f"Built {when} at the {profile} profile, git {git_revision()}, on {machine()}.", "",
+             "| build | what it varies | chapters passed | failed | chapter time (s) |", "|---|---|---|---|---|"]
+    for name, o in outcome.items():
+        entries = o["entries"]
+        bad = sorted(c for c, e in entries.items() if e["status"] != "ok")
+        lines.append(f"| {name} | {ROBUST_VARIANTS[name][2]} | {len(entries) - len(bad)} of {len(entries)} | "
+                     f"{', '.join(bad) or 'none'} | {sum(e['seconds'] for e in entries.values()):.0f} |")
+    tmp = ROBUST_MD.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(ROBUST_MD)
 
 
 def build_html() -> Path:

@@ -26,6 +26,13 @@ def _cmd_book(args) -> int:
     return 0
 
 
+def _cmd_robust(args) -> int:
+    names = [book.find_chapter(c) for c in args.only] if args.only else None
+    book.robust(args.variants or None, args.profile, timeout=args.timeout, names=names)
+    print(f"elr: every robustness build passed; recorded in {book.ROBUST_MD}")
+    return 0
+
+
 def _cmd_run(args) -> int:
     _fresh(args)
     name = book.find_chapter(args.chapter)
@@ -62,7 +69,7 @@ def _example_input(name: str, batch: int = 4):
 
     from elr import nets
 
-    if name.startswith("bnrelu"):
+    if name.startswith(("bnrelu", "resmlp")):
         return torch.randn(max(batch, 8), 64, generator=torch.Generator().manual_seed(0))
     size = 64 if name == "resnet101" else 32
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -74,7 +81,7 @@ def _cmd_audit(args) -> int:
     if args.model == "resnet-v2-block":  # the paper's Section 3.1 example of a broken placement
         model, inputs = audit.section_3_1_modules("batch")["residual connection (ResNet v2)"], _example_input("bnrelu")[:, :8]
     else:
-        kwargs = {} if args.model.startswith("bnrelu") else {"shortcut": not args.no_shortcut}
+        kwargs = {} if args.model.startswith(("bnrelu", "resmlp")) else {"shortcut": not args.no_shortcut}
         model, inputs = nets.build(args.model, bn_affine=args.bn_affine, **kwargs), _example_input(args.model)
     rows = audit.audit(model, inputs)
     if args.json:
@@ -187,6 +194,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="set a parameter in every chapter that declares it, e.g. -p seed=1000")
     p.set_defaults(func=_cmd_book)
 
+    p = sub.add_parser("robust", help="build every chapter again with another base seed, a process pool and one "
+                                      "thread, each in its own run root (make robust)")
+    p.add_argument("variants", nargs="*", help=f"default: all of {', '.join(book.ROBUST_VARIANTS)}")
+    p.add_argument("--only", nargs="+", metavar="CHAPTER", help="build only these chapters")
+    p.add_argument("--profile", default="quick", choices=book.PROFILES)
+    p.add_argument("--timeout", type=float, default=None,
+                   help=f"seconds one chapter may run (default ELR_CHAPTER_TIMEOUT or {book.DEFAULT_TIMEOUT:g})")
+    p.set_defaults(func=_cmd_robust)
+
     p = sub.add_parser("run", help="execute one chapter into book/chapters/")
     p.add_argument("chapter", help="e.g. 05, 05_large_learning_rates or large_learning_rates")
     p.add_argument("--profile", default="quick", choices=book.PROFILES)
@@ -204,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_prove)
 
     p = sub.add_parser("audit", help="which weights of a model auto-tune (are scale-invariant), and why")
-    p.add_argument("model", help="resnet20, resnet56, resnet110, resnet<6n+2>, resnet101, bnrelu<depth>, "
+    p.add_argument("model", help="resnet20, resnet56, resnet110, resnet<6n+2>, resnet101, bnrelu<depth>, resmlp<depth>, "
                                  "or resnet-v2-block (a residual joining before its normalisation)")
     p.add_argument("--no-shortcut", action="store_true", help="the paper's NoShort network")
     p.add_argument("--bn-affine", action="store_true", help="BatchNorm with affine parameters")

@@ -45,7 +45,7 @@ def step_flops(model: str, dataset: str, batch_size: int, width: int = 64) -> fl
     from torch.utils.flop_counter import FlopCounterMode
 
     kwargs = {"num_classes": CLASSES[dataset]}
-    if model.startswith("bnrelu"):
+    if model.startswith(("bnrelu", "resmlp")):
         kwargs.update(width=width, in_features=math.prod(INPUT[dataset]))
     elif model != "resnet101":
         kwargs["in_channels"] = INPUT[dataset][0]

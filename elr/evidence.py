@@ -26,11 +26,15 @@ binomial test of "A beats B in most seeds" (ties dropped).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
 VERDICTS = ("holds", "fails", "inconclusive")
+#: what a chapter may state: a verdict, or "not holds" (fails or inconclusive: the claim is not established
+#: at this scale, whichever way a near-null effect happens to fall)
+EXPECTATIONS = VERDICTS + ("not holds",)
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,8 @@ class Claim:
 
     ``expect`` is what the chapter's text commits to before the numbers are
     seen ("holds", "fails" or "inconclusive", the last for "no significant
-    difference at this scale"); :func:`check` asserts it.
+    difference at this scale", or "not holds" for "fails or inconclusive":
+    the claim is not established here); :func:`check` asserts it.
     """
 
     text: str
@@ -155,8 +160,8 @@ class Claim:
     expect: str
 
     def __post_init__(self):
-        if self.expect not in VERDICTS:
-            raise ValueError(f"expect must be one of {VERDICTS}, got {self.expect!r}")
+        if self.expect not in EXPECTATIONS:
+            raise ValueError(f"expect must be one of {EXPECTATIONS}, got {self.expect!r}")
 
     @property
     def verdict(self) -> str:
@@ -164,6 +169,8 @@ class Claim:
 
     @property
     def ok(self) -> bool:
+        if self.expect == "not holds":
+            return self.verdict != "holds"
         return self.verdict == self.expect
 
     @classmethod
@@ -179,6 +186,23 @@ class Claim:
               expect: str = "holds", statistic: str = "mean", **kwargs) -> "Claim":
         """A claim about the mean of one quantity over seeds against ``threshold``."""
         return cls(text, statistic, mean_interval(values, **kwargs), threshold, direction, expect)
+
+
+def per_seed(runs: Mapping[K, Sequence], statistic: Callable) -> dict[K, np.ndarray]:
+    """``statistic`` of every run, one array per case: ``{key: [statistic(run) for run in runs[key]]}``."""
+    return {k: np.array([statistic(r) for r in rs], dtype=float) for k, rs in runs.items()}
+
+
+def intervals(values: Mapping[K, Sequence[float]], **kwargs) -> dict[K, Interval]:
+    """:func:`mean_interval` of every entry (one value per seed each): the cells of a results table."""
+    return {k: mean_interval(v, **kwargs) for k, v in values.items()}
+
+
+def cell(interval: Interval, scale: float = 1.0, digits: int = 2) -> str:
+    """``mean [low, high]`` of an interval, multiplied by ``scale`` (100 for percent), for a Markdown table."""
+    f = f"{{:.{digits}f}}"
+    return (f"{f.format(scale * interval.estimate)} [{f.format(scale * interval.low)}, "
+            f"{f.format(scale * interval.high)}]")
 
 
 def table(claims: Sequence[Claim]) -> str:

@@ -28,7 +28,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -259,10 +259,11 @@ def measure_once(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, 
     return monitor.records
 
 
-def at_init(build, inputs: torch.Tensor, targets: torch.Tensor, seeds: int) -> list[Records]:
-    """:func:`measure_once` on ``seeds`` fresh models, ``build()`` called after ``torch.manual_seed(seed)``."""
+def at_init(build, inputs: torch.Tensor, targets: torch.Tensor, seeds: int, base_seed: int = 0) -> list[Records]:
+    """:func:`measure_once` on ``seeds`` fresh models, ``build()`` called after ``torch.manual_seed(seed)`` for
+    seed = ``base_seed``, …, ``base_seed + seeds − 1``."""
     out = []
-    for seed in range(seeds):
+    for seed in range(base_seed, base_seed + seeds):
         torch.manual_seed(seed)
         out.append(measure_once(build(), inputs, targets))
     return out
@@ -303,3 +304,27 @@ def radial_cosine(records: Records, lr: float) -> np.ndarray:
     if len(steps) < 2 or np.any(np.diff(steps) != 1):
         raise ValueError("radial_cosine needs records logged at every step (log_every=1)")
     return np.abs((w[:-1] ** 2 + lr**2 * g[:-1] ** 2 - w[1:] ** 2) / (2 * lr * w[:-1] * g[:-1]))
+
+
+def compare_with_model(records: "Records", lr: float, steps: int, quantity: str = "elr_grad",
+                       low_fraction: float = 0.1) -> dict[str, Any]:
+    """A run's per-layer ELRs against the discrete model (Eq. 5) started from the run's own σ²(0) and c.
+
+    Returns the logged steps, the measured and predicted ELR matrices (steps × layers), their relative
+    spreads, and scalar summaries: ``gap`` (the largest |S_rel measured − predicted| over the run),
+    ``low_ratio`` (mean measured/predicted ELR of the lowest ``low_fraction`` of layers at the end), and
+    the ELR ratio of the lowest to the highest layer at the start (``order_init``), at the end
+    (``order_meas``) and predicted at the end (``order_pred``): a ratio that starts above 1 and ends below
+    it is a flip of the two layers' order.
+    """
+    sigma2_0, c = records.model_state(0)
+    logged, measured = records.matrix(quantity)
+    predicted = dynamics.simulate(sigma2_0, c, np.full(steps, lr)).elr[logged]
+    low = max(1, int(round(measured.shape[1] * low_fraction)))
+    s_meas, s_pred = dynamics.relative_spread(measured), dynamics.relative_spread(predicted)
+    return {"steps": logged, "measured": measured, "predicted": predicted, "s_meas": s_meas, "s_pred": s_pred,
+            "gap": float(np.nanmax(np.abs(s_meas - s_pred))),
+            "low_ratio": float(np.mean(measured[-1, :low] / predicted[-1, :low])),
+            "order_init": float(measured[0, 0] / measured[0, -1]),
+            "order_meas": float(measured[-1, 0] / measured[-1, -1]),
+            "order_pred": float(predicted[-1, 0] / predicted[-1, -1])}

@@ -150,25 +150,42 @@ class ImageNetResNet(nn.Module):
         return [(name, m) for name, m in self.named_modules() if isinstance(m, nn.Conv2d)]
 
 
+class _ResidualLinear(nn.Module):
+    """ReLU(x + BN(W x)): the one-layer analogue of a ResNet block (W is followed by BN, so it auto-tunes)."""
+
+    def __init__(self, width: int, bn_affine: bool, bn_eps: float):
+        super().__init__()
+        self.linear = nn.Linear(width, width, bias=False)
+        self.bn = nn.BatchNorm1d(width, affine=bn_affine, eps=bn_eps)
+
+    def forward(self, x):
+        return torch.relu(x + self.bn(self.linear(x)))
+
+
 class BNReLUNet(nn.Module):
-    """A plain feed-forward net: depth x [Linear (no bias) - BatchNorm1d - ReLU], then a linear head.
+    """A feed-forward net: depth x [Linear (no bias) - BatchNorm1d - ReLU], then a linear head.
 
     The setting of Eq. (6): at initialisation its gradient norms grow by α = √(π/(π−1)) per layer
-    towards the input.
+    towards the input. ``shortcut=True`` adds an identity path around every layer after the first
+    (``ReLU(x + BN(W x))``), the MLP counterpart of the paper's Short ResNets, which removes that excursion.
     """
 
     def __init__(self, depth: int = 20, width: int = 256, in_features: int = 64, num_classes: int = 10,
-                 bn_affine: bool = False, bn_eps: float = 1e-5):
+                 bn_affine: bool = False, bn_eps: float = 1e-5, shortcut: bool = False):
         super().__init__()
         if depth < 1 or width < 1:
             raise ValueError(f"depth and width must be >= 1, got depth={depth}, width={width}")
         layers, features = [], in_features
-        for _ in range(depth):
-            layers += [nn.Linear(features, width, bias=False), nn.BatchNorm1d(width, affine=bn_affine, eps=bn_eps), nn.ReLU()]
+        for i in range(depth):
+            if shortcut and i > 0:
+                layers.append(_ResidualLinear(width, bn_affine, bn_eps))
+            else:
+                layers += [nn.Linear(features, width, bias=False), nn.BatchNorm1d(width, affine=bn_affine, eps=bn_eps),
+                           nn.ReLU()]
             features = width
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, num_classes)
-        for m in self.body:
+        for m in self.body.modules():
             if isinstance(m, nn.Linear):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
 
@@ -176,7 +193,7 @@ class BNReLUNet(nn.Module):
         return self.head(self.body(x.flatten(1)))
 
     def scale_invariant_layers(self) -> list[tuple[str, nn.Module]]:
-        return [(f"body.{i}", m) for i, m in enumerate(self.body) if isinstance(m, nn.Linear)]
+        return [(f"body.{name}", m) for name, m in self.body.named_modules() if isinstance(m, nn.Linear)]
 
 
 def scale_invariant_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -220,21 +237,28 @@ def bnrelu(depth: int = 20, **kwargs) -> BNReLUNet:
     return BNReLUNet(depth, **kwargs)
 
 
+def resmlp(depth: int = 20, **kwargs) -> BNReLUNet:
+    """``bnrelu`` with an identity path around every layer after the first (the MLP's "Short")."""
+    return BNReLUNet(depth, shortcut=True, **kwargs)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": resnet20, "resnet56": resnet56, "resnet110": resnet110, "resnet101": resnet101,
-    "bnrelu": bnrelu,
+    "bnrelu": bnrelu, "resmlp": resmlp,
 }
 
 
 def build(name: str, **kwargs) -> nn.Module:
-    """A model by name: ``resnet20|resnet56|resnet110|resnet<6n+2>|resnet101|bnrelu<depth>``."""
+    """A model by name: ``resnet20|resnet56|resnet110|resnet<6n+2>|resnet101|bnrelu<depth>|resmlp<depth>``."""
     if name in MODELS:
         return MODELS[name](**kwargs)
     if name.startswith("bnrelu") and name[6:].isdigit():
         return bnrelu(int(name[6:]), **kwargs)
+    if name.startswith("resmlp") and name[6:].isdigit():
+        return resmlp(int(name[6:]), **kwargs)
     if name.startswith("resnet") and name[6:].isdigit():
         return resnet(int(name[6:]), **kwargs)
-    raise ValueError(f"unknown model {name!r}; use one of {', '.join(MODELS)}, resnet<6n+2> or bnrelu<depth>")
+    raise ValueError(f"unknown model {name!r}; use one of {', '.join(MODELS)}, resnet<6n+2>, bnrelu<depth> or resmlp<depth>")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -120,3 +120,57 @@ def bars(labels: Sequence[str], values: Sequence[float], ax=None, ylabel: str = 
         ax.set_yscale("log")
     ax.set(ylabel=ylabel)
     return fig
+
+
+def seed_band(x: Sequence[float], values: np.ndarray, ax=None, label: str = "", color: str | None = None,
+              style: str = "-o", band: str = "range", show_seeds: bool = True, ms: float = 3.0):
+    """The mean over seeds of a curve, with a band, and (faintly) every seed: never one run as the result.
+
+    ``values`` has shape (n_seeds, len(x)); NaN entries (a diverged run) are left out of the mean and band.
+    ``band="range"`` shades min..max over seeds; ``band="interval"`` shades the 95 % bootstrap interval of
+    the mean (elr.evidence), which needs at least 2 finite seeds per point.
+    """
+    fig, ax = _axes(ax)
+    values = np.atleast_2d(np.asarray(values, dtype=float))
+    x = np.asarray(x, dtype=float)
+    mean = np.nanmean(values, axis=0)
+    line, = ax.plot(x, mean, style, color=color, label=label, ms=ms)
+    color = line.get_color()
+    if band == "range":
+        low, high = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+    elif band == "interval":
+        from elr import evidence
+
+        cis = [evidence.mean_interval(col[np.isfinite(col)]) if np.isfinite(col).sum() >= 2 else None
+               for col in values.T]
+        low = np.array([c.low if c else np.nan for c in cis])
+        high = np.array([c.high if c else np.nan for c in cis])
+    else:
+        raise ValueError(f"band must be 'range' or 'interval', got {band!r}")
+    if values.shape[0] > 1:
+        ax.fill_between(x, low, high, color=color, alpha=0.2, lw=0)
+    if show_seeds and values.shape[0] > 1:
+        for row in values:
+            ax.plot(x, row, ".", color=color, ms=ms * 0.8, alpha=0.35)
+    return fig
+
+
+def seed_strip(values: Mapping[str, Sequence[float]], ax=None, ylabel: str = "", color: str = "C0",
+               logy: bool = False):
+    """One column per label: every seed as a dot, the mean as a bar, its 95 % bootstrap interval as a line."""
+    from elr import evidence
+
+    fig, ax = _axes(ax)
+    for i, (label, v) in enumerate(values.items()):
+        v = np.asarray(v, dtype=float)
+        jitter = np.linspace(-0.12, 0.12, len(v)) if len(v) > 1 else np.zeros(1)
+        ax.plot(i + jitter, v, "o", color=color, ms=3, alpha=0.5)
+        ax.plot([i - 0.25, i + 0.25], [np.mean(v)] * 2, "-", color="k", lw=1.5)
+        if len(v) >= 2 and np.all(np.isfinite(v)):
+            ci = evidence.mean_interval(v)
+            ax.plot([i, i], [ci.low, ci.high], "-", color="k", lw=0.8)
+    ax.set_xticks(range(len(values)), list(values), rotation=20, ha="right", fontsize=7)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    return fig

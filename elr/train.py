@@ -46,7 +46,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, TypeVar
 
 import numpy as np
 import torch
@@ -55,6 +55,9 @@ import torch.nn.functional as F
 import elr
 from elr import data as data_mod
 from elr import dynamics, gradients, measure, nets, schedules
+
+if os.environ.get("ELR_THREADS"):  # `make robust` checks the book with one torch thread (ELR_THREADS=1)
+    torch.set_num_threads(int(os.environ["ELR_THREADS"]))
 
 SCHEDULES = ("constant", "multistep", "cosine", "onecycle", "linear_warmup", "exponential")
 WARMUPS = ("none", "subcritical")
@@ -65,7 +68,7 @@ TRANSFORMS = ("none", "random_walk", "constrain")
 class TrainConfig:
     """Everything that defines a run. Defaults: a small quick run on the offline digits data."""
 
-    model: str = "resnet20"            # elr.nets name: resnet20/56/110, resnet<6n+2>, resnet101, bnrelu<depth>
+    model: str = "resnet20"            # elr.nets name: resnet20/56/110, resnet<6n+2>, resnet101, bnrelu<depth>, resmlp<depth>
     shortcut: bool = True              # False: the paper's "NoShort" network
     bn_affine: bool = False            # BatchNorm affine parameters (off in the paper, Sec. 4.1.1)
     width: int = 64                    # hidden width of bnrelu models
@@ -227,6 +230,17 @@ class RunResult:
     metrics: dict[str, Any]
     records: measure.Records = field(repr=False)
 
+    def accuracy(self, diverged: float) -> float:
+        """Final test accuracy; a diverged run counts as ``diverged`` (say chance, 1/classes), never as missing."""
+        if self.status != "completed":
+            return float(diverged)
+        return float(self.metrics["final"]["test_acc"])
+
+    def mean_spread(self, key: str = "elr_grad_max") -> float:
+        """S_rel of ``key`` averaged over the logged steps of the run (NaN steps after a divergence left out)."""
+        _, s_rel = self.records.spread(key)
+        return float(np.nanmean(s_rel))
+
 
 # --------------------------------------------------------------------- helpers
 
@@ -269,7 +283,7 @@ def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
 
 def build_model(config: TrainConfig, in_channels: int, num_classes: int, in_features: int) -> torch.nn.Module:
     kwargs = {"shortcut": config.shortcut, "bn_affine": config.bn_affine, "num_classes": num_classes}
-    if config.model.startswith("bnrelu"):
+    if config.model.startswith(("bnrelu", "resmlp")):
         kwargs = {"bn_affine": config.bn_affine, "num_classes": num_classes, "width": config.width,
                   "in_features": in_features}
     elif config.model != "resnet101":
@@ -532,14 +546,24 @@ def _git_revision() -> str:
     return git_revision()
 
 
-def run(config: TrainConfig, root: str | Path = "runs", fresh: bool | None = None) -> RunResult:
+def default_root() -> Path:
+    """Where runs live unless a caller says: ELR_RUNS, or ``runs`` (relative to the working directory).
+
+    ``make robust`` points each of its builds at its own root, so that a build with another thread
+    count retrains instead of reusing the runs of the default build.
+    """
+    return Path(os.environ.get("ELR_RUNS") or "runs")
+
+
+def run(config: TrainConfig, root: str | Path | None = None, fresh: bool | None = None) -> RunResult:
     """Train ``config`` into ``root/<run_key>``, reusing a finished run of the same config and code unless ``fresh``.
 
     ``fresh=None`` reads the environment variable ELR_FRESH (set by ``elr book --fresh`` and
     ``elr run --fresh``): then every run is retrained once per process, never twice.
     """
-    run_dir = Path(root) / run_key(config)
-    _note_use(Path(root), run_dir.name)
+    root = default_root() if root is None else Path(root)
+    run_dir = root / run_key(config)
+    _note_use(root, run_dir.name)
     if fresh is None:
         fresh = os.environ.get("ELR_FRESH") == "1" and str(run_dir.resolve()) not in _RETRAINED
         _RETRAINED.add(str(run_dir.resolve()))
@@ -619,7 +643,7 @@ def prune_runs(root: str | Path = "runs") -> list[str]:
 ENGINES = ("pool", "submitit")
 
 
-def sweep(configs: list[TrainConfig], root: str | Path = "runs", workers: int | None = None, engine: str = "pool",
+def sweep(configs: list[TrainConfig], root: str | Path | None = None, workers: int | None = None, engine: str = "pool",
           cluster: str | None = None, executor_parameters: dict[str, Any] | None = None,
           poll_seconds: float = 0.5) -> list[RunResult]:
     """Run (or reuse) every config; a diverged run is a result like any other.
@@ -646,6 +670,7 @@ def sweep(configs: list[TrainConfig], root: str | Path = "runs", workers: int | 
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    root = default_root() if root is None else Path(root)
     if workers is None:
         workers = int(os.environ.get("ELR_WORKERS", "1"))
     if workers < 1:
@@ -667,6 +692,26 @@ def sweep(configs: list[TrainConfig], root: str | Path = "runs", workers: int | 
     for cfg in todo:  # retrained by the workers: do not retrain again in this process
         _RETRAINED.add(str((Path(root) / run_key(cfg, fingerprint)).resolve()))
     return [run(cfg, root) for cfg in configs]
+
+
+K = TypeVar("K")
+
+
+def sweep_seeds(cases: Mapping[K, TrainConfig], seed: int, n_seeds: int, **kwargs) -> dict[K, list[RunResult]]:
+    """Every case with seeds ``seed, …, seed + n_seeds − 1``, in one :func:`sweep` (so a pool shares the work).
+
+    ``result[key][i]`` is the run of ``cases[key]`` with seed ``seed + i``: runs at the same index share
+    their initialisation and data order across cases, which is what a paired comparison needs. The
+    seed in each given config is replaced.
+    """
+    if n_seeds < 1:
+        raise ValueError(f"n_seeds must be >= 1, got {n_seeds}; a claim that compares runs needs at least 2")
+    if seed < 0:
+        raise ValueError(f"seed (the base seed) must be >= 0, got {seed}")
+    keys = list(cases)
+    configs = [dataclasses.replace(cases[k], seed=seed + i) for k in keys for i in range(n_seeds)]
+    results = sweep(configs, **kwargs)
+    return {k: results[j * n_seeds:(j + 1) * n_seeds] for j, k in enumerate(keys)}
 
 
 def _submitit(jobs: list[tuple[dict, str]], root: Path, workers: int, cluster: str | None,

@@ -26,120 +26,167 @@
 #
 # ELRs here are whole-layer values $\lVert\nabla W\rVert_F/\lVert W\rVert_F$,
 # the quantity the model describes.
+#
+# ## The claims, stated before the runs
+#
+# From the paper's Figure 4 and Section 4.2:
+#
+# 1. with random-walk gradients, one pass at a rate below
+#    $\kappa_{\ell h}(0)$ lowers the spread;
+# 2. with real gradients too;
+# 3. with random-walk gradients the model predicts the spread after one pass
+#    within 10%, up to $\lambda = 1$ (the paper notes the walk's break above
+#    it);
+# 4. with random-walk gradients, the spread after one pass is smallest
+#    within one grid step of $\kappa_{\ell h}(0)$, over the whole grid;
+# 5. with real gradients, the best rate is smaller than with the random walk;
+# 6. at the largest rate, real training ends with more than twice the
+#    smallest spread of the sweep: the curve is U-shaped;
+# 7. the subcritical rate $\kappa_{hh'}(0)$ and every rate up to one grid
+#    step above it lower the spread with real gradients.
+#
+# Each is a statistic over `n_seeds` seeds with a 95 % bootstrap interval
+# ({mod}`elr.evidence`), taken seed by seed; the rates $\kappa$ are each
+# seed's own.
 
 # %% tags=["parameters"]
 depth: int = 56  # depth of the NoShort CIFAR ResNet (6n+2); the paper uses ResNet110 {>= 8, %6==2}
 dataset: str = "digits"  # digits (offline, quick), cifar10 or cifar100 {in digits|cifar10|cifar100}
 data_root: str = "data"  # where CIFAR lives
 batch_size: int = 128  # examples per step; one pass over the data is len(train set) // batch_size steps {>= 2}
-lrs: list[float] = [0.001, 0.00316, 0.01, 0.0316, 0.1, 0.316, 1.0, 3.16, 10.0]  # constant learning rates {> 0}
-seeds: int = 2  # runs per point (the paper: 10) {>= 1}
+lrs: list[float] = [0.001, 0.00316, 0.01, 0.0316, 0.1, 0.316, 1.0, 3.16, 10.0]  # constant learning rates, a geometric grid {> 0}
+n_seeds: int = 5  # runs per point, seeds seed ... seed + n_seeds - 1 (the paper: 10) {>= 2}
+seed: int = 0  # base seed of initialisation and data order {>= 0}
+check_claims: bool = True  # assert the claims (the smoke profile only checks that the chapter runs)
 
 # %%
 import numpy as np
 from IPython.display import Markdown, display
 
-from elr import data, dynamics, plots, train
+from elr import data, dynamics, evidence, plots, train
 
 plots.setup()
 epoch = max(len(data.load(dataset, True, data_root)) // batch_size, 1)
-cases = [(t, lr, s) for t in ("random_walk", "none") for lr in lrs for s in range(seeds)]
-configs = [train.TrainConfig(model=f"resnet{depth}", shortcut=False, dataset=dataset, data_root=data_root,
-                             batch_size=batch_size, steps=epoch + 1, lr=lr, transform=t, log_every=epoch,
-                             eval_batches=1, seed=s, channels_last=True) for t, lr, s in cases]
-runs = dict(zip(cases, train.sweep(configs)))
-display(Markdown(f"{len(runs)} runs of ResNet{depth} NoShort on {dataset}: one pass = {epoch} steps of batch "
-                 f"{batch_size}, {seeds} seeds per point."))
+configs = {(t, lr): train.TrainConfig(model=f"resnet{depth}", shortcut=False, dataset=dataset, data_root=data_root,
+                                      batch_size=batch_size, steps=epoch + 1, lr=lr, transform=t, log_every=epoch,
+                                      eval_batches=1, channels_last=True)
+           for t in ("random_walk", "none") for lr in lrs}
+runs = train.sweep_seeds(configs, seed, n_seeds)
+setting = (f"ResNet{depth} NoShort on {dataset}, one pass = {epoch} steps of batch {batch_size}, "
+           f"seeds {seed}–{seed + n_seeds - 1}")
+plots.glue("ch12-setting", setting)
+display(Markdown(f"{len(configs) * n_seeds} runs: {setting}."))
+
 
 # %%
-spread0, spread1, model1, kappa_crit, kappa_sub, diverged = {}, {}, {}, [], [], []
-for (t, lr, s), run in runs.items():
-    steps_logged, e = run.records.matrix("elr_grad")
-    spread0.setdefault((t, lr), []).append(float(dynamics.relative_spread(e[0])))
-    if run.status != "completed" or len(steps_logged) < 2:
-        diverged.append((t, lr, s))
-        continue
-    spread1.setdefault((t, lr), []).append(float(dynamics.relative_spread(e[-1])))
+def one_pass(run, lr):
+    """(S_rel at 0, S_rel after one pass or NaN if diverged, the model's S_rel after one pass, κ_ℓh(0), κ_hh'(0))."""
+    logged, e = run.records.matrix("elr_grad")
     sigma2_0, c = run.records.model_state(0)
-    model1.setdefault((t, lr), []).append(float(dynamics.simulate(sigma2_0, c, np.full(epoch, lr)).spread[-1]))
-    if t == "none" and lr == lrs[0]:
-        kappa_crit.append(float(dynamics.critical_lr(e[0])))
-        kappa_sub.append(float(dynamics.subcritical_lr(e[0])))
-k_crit, k_sub = float(np.mean(kappa_crit)), float(np.mean(kappa_sub))
-mean = lambda d, t: np.array([np.mean(d[(t, lr)]) if (t, lr) in d else np.nan for lr in lrs])  # noqa: E731
+    after = float(dynamics.relative_spread(e[-1])) if run.status == "completed" and len(logged) > 1 else np.nan
+    model = float(dynamics.simulate(sigma2_0, c, np.full(epoch, lr)).spread[-1])
+    return (float(dynamics.relative_spread(e[0])), after, model, float(dynamics.critical_lr(e[0])),
+            float(dynamics.subcritical_lr(e[0])))
+
+
+res = {t: np.array([[one_pass(runs[(t, lr)][i], lr) for lr in lrs] for i in range(n_seeds)])
+       for t in ("random_walk", "none")}  # (seeds, rates, 5)
+s0, s1, model1 = ({t: res[t][..., j] for t in res} for j in range(3))
+k_crit, k_sub = res["none"][:, 0, 3], res["none"][:, 0, 4]  # each seed's rates at initialisation
+diverged = {t: int(np.isnan(s1[t]).sum()) for t in s1}
 
 fig, axes = plots.plt.subplots(1, 2, figsize=(9.0, 3.2), sharey=True)
 for ax, t, title in zip(axes, ("random_walk", "none"), ("random-walk gradients", "real gradients")):
-    plots.spread_against_lr(np.array(lrs), {"after one pass": mean(spread1, t), "at initialisation": mean(spread0, t),
-                                            "model, after one pass": mean(model1, t)},
-                            {r"critical $\kappa_{\ell h}(0)$": k_crit, r"subcritical $\kappa_{hh'}(0)$": k_sub}, ax=ax)
-    for t_, lr, s in diverged:
-        if t_ == t:
-            ax.plot(lr, mean(spread0, t)[lrs.index(lr)], "kx", ms=8, label="diverged")
-    ax.set_title(title)
+    plots.seed_band(lrs, s1[t], ax=ax, label="after one pass", color="C0")
+    plots.seed_band(lrs, s0[t], ax=ax, label="at initialisation", color="C7", style=":", show_seeds=False)
+    plots.seed_band(lrs, model1[t], ax=ax, label="model, after one pass", color="k", style="--", show_seeds=False)
+    ax.axvline(np.mean(k_crit), color="C3", lw=1.2, label=r"critical $\kappa_{\ell h}(0)$")
+    ax.axvline(np.mean(k_sub), color="C2", lw=1.2, label=r"subcritical $\kappa_{hh'}(0)$")
+    ax.set(xscale="log", xlabel=r"learning rate $\lambda$", title=title)
+axes[0].set_ylabel("$S_{rel}$")
+axes[0].legend(fontsize=7)
 plots.glue("ch12-criticality", fig)
-plots.glue("ch12-setting", f"ResNet{depth} NoShort on {dataset}, one pass = {epoch} steps of batch {batch_size}, "
-                           f"mean of {seeds} seeds")
-display(Markdown(f"κ_ℓh(0) = {k_crit:.3g}, κ_hh'(0) = {k_sub:.3g} (mean over seeds). Diverged runs: "
-                 f"{len(diverged)}.\n\n| λ | random walk: S_rel before → after (model) | real: before → after |\n"
-                 "|---|---|---|\n" + "\n".join(
-                     f"| {lr:g} | {mean(spread0, 'random_walk')[i]:.2f} → {mean(spread1, 'random_walk')[i]:.2f} "
-                     f"({mean(model1, 'random_walk')[i]:.2f}) | {mean(spread0, 'none')[i]:.2f} → "
-                     f"{mean(spread1, 'none')[i]:.2f} |" for i, lr in enumerate(lrs))))
+cell = lambda v: f"diverged in {int(np.isnan(v).sum())} seeds" if np.isnan(v).any() else evidence.cell(evidence.mean_interval(v))  # noqa: E731
+display(Markdown(
+    f"κ_ℓh(0) = {evidence.cell(evidence.mean_interval(k_crit), digits=3)}, κ_hh'(0) = "
+    f"{evidence.cell(evidence.mean_interval(k_sub), digits=3)} (mean and interval over seeds). Diverged runs: "
+    f"{diverged['random_walk']} random-walk, {diverged['none']} real.\n\n"
+    "| λ | random walk: S_rel at 0 | after one pass | model | real: S_rel at 0 | after one pass |\n|---|---|---|---|---|---|\n"
+    + "\n".join(f"| {lr:g} | {cell(s0['random_walk'][:, i])} | {cell(s1['random_walk'][:, i])} | "
+                f"{cell(model1['random_walk'][:, i])} | {cell(s0['none'][:, i])} | {cell(s1['none'][:, i])} |"
+                for i, lr in enumerate(lrs))))
 
 # %% [markdown]
 # ```{glue:figure} ch12-criticality
 # :name: fig-ch12-criticality
 #
-# Relative ELR spread at initialisation (dotted) and after one pass over the data (solid), against the
-# constant learning rate, with the discrete model's prediction from the measured initial norms (dashed)
-# and the critical and subcritical rates at initialisation. Measured: {glue:text}`ch12-setting`. The
-# paper's Figure 4 shows ResNet110 NoShort on CIFAR-10 with 10 runs per point.
+# Relative ELR spread at initialisation (dotted) and after one pass over the data (solid: mean over seeds,
+# band from the smallest to the largest seed, dots for each seed), against the constant learning rate,
+# with the discrete model's prediction from the measured initial norms (dashed) and the mean critical and
+# subcritical rates at initialisation. Measured: {glue:text}`ch12-setting`. The paper's Figure 4 shows
+# ResNet110 NoShort on CIFAR-10 with 10 runs per point.
 # ```
 #
-# Below the critical rate, one pass over the data lowers the spread, with
-# random-walk and with real gradients, as the paper reports (at the
-# smallest rates the change is below the noise between seeds, for the
-# model too). With the random
-# walk the measurement follows the model up to $\lambda \approx 1$,
-# including the fall towards a minimum near $\kappa_{\ell h}(0)$. Above
-# $\lambda \approx 1$ our random walk keeps lowering the spread where the
-# model says it should rise again; the gradient norms have left the model
-# there (the short-term chapter, {doc}`10_short_term`, shows the measured
-# gradient far above the prediction beyond $\lambda = 1$). The paper notes
-# the same break of the random walk above $\lambda \approx 1$ and puts it
-# down to numerical issues; we have not found its cause.
+# Below the critical rate one pass lowers the spread, with random-walk and
+# with real gradients, as the paper reports (at the smallest rates the change
+# is small, for the model too). With the random walk the measurement follows
+# the model up to $\lambda \approx 1$, including the fall towards
+# $\kappa_{\ell h}(0)$. Above $\lambda \approx 1$ our random walk keeps
+# lowering the spread where the model says it should rise again, so the
+# paper's claim that the walk's spread is smallest near $\kappa_{\ell h}(0)$
+# fails here over the whole grid; the gradient norms have left the model
+# there ({doc}`10_short_term` shows the measured gradient far above the
+# prediction beyond $\lambda = 1$). The paper notes the same break of the
+# random walk above $\lambda \approx 1$ and puts it down to numerical
+# issues; we have not found its cause.
 #
 # With real gradients the curve is shifted to smaller rates, as in the
 # paper: the base gradients shrink as the network learns, the ELRs drop
 # faster than the model predicts, and the best rate falls below
 # $\kappa_{\ell h}(0)$. At the largest rates real training ends with a
-# spread about as large as it started with (slightly larger or slightly
-# smaller from one execution to the next; we have seen both), far above the
-# smallest spread of the sweep: the curve is U-shaped. The paper's conservative choice,
-# the subcritical rate, lies well inside the region where every run lowers
-# the spread.
+# spread far above the smallest of the sweep: the curve is U-shaped. Whether
+# it also ends above the spread it started with, as the paper's Figure 4
+# shows, is not settled at this scale: the sign of that change varied from
+# one execution to the next before this chapter had seeds, so we do not
+# state it. The paper's conservative choice, the subcritical rate, lies
+# well inside the region where every run lowers the spread.
 #
 # ## Checks
 
 # %%
-for t in ("random_walk", "none"):
-    # below κ_ℓh(0), wherever the model predicts a change larger than the run-to-run noise (0.05)
-    below = [i for i, lr in enumerate(lrs) if lr < k_crit and mean(spread0, t)[i] - mean(model1, t)[i] > 0.05]
-    assert below and all(mean(spread1, t)[i] < mean(spread0, t)[i] for i in below), \
-        f"{t}: training below κ_ℓh(0) lowers S_rel"
-walk_ok = [i for i, lr in enumerate(lrs) if lr <= 1.0]
-rel = np.abs(mean(spread1, "random_walk")[walk_ok] / mean(model1, "random_walk")[walk_ok] - 1)
-assert np.all(rel < 0.1), "random walk: the model predicts the spread after one pass within 10% for λ <= 1"
-best_walk = lrs[walk_ok[int(np.argmin(mean(spread1, "random_walk")[walk_ok]))]]
 grid_step = lrs[1] / lrs[0]
-assert 1 / grid_step <= best_walk / k_crit <= grid_step, "random walk: the smallest spread (λ <= 1) is one grid step from κ_ℓh(0)"
-best_real = lrs[int(np.nanargmin(mean(spread1, "none")))]
-assert best_real < best_walk, "real training: the curve is shifted to smaller rates"
-assert ("none", lrs[-1], 0) in diverged or (
-    mean(spread1, "none")[-1] > 0.8 * mean(spread0, "none")[-1]
-    and mean(spread1, "none")[-1] > 2 * np.nanmin(mean(spread1, "none"))), \
-    "real training at the largest rate ends with about the spread it started with, twice the smallest (or diverges)"
-assert k_sub < k_crit and all(mean(spread1, "none")[i] < mean(spread0, "none")[i] for i, lr in enumerate(lrs)
-                              if lr <= k_sub * grid_step), "the subcritical rate lowers the spread"
-print("all claims of this chapter hold")
+lam = np.array(lrs)
+below = {t: (lam[None, :] < k_crit[:, None]) & (s0[t] - model1[t] > 0.05) for t in s0}  # a visible predicted change
+
+
+def mean_drop(t):
+    """Per seed: the mean fall of S_rel over the rates below κ_ℓh(0) where the model predicts a visible fall."""
+    return np.array([np.mean((s0[t] - s1[t])[i, below[t][i]]) if below[t][i].any() else np.nan for i in range(n_seeds)])
+
+
+upto1 = lam <= 1.0
+best = {t: lam[np.nanargmin(s1[t], axis=1)] for t in s1}
+sub_ok = lam[None, :] <= k_sub[:, None] * grid_step
+claims = [
+    evidence.Claim.level("1. random walk: one pass below κ_ℓh(0) lowers the spread", mean_drop("random_walk"), 0.0,
+                         statistic="mean fall of S_rel"),
+    evidence.Claim.level("2. real gradients: the same", mean_drop("none"), 0.0, statistic="mean fall of S_rel"),
+    evidence.Claim.level("3. random walk, λ ≤ 1: the model predicts the spread after one pass within 10%",
+                         np.max(np.abs(s1["random_walk"][:, upto1] / model1["random_walk"][:, upto1] - 1), axis=1),
+                         0.10, "<", statistic="mean of the worst relative error"),
+    evidence.Claim.level("4. random walk: the smallest spread lies within one grid step of κ_ℓh(0)",
+                         np.abs(np.log(best["random_walk"] / k_crit)), np.log(grid_step) * 1.01, "<",
+                         statistic="mean |ln(best λ / κ_ℓh(0))|", expect="fails"),
+    evidence.Claim.compare("5. real gradients: the best rate is smaller than the random walk's",
+                           np.log(best["random_walk"]), np.log(best["none"])),
+    evidence.Claim.level("6. real, largest rate: more than twice the smallest spread of the sweep (U shape)",
+                         np.log(np.nan_to_num(s1["none"][:, -1], nan=np.inf) / np.nanmin(s1["none"], axis=1)),
+                         np.log(2.0), statistic="mean ln(S_rel at the largest rate / smallest S_rel)"),
+    evidence.Claim.level("7. real: every rate up to one grid step above κ_hh'(0) lowers the spread",
+                         np.array([np.min((s0["none"] - s1["none"])[i, sub_ok[i]]) for i in range(n_seeds)]), 0.0,
+                         statistic="mean of the smallest fall of S_rel"),
+]
+display(Markdown(evidence.table(claims)))
+if check_claims:
+    evidence.check(claims)
+print("all claims of this chapter have their stated verdicts" if check_claims else "claims not checked at this profile")

@@ -45,14 +45,15 @@ log_every: int = 1  # steps between ELR measurements {>= 1}
 grid: list[str] = ["0.1:0.02", "0.1:0.04", "0.2:0.01", "0.2:0.04", "0.4:0.005", "0.4:0.01", "0.4:0.02", "0.4:0.04"]  # (λ:wd) pairs "lr:wd", at least 3
 lr_plain: float = 0.4  # λ of the run without weight decay, for the spread comparison {> 0}
 check_claims: bool = True  # assert the measured claims (the smoke profile only runs the code)
-seed: int = 0  # seed of initialisation and data order {>= 0}
+n_seeds: int = 5  # runs per (λ, wd), seeds seed ... seed + n_seeds - 1 {>= 2}
+seed: int = 0  # base seed of initialisation and data order {>= 0}
 
 # %%
 import numpy as np
 import sympy as sp
 from IPython.display import Markdown, display
 
-from elr import dynamics, equilibria, plots, symbolic, train
+from elr import dynamics, equilibria, evidence, plots, symbolic, train
 
 plots.setup()
 pairs = [tuple(float(v) for v in item.split(":")) for item in grid]
@@ -154,41 +155,50 @@ display(Markdown(f"Spread after {n_sim:,} steps at λ = 0.1: " + ", ".join(f"{k}
 # over layers.
 
 # %%
-configs = [train.TrainConfig(model=model, width=width, dataset=dataset, data_root=data_root, batch_size=batch_size,
-                             steps=steps, lr=lr, wd=wd, log_every=log_every, eval_batches=2, seed=seed)
-           for lr, wd in pairs]
-plain_config = train.TrainConfig(model=model, width=width, dataset=dataset, data_root=data_root,
-                                 batch_size=batch_size, steps=steps, lr=lr_plain, log_every=log_every,
-                                 eval_batches=2, seed=seed)
-runs = train.sweep(configs + [plain_config])
-plain = runs[-1]
-rows = []
-for (lr, wd), run in zip(pairs, runs):
+cases = {(lr, wd): train.TrainConfig(model=model, width=width, dataset=dataset, data_root=data_root,
+                                     batch_size=batch_size, steps=steps, lr=lr, wd=wd, log_every=log_every,
+                                     eval_batches=2) for lr, wd in pairs}
+cases["plain"] = train.TrainConfig(model=model, width=width, dataset=dataset, data_root=data_root,
+                                   batch_size=batch_size, steps=steps, lr=lr_plain, log_every=log_every, eval_batches=2)
+runs = train.sweep_seeds(cases, seed, n_seeds)
+
+
+def tail_spread(run):
+    _, e = run.records.matrix("elr_grad")
+    return float(dynamics.relative_spread(e[-max(len(e) // 5, 1):]).mean())
+
+
+def equilibrium_row(run, lr, wd):
     logged, w = run.records.matrix("weight_norm")
-    _, e_grad = run.records.matrix("elr_grad")
-    _, u = run.records.matrix("elr_update")
-    eq = dynamics.equilibrium(lr, wd)
-    appr = equilibria.approach(logged, w)
-    rows.append({"lr": lr, "wd": wd, "iota": lr * wd, "status": run.status,
-                 "angular": equilibria.tail_rms(u), "elr": equilibria.tail_rms(e_grad),
-                 "angular_pred": eq.angular, "elr_pred": eq.elr,
-                 "settled": bool(appr.drift.max() < 0.2 * (1 - (1 - lr * wd) ** (2 * appr.half_steps))),
-                 "drift": float(appr.drift.max()), "t_eq": float(np.median(appr.steps)),
-                 "t_pred": 2 * float(dynamics.relaxation_steps(lr, wd)),
-                 "spread_end": float(dynamics.relative_spread(e_grad[-max(len(e_grad) // 5, 1):]).mean())})
-_, e_plain = plain.records.matrix("elr_grad")
-spread_plain = float(dynamics.relative_spread(e_plain[-max(len(e_plain) // 5, 1):]).mean())
+    eq, appr = dynamics.equilibrium(lr, wd), equilibria.approach(logged, w)
+    return {"status": run.status, "angular": equilibria.tail_rms(run.records.matrix("elr_update")[1]),
+            "elr": equilibria.tail_rms(run.records.matrix("elr_grad")[1]), "angular_pred": eq.angular,
+            "elr_pred": eq.elr, "drift": float(appr.drift.max()),
+            "settled": bool(appr.drift.max() < 0.2 * (1 - (1 - lr * wd) ** (2 * appr.half_steps))),
+            "t_eq": float(np.median(appr.steps)), "t_pred": 2 * float(dynamics.relaxation_steps(lr, wd)),
+            "spread_end": tail_spread(run)}
+
+
+rows = [{"lr": lr, "wd": wd, "iota": lr * wd, "seeds": [equilibrium_row(r, lr, wd) for r in runs[(lr, wd)]]}
+        for lr, wd in pairs]
+for r in rows:  # a pair counts as settled when it settled in every seed
+    r["settled"] = all(x["settled"] and x["status"] == "completed" for x in r["seeds"])
+    r["t_eq"] = float(np.median([x["t_eq"] for x in r["seeds"]]))
+    r["t_pred"] = r["seeds"][0]["t_pred"]
+spread_plain = np.array([tail_spread(r) for r in runs["plain"]])
+rng = lambda key, f: f"{min(x[key].min() for x in r['seeds']):{f}}–{max(x[key].max() for x in r['seeds']):{f}}"  # noqa: E731
 display(Markdown(
-    "| λ | wd | λ·wd | settled (change of mean ‖W‖² across the tail) | ‖ΔW‖/‖W‖ measured (layer range) | predicted √(2λwd) | "
-    "ELR measured (layer range) | predicted $E_*$ | steps to equilibrium | predicted | S_rel, tail |\n"
+    "| λ | wd | λ·wd | settled in every seed (largest change of mean ‖W‖² across the tail) | ‖ΔW‖/‖W‖ measured "
+    "(range over layers and seeds) | predicted √(2λwd) | ELR measured (range) | predicted $E_*$ | steps to equilibrium "
+    "(median over seeds) | predicted | S_rel, tail (mean over seeds) |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(
-        f"| {r['lr']:g} | {r['wd']:g} | {r['iota']:.1e} | {'yes' if r['settled'] else 'no'} ({r['drift']:.1%}) | "
-        f"{r['angular'].min():.4f}–{r['angular'].max():.4f} | {r['angular_pred']:.4f} | "
-        f"{r['elr'].min():.3f}–{r['elr'].max():.3f} | {r['elr_pred']:.3f} | {r['t_eq']:.0f} | {r['t_pred']:.0f} | "
-        f"{r['spread_end']:.3f} |" for r in rows)
-    + f"\n\nWithout weight decay (λ = {lr_plain:g}) the spread over the same tail is {spread_plain:.3f}. "
-    f"Data: {dataset}, "
-    f"{steps} steps of batch {batch_size}."))
+        f"| {r['lr']:g} | {r['wd']:g} | {r['iota']:.1e} | {'yes' if r['settled'] else 'no'} "
+        f"({max(x['drift'] for x in r['seeds']):.1%}) | {rng('angular', '.4f')} | {r['seeds'][0]['angular_pred']:.4f} | "
+        f"{rng('elr', '.3f')} | {r['seeds'][0]['elr_pred']:.3f} | {r['t_eq']:.0f} | {r['t_pred']:.0f} | "
+        f"{np.mean([x['spread_end'] for x in r['seeds']]):.3f} |" for r in rows)
+    + f"\n\nWithout weight decay (λ = {lr_plain:g}) the spread over the same tail is "
+    f"{evidence.cell(evidence.mean_interval(spread_plain), digits=3)} (mean [95 % interval] over seeds). Data: "
+    f"{dataset}, {steps} steps of batch {batch_size}, seeds {seed}–{seed + n_seeds - 1}."))
 
 # %% [markdown]
 # ## The Fast Equilibrium Conjecture, measured
@@ -199,11 +209,15 @@ display(Markdown(
 # the slope with its standard error.
 
 # %%
-settled = [r for r in rows if r["settled"] and r["status"] == "completed"]
+settled = [r for r in rows if r["settled"]]
 fit = equilibria.loglog_fit([r["iota"] for r in settled], [r["t_eq"] for r in settled]) if len(settled) >= 3 else None
+seed_slopes = np.array([equilibria.loglog_fit([r["iota"] for r in settled], [r["seeds"][i]["t_eq"] for r in settled]).slope
+                        for i in range(n_seeds)]) if len(settled) >= 3 else np.array([])
 fig, axes = plots.plt.subplots(1, 2, figsize=(9, 3.2))
 iota_all = np.array([r["iota"] for r in rows])
-axes[0].loglog(iota_all, [r["t_eq"] for r in rows], "o", label="measured (median over layers)")
+for i in range(n_seeds):
+    axes[0].loglog(iota_all, [r["seeds"][i]["t_eq"] for r in rows], ".", color="C0", alpha=0.4, ms=4)
+axes[0].loglog(iota_all, [r["t_eq"] for r in rows], "o", color="C0", label="measured (median over layers and seeds)")
 axes[0].loglog(np.sort(iota_all), 2 * dynamics.relaxation_steps(1.0, np.sort(iota_all)), "k--", label="model")
 if fit is not None:
     axes[0].loglog(np.sort(iota_all), fit.predict(np.sort(iota_all)), "C1-", lw=0.8,
@@ -211,17 +225,20 @@ if fit is not None:
 axes[0].set(xlabel=r"$\lambda\,\mathrm{wd}$", ylabel="steps to equilibrium")
 axes[0].legend()
 for r in rows:
-    axes[1].plot(np.full(r["angular"].shape, r["angular_pred"]), r["angular"], ".", color="C0", ms=4)
-lim = [min(r["angular_pred"] for r in rows) * 0.5, max(r["angular_pred"] for r in rows) * 1.5]
+    for x in r["seeds"]:
+        axes[1].plot(np.full(x["angular"].shape, x["angular_pred"]), x["angular"], ".", color="C0", ms=3, alpha=0.5)
+lim = [min(r["seeds"][0]["angular_pred"] for r in rows) * 0.5, max(r["seeds"][0]["angular_pred"] for r in rows) * 1.5]
 axes[1].plot(lim, lim, "k--", lw=1)
 axes[1].set(xscale="log", yscale="log", xlabel=r"predicted $\sqrt{2\lambda\,\mathrm{wd}}$",
             ylabel=r"measured $\|\Delta W\|/\|W\|$ (per layer)")
 plots.glue("ch14-measured", fig)
-plots.glue("ch14-setting", f"{model} (width {width}) on {dataset}, {steps} steps of batch {batch_size}, seed {seed}")
+plots.glue("ch14-setting", f"{model} (width {width}) on {dataset}, {steps} steps of batch {batch_size}, "
+                           f"seeds {seed}–{seed + n_seeds - 1}")
 if fit is not None:
     plots.glue("ch14-slope", f"{fit.slope:.3f} ± {fit.slope_se:.3f}")
-    display(Markdown(f"Fitted slope: **{fit.slope:.3f} ± {fit.slope_se:.3f}** over {len(settled)} settled runs "
-                     f"(the conjecture and the model: −1)."))
+    display(Markdown(f"Fitted slope of the medians over seeds: **{fit.slope:.3f} ± {fit.slope_se:.3f}** over "
+                     f"{len(settled)} settled pairs; per seed: {evidence.cell(evidence.mean_interval(seed_slopes), digits=3)} "
+                     f"(mean [95 % interval]; the conjecture and the model: −1)."))
 
 # %% [markdown]
 # ```{glue:figure} ch14-measured
@@ -229,7 +246,8 @@ if fit is not None:
 #
 # Measured: {glue:text}`ch14-setting`. Left: steps until $\lVert W\rVert^4$ closed all but $e^{-2}$ of
 # its gap, against the intrinsic learning rate, with the model's prediction (dashed) and a least-squares
-# fit. Right: each hidden layer's relative update at equilibrium against $\sqrt{2\lambda\,\mathrm{wd}}$.
+# fit (large dots: median over seeds; small dots: each seed). Right: each hidden layer's relative update
+# at equilibrium against $\sqrt{2\lambda\,\mathrm{wd}}$, every seed.
 # ```
 #
 # What the measurements say. Once its norm has settled, every hidden layer
@@ -287,16 +305,28 @@ assert np.isclose(float(shrunk[0] / faster[0]), 1.0) and not np.isclose(float(sh
 eq_sim = dynamics.equilibrium(0.1, 5e-3)
 assert np.allclose(sims["wd = 0.005"].elr[-1], eq_sim.elr, rtol=1e-6), "model: every layer ends at E_*"
 assert spread_end["wd = 0.005"] < 1e-6 < 1 < spread_end["wd = 0"], "model: weight decay removes the spread, plain SGD keeps it"
+claims = []
+if len(settled) >= 3:
+    claims.append(evidence.Claim.level("the slope of steps to equilibrium against λ·wd is −1 within 0.1",
+                                       np.abs(seed_slopes + 1), 0.1, "<", statistic="mean |slope + 1| over seeds"))
+for r in settled:
+    name = f"λ={r['lr']:g}, wd={r['wd']:g}"
+    worst = lambda key, r=r: np.array([np.max(np.abs(x[key] / x[key + "_pred"] - 1)) for x in r["seeds"]])  # noqa: E731
+    claims += [evidence.Claim.level(f"{name}: every layer's ‖ΔW‖/‖W‖ within 10% of √(2λwd)", worst("angular"), 0.1,
+                                    "<", statistic="mean worst |ratio − 1|"),
+               evidence.Claim.level(f"{name}: every layer's ELR within 10% of E_*", worst("elr"), 0.1, "<",
+                                    statistic="mean worst |ratio − 1|"),
+               evidence.Claim.level(f"{name}: steps to equilibrium within 25% of the model",
+                                    np.array([abs(x["t_eq"] / x["t_pred"] - 1) for x in r["seeds"]]), 0.25, "<",
+                                    statistic="mean |ratio − 1|")]
+at_plain_lr = [r for r in settled if r["lr"] == lr_plain]
+if at_plain_lr:
+    claims.append(evidence.Claim.compare(f"with weight decay the spread ends below the run without it (λ = {lr_plain:g})",
+                                         spread_plain, np.max([[x["spread_end"] for x in r["seeds"]]
+                                                               for r in at_plain_lr], axis=0)))
+display(Markdown(evidence.table(claims)))
 if check_claims:
-    assert len(settled) >= 3 and fit is not None, f"at least 3 runs settle ({len(settled)} did)"
-    assert abs(fit.slope + 1) < max(3 * fit.slope_se, 0.1), \
-        f"the slope of steps-to-equilibrium against λ·wd is −1 within 3 standard errors or 0.1 ({fit.slope:.3f})"
-    for r in settled:
-        assert np.all(np.abs(r["angular"] / r["angular_pred"] - 1) < 0.1), \
-            f"λ={r['lr']}, wd={r['wd']}: every layer's ‖ΔW‖/‖W‖ within 10% of √(2λwd)"
-        assert np.all(np.abs(r["elr"] / r["elr_pred"] - 1) < 0.1), f"λ={r['lr']}, wd={r['wd']}: ELR within 10% of E_*"
-        assert abs(r["t_eq"] / r["t_pred"] - 1) < 0.25, f"λ={r['lr']}, wd={r['wd']}: steps to equilibrium within 25%"
-    at_plain_lr = [r for r in settled if r["lr"] == lr_plain]
-    assert at_plain_lr and max(r["spread_end"] for r in at_plain_lr) < spread_plain, \
-        "with weight decay the measured spread ends below the run without it"
-print("all claims of this chapter hold" if check_claims else "claims not checked at this profile")
+    assert len(settled) >= 3 and fit is not None, f"at least 3 (λ, wd) pairs settle in every seed ({len(settled)} did)"
+    assert at_plain_lr, f"a settled pair runs at λ = {lr_plain:g}, the rate of the run without weight decay"
+    evidence.check(claims)
+print("all claims of this chapter have their stated verdicts" if check_claims else "claims not checked at this profile")

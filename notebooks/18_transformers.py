@@ -45,13 +45,14 @@ lr: float = 0.1  # constant learning rate of every run (plain SGD, no momentum, 
 batch_size: int = 64  # sequences (Transformer) or images (ResNet) per step {>= 2}
 resnet_depth: int = 20  # CIFAR ResNet compared with, with and without shortcuts, on digits {>= 8, %6==2}
 check_claims: bool = True  # assert the measured claims (the smoke profile only runs the code)
-seed: int = 0  # seed of initialisation, data and batches {>= 0}
+n_seeds: int = 5  # runs per network, seeds seed ... seed + n_seeds - 1 (initialisation and batches) {>= 2}
+seed: int = 0  # base seed; the generated task uses this one {>= 0}
 
 # %%
 import numpy as np
 from IPython.display import Markdown, display
 
-from elr import audit, dynamics, measure, plots, train, transformer
+from elr import audit, dynamics, evidence, measure, plots, train, transformer
 
 plots.setup()
 if d_model % n_heads:
@@ -93,40 +94,50 @@ for qk in (False, True):
 # from the recorded norms.
 
 # %%
-tf_runs = {qk: transformer.train_sequence(qk, task, steps, lr, batch_size=batch_size, seed=seed, d_model=d_model,
-                                          n_heads=n_heads, n_layers=n_layers) for qk in (False, True)}
-names = tf_runs[False].records.layer_names  # every weight matrix of the blocks, as monitored
-tf = {}
-for qk, run in tf_runs.items():
+seeds = range(seed, seed + n_seeds)
+tf_runs = {qk: [transformer.train_sequence(qk, task, steps, lr, batch_size=batch_size, seed=s, d_model=d_model,
+                                           n_heads=n_heads, n_layers=n_layers) for s in seeds] for qk in (False, True)}
+names = tf_runs[False][0].records.layer_names  # every weight matrix of the blocks, as monitored
+
+
+def summarise(run, qk):
     _, e = run.records.matrix("elr_grad")
-    cos = np.median(measure.radial_cosine(run.records, lr), axis=0)
-    invariant = np.array([verdicts[qk][f"{n}.weight"].invariant for n in names])
-    tf[qk] = {"elr": e, "cos": cos, "invariant": invariant, "stats": measure.base_gradient_stats(run.records),
-              "spread0": float(dynamics.relative_spread(e[0])), "spread_end": float(dynamics.relative_spread(e[-1])),
-              "acc": run.test_acc, "loss_end": float(np.nanmean(run.losses[-20:]))}
+    return {"elr": e, "cos": np.median(measure.radial_cosine(run.records, lr), axis=0),
+            "stats": measure.base_gradient_stats(run.records), "spread0": float(dynamics.relative_spread(e[0])),
+            "spread_end": float(dynamics.relative_spread(e[-1])), "acc": run.test_acc}
+
+
+tf = {qk: [summarise(r, qk) for r in rs] for qk, rs in tf_runs.items()}
+invariant = {qk: np.array([verdicts[qk][f"{n}.weight"].invariant for n in names]) for qk in (False, True)}
 fig, axes = plots.plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
 for ax, qk in zip(axes, (False, True)):
     for j, n in enumerate(names):
-        style = "-" if tf[qk]["invariant"][j] else ":"
-        ax.plot(np.arange(steps) + 1, tf[qk]["elr"][:, j], style, lw=1, label=n.replace("blocks.", "b"))
-    ax.set(xscale="log", yscale="log", xlabel="step + 1", title=f"{'with' if qk else 'without'} QK-norm")
+        style = "-" if invariant[qk][j] else ":"
+        ax.plot(np.arange(steps) + 1, tf[qk][0]["elr"][:, j], style, lw=1, label=n.replace("blocks.", "b"))
+    ax.set(xscale="log", yscale="log", xlabel="step + 1", title=f"{'with' if qk else 'without'} QK-norm, seed {seed}")
 axes[0].set_ylabel(r"ELR $\|\nabla W\|/\|W\|$")
 axes[1].legend(fontsize=6, ncol=2)
 plots.glue("ch18-elrs", fig)
 plots.glue("ch18-setting", f"pre-LN Transformer ({n_layers} blocks, width {d_model}, {n_heads} heads) on the generated "
-                           f"sorting task, plain SGD at λ = {lr:g}, batch {batch_size}, {steps} steps, seed {seed}")
-display(Markdown("| | test accuracy (per token) | S_rel at step 0 | S_rel at the end | median \\|cos(W, ∇W)\\|, "
+                           f"sorting task, plain SGD at λ = {lr:g}, batch {batch_size}, {steps} steps, "
+                           f"seeds {seed}–{seed + n_seeds - 1}")
+mean_ci = lambda k, qk: evidence.cell(evidence.mean_interval([r[k] for r in tf[qk]]), digits=3)  # noqa: E731
+cos_inv = {qk: np.array([r["cos"][invariant[qk]] for r in tf[qk]]) for qk in tf}
+cos_other = {qk: np.array([r["cos"][~invariant[qk]] for r in tf[qk]]) for qk in tf}
+display(Markdown("Mean [95 % interval] over seeds; cosines: range over weights and seeds.\n\n"
+                 "| | test accuracy (per token) | S_rel at step 0 | S_rel at the end | median \\|cos(W, ∇W)\\|, "
                  "auto-tuning weights | other weights |\n|---|---|---|---|---|---|\n" + "\n".join(
-                     f"| {'with' if qk else 'without'} QK-norm | {r['acc']:.3f} | {r['spread0']:.3f} | {r['spread_end']:.3f} | "
-                     f"{(np.max(r['cos'][r['invariant']]) if r['invariant'].any() else float('nan')):.1e} | "
-                     f"{np.min(r['cos'][~r['invariant']]):.1e}–{np.max(r['cos'][~r['invariant']]):.1e} |"
-                     for qk, r in tf.items())))
+                     f"| {'with' if qk else 'without'} QK-norm | {mean_ci('acc', qk)} | {mean_ci('spread0', qk)} | "
+                     f"{mean_ci('spread_end', qk)} | "
+                     f"{(cos_inv[qk].max() if cos_inv[qk].size else float('nan')):.1e} | "
+                     f"{cos_other[qk].min():.1e}–{cos_other[qk].max():.1e} |" for qk in tf)))
 
 # %% [markdown]
 # ```{glue:figure} ch18-elrs
 # :name: fig-ch18-elrs
 #
-# Measured: {glue:text}`ch18-setting`. ELR of every weight matrix of the blocks; solid lines are the
+# Measured: {glue:text}`ch18-setting` (the base seed's runs shown). ELR of every weight matrix of the
+# blocks; solid lines are the
 # weights the audit finds scale-invariant (the query and key weights with QK-norm), dotted lines all
 # others.
 # ```
@@ -143,19 +154,21 @@ display(Markdown("| | test accuracy (per token) | S_rel at step 0 | S_rel at the
 # train on digits with the same rate, batch size and number of steps.
 
 # %%
-res_configs = [train.TrainConfig(model=f"resnet{resnet_depth}", shortcut=sc, steps=steps, lr=lr, batch_size=batch_size,
-                                 eval_batches=1, seed=seed, channels_last=True) for sc in (False, True)]
-res_stats = {sc: measure.base_gradient_stats(run.records) for sc, run in zip((False, True), train.sweep(res_configs))}
-table = {"Transformer": tf[False]["stats"], "Transformer + QK-norm": tf[True]["stats"],
+res_cases = {sc: train.TrainConfig(model=f"resnet{resnet_depth}", shortcut=sc, steps=steps, lr=lr,
+                                   batch_size=batch_size, eval_batches=1, channels_last=True) for sc in (False, True)}
+res_stats = {sc: [measure.base_gradient_stats(r.records) for r in rs]
+             for sc, rs in train.sweep_seeds(res_cases, seed, n_seeds).items()}
+table = {"Transformer": [r["stats"] for r in tf[False]], "Transformer + QK-norm": [r["stats"] for r in tf[True]],
          f"ResNet{resnet_depth} NoShort": res_stats[False], f"ResNet{resnet_depth}": res_stats[True]}
-display(Markdown("Medians over the layers.\n\n| network | noise of log c per step | drift of log c | growth of log σ² |\n"
-                 "|---|---|---|---|\n" + "\n".join(
-                     f"| {k} | {np.median(v['noise']):.3f} | {np.median(v['drift']):.3f} | {np.median(v['growth']):.3f} |"
-                     for k, v in table.items())))
-inv = tf[True]["invariant"]
-display(Markdown(f"The auto-tuning weights of the QK-norm model (queries and keys): drift of log c "
-                 f"{np.median(tf[True]['stats']['drift'][inv]):.3f}, growth of log σ² "
-                 f"{np.median(tf[True]['stats']['growth'][inv]):.3f}."))
+per_seed = lambda name, key, f=np.median: np.array([f(s[key]) for s in table[name]])  # noqa: E731
+display(Markdown("Medians over the layers; mean [95 % interval] over seeds.\n\n| network | noise of log c per step | "
+                 "drift of log c | growth of log σ² |\n|---|---|---|---|\n" + "\n".join(
+                     f"| {k} | " + " | ".join(evidence.cell(evidence.mean_interval(per_seed(k, q)), digits=3)
+                                             for q in ("noise", "drift", "growth")) + " |" for k in table)))
+inv = invariant[True]
+display(Markdown(f"The auto-tuning weights of the QK-norm model (queries and keys), mean over seeds: drift of log c "
+                 f"{np.mean([np.median(r['stats']['drift'][inv]) for r in tf[True]]):.3f}, growth of log σ² "
+                 f"{np.mean([np.median(r['stats']['growth'][inv]) for r in tf[True]]):.3f}."))
 
 # %% [markdown]
 # What we find, in this small setting. The audit and the radial cosines
@@ -169,8 +182,9 @@ display(Markdown(f"The auto-tuning weights of the QK-norm model (queries and key
 # Transformer's base gradients are *calmer* than the ResNets' on digits,
 # and over the run they drift by a similar factor. Both networks are small
 # and trained briefly, on different data, so this is a statement about this
-# setting, not a refutation; but it means the size of the fluctuation is
-# not an intrinsic property of attention that shows up in any setting.
+# setting, not a refutation: one small setting cannot say whether large
+# fluctuations are a property of attention in general, only that they do
+# not appear in every setting.
 # In all four networks, over these few hundred steps at $\lambda = 0.1$,
 # the base gradient drifts by far more than the weight norms grow, so the
 # ELRs follow $c$ rather than their auto-tuning, which acts on the slow
@@ -186,14 +200,23 @@ for n in names:
     assert not verdicts[False][f"{n}.weight"].invariant, f"without QK-norm, {n} is not scale-invariant"
     expect = n.endswith(("attn.q", "attn.k"))
     assert verdicts[True][f"{n}.weight"].invariant == expect, f"with QK-norm exactly the query and key weights auto-tune ({n})"
-assert np.all(tf[True]["cos"][inv] < 1e-4), "auto-tuning weights: no radial gradient"
+assert np.all(cos_inv[True] < 1e-4), "auto-tuning weights: no radial gradient, in every seed"
+claims = []
+for qk in (False, True):
+    label = "with" if qk else "without"
+    claims += [evidence.Claim.level(f"{label} QK-norm: every other weight has a radial gradient part (> 5e-3)",
+                                    np.log10(cos_other[qk].min(axis=1)), np.log10(5e-3), ">",
+                                    statistic="mean log10 of the smallest |cos|"),
+               evidence.Claim.level(f"{label} QK-norm: the Transformer learns the task (per-token accuracy > 0.5)",
+                                    [r["acc"] for r in tf[qk]], 0.5, ">")]
+tf_noise = np.max([per_seed(k, "noise") for k in ("Transformer", "Transformer + QK-norm")], axis=0)
+res_noise = np.min([per_seed(k, "noise") for k in table if k.startswith("ResNet")], axis=0)
+claims.append(evidence.Claim.compare("the Transformers' base gradients are calmer step to step than the ResNets'",
+                                     res_noise, tf_noise))
+for name in table:
+    claims.append(evidence.Claim.compare(f"{name}: the base gradient drifts more than σ² grows", per_seed(name, "drift"),
+                                         per_seed(name, "growth", lambda g: np.median(np.abs(g)))))
+display(Markdown(evidence.table(claims)))
 if check_claims:
-    for qk in (False, True):
-        assert np.all(tf[qk]["cos"][~tf[qk]["invariant"]] > 5e-3), "every other weight has a radial gradient part"
-        assert tf[qk]["acc"] > 0.5, "the Transformer learns the task (per-token accuracy above one half)"
-    tf_noise = max(np.median(tf[qk]["stats"]["noise"]) for qk in (False, True))
-    res_noise = min(np.median(s["noise"]) for s in res_stats.values())
-    assert tf_noise < res_noise, "measured here: the Transformer's base gradients are calmer step to step than the ResNets'"
-    for name, s in table.items():
-        assert np.median(s["drift"]) > np.median(np.abs(s["growth"])), f"{name}: the base gradient drifts more than σ² grows"
-print("all claims of this chapter hold" if check_claims else "claims not checked at this profile")
+    evidence.check(claims)
+print("all claims of this chapter have their stated verdicts" if check_claims else "claims not checked at this profile")
