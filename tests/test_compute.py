@@ -7,10 +7,10 @@ from elr import book, compute
 def test_chapter_work_mirrors_the_chapters():
     v = book.resolve("14_weight_decay", "quick")
     (work,) = compute.chapter_work("14_weight_decay", v)
-    assert work.runs == len(v["grid"]) + 1 and work.steps == v["steps"] and work.model == v["model"]
+    assert work.runs == (len(v["grid"]) + 1) * v["n_seeds"] and work.steps == v["steps"] and work.model == v["model"]
     v = book.resolve("15_momentum", "paper")
     spread, eq = compute.chapter_work("15_momentum", v)
-    assert spread.runs == len(v["lrs"]) * len(v["momenta"]) and eq.runs == len(v["eq_grid"])
+    assert spread.runs == len(v["lrs"]) * len(v["momenta"]) * v["n_seeds"] and eq.runs == len(v["eq_grid"]) * v["n_seeds"]
     assert compute.chapter_work("16_stiff_ode", book.resolve("16_stiff_ode", "paper")) == []
 
 
@@ -27,3 +27,11 @@ def test_plan_markdown_converts_flops_with_the_stated_rates():
 def test_measured_throughput_is_positive_and_finite():
     flops = compute.measured_throughput(batch_size=8, reps=1)
     assert 1e6 < flops < 1e15
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick", "paper"])
+def test_every_chapters_work_is_counted_with_its_seeds(profile):
+    for chapter in book.chapters():
+        values = book.resolve(chapter, profile)
+        for work in compute.chapter_work(chapter, values):
+            assert work.runs >= 1 and work.runs % values.get("n_seeds", 1) == 0, chapter

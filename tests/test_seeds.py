@@ -102,3 +102,23 @@ def test_robustness_builds_refuse_unknown_variants_before_running():
     with pytest.raises(book.ParameterError, match="unknown robustness variant"):
         book.robust(["seed2000"])
     assert set(book.ROBUST_VARIANTS) == {"seed1000", "one-process", "one-thread"}
+
+
+MEASURING = [c for c in book.chapters()
+             if any(k in book._source_of(c).read_text() for k in ("train.sweep", "train.run(", "measure.at_init",
+                                                                  "train_sequence"))]
+
+
+def test_the_measuring_chapters_are_the_ones_the_book_says():
+    assert [c[:2] for c in MEASURING] == ["09", "10", "11", "12", "13", "14", "15", "18"]
+
+
+@pytest.mark.parametrize("chapter", MEASURING)
+def test_every_measuring_chapter_runs_seeds_and_checks_its_claims_table(chapter):
+    quick = book.resolve(chapter, "quick")
+    assert quick["n_seeds"] >= 5, f"{chapter}: at least 5 seeds at the quick profile"
+    assert "seed" in quick, f"{chapter}: a base seed parameter, so `elr book -p seed=1000` moves it"
+    source = book._source_of(chapter).read_text()
+    assert "evidence.table(claims)" in source and "evidence.check(claims)" in source, \
+        f"{chapter}: ends by rendering and asserting its claims table"
+    assert "sweep(" not in source.replace("sweep_seeds(", ""), f"{chapter}: every sweep runs seeds (sweep_seeds)"
