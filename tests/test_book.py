@@ -211,7 +211,7 @@ def test_book_overrides_apply_where_declared_and_unknown_names_are_refused(scrat
     (scratch_book / "01_fails.py").write_text(FAILING)
     (scratch_book / "02_sleeps.py").write_text(SLEEPS)
     ran = {}
-    def fake_execute(name, profile, values, timeout):
+    def fake_execute(name, profile, values, timeout, out_dir=None):
         ran[name] = values
         return book.CHAPTERS_OUT / f"{name}.ipynb"
 
@@ -251,3 +251,34 @@ def test_built_chapter_pages_offer_downloads_and_the_rerun_box(tmp_path, monkeyp
     downloads = {p.name for p in (html / "_downloads").rglob("*")}
     assert {"01_tiny.ipynb", "01_tiny.py"} <= downloads
     assert book.check_built_pages(html, ["02_missing"]) == [f"{html / 'book' / 'chapters' / '02_missing.html'} was not built"]
+
+
+def test_robustness_builds_vary_seed_threads_and_run_root_and_record_the_outcome(scratch_book, monkeypatch):
+    """Each variant runs every chapter with its own overrides, environment, run root and output directory; a
+    failing variant does not stop the others, and book/robustness.md records all of them."""
+    (scratch_book / "01_fails.py").write_text(FAILING.replace("n: int = 3  # how many {>= 1}",
+                                                                  "n: int = 3  # how many {>= 1}\nseed: int = 0  # base seed"))
+    (scratch_book / "02_sleeps.py").write_text(SLEEPS)
+    seen = []
+
+    def fake_execute(name, profile, values, timeout, out_dir=None):
+        seen.append((name, dict(values), os.environ.get("ELR_RUNS"), os.environ.get("ELR_THREADS"),
+                     os.environ.get("ELR_WORKERS"), Path(out_dir)))
+        if name == "01_fails" and os.environ.get("ELR_THREADS") == "1":
+            raise book.ChapterFailed(name, Path(out_dir) / f"{name}.ipynb", "AssertionError: a claim")
+        return Path(out_dir) / f"{name}.ipynb"
+
+    monkeypatch.setattr(book, "ROOT", scratch_book.parent)
+    monkeypatch.setattr(book, "ROBUST_MD", scratch_book.parent / "robustness.md")
+    monkeypatch.setattr(book, "execute", fake_execute)
+    monkeypatch.delenv("ELR_THREADS", raising=False)
+    with pytest.raises(RuntimeError, match="robustness builds failed: one-thread"):
+        book.robust()
+    assert os.environ.get("ELR_THREADS") is None  # restored
+    by = {(n, Path(o).name): (v, runs, threads, workers) for n, v, runs, threads, workers, o in seen}
+    assert by[("01_fails", "seed1000")][0]["seed"] == 1000 and "seed" not in by[("02_sleeps", "seed1000")][0]
+    assert by[("01_fails", "one-process")][0]["seed"] == 0 and by[("01_fails", "one-process")][3] == "1"
+    assert by[("01_fails", "one-thread")][2] == "1"
+    assert len({runs for _, runs, _, _ in by.values()}) == 3  # a run root per variant: nothing is reused
+    record = (scratch_book.parent / "robustness.md").read_text()
+    assert "| seed1000 |" in record and "| one-thread |" in record and "01_fails" in record
