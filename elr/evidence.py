@@ -207,7 +207,8 @@ def cell(interval: Interval, scale: float = 1.0, digits: int = 2) -> str:
 
 def table(claims: Sequence[Claim]) -> str:
     """The claims table (Markdown): claim, statistic, 95 % interval, seeds, verdict, and what the text said."""
-    rows = [f"| {c.text} | {c.statistic} {c.direction} {c.threshold:g} | {c.interval.estimate:.4g} | "
+    esc = lambda text: text.replace("|", "\\|")  # noqa: E731 - "|x|" inside a cell would split the row
+    rows = [f"| {esc(c.text)} | {esc(c.statistic)} {c.direction} {c.threshold:g} | {c.interval.estimate:.4g} | "
             f"[{c.interval.low:.4g}, {c.interval.high:.4g}] | {c.interval.n} | **{c.verdict}** | {c.expect} |"
             for c in claims]
     return ("| claim | statistic | estimate | 95 % interval | seeds | verdict | stated |\n"

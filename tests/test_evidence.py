@@ -87,3 +87,10 @@ def test_bad_input_is_refused_with_the_fix():
 def test_identical_values_give_a_degenerate_interval_not_nan():
     iv = evidence.mean_interval([0.25] * 5)
     assert (iv.estimate, iv.low, iv.high) == (0.25, 0.25, 0.25)
+
+
+def test_the_claims_table_keeps_one_cell_per_column_when_a_statistic_has_bars():
+    claim = evidence.Claim.level("|x| is small", [0.1, 0.2, 0.15], 1.0, "<", statistic="mean |ratio − 1|")
+    row = evidence.table([claim]).splitlines()[-1]
+    cells = [c for c in row.replace("\\|", "").split("|")[1:-1]]
+    assert len(cells) == 7 and "\\|ratio − 1\\|" in row
