@@ -105,6 +105,20 @@ def derive_closed_form():
     return ode, positive[0], s0
 
 
+def derive_short_spread_limit():
+    """The limit of S_rel for Eq. (7) as the depth grows: the standard deviation of ln U, U uniform on (0, 1].
+
+    With s ReLUs per block, c_i ∝ 1 + k α^s with k = floor((L−i)/s) running over 0..K, each value s times.
+    ln c_i = ln(K α^s) + ln(k/K) + ln(1 + 1/(k α^s)); the first term is common to all layers and drops out
+    of a standard deviation, the last vanishes for all but a vanishing fraction of layers, and k/K tends to
+    a uniform variable. So S_rel → sqrt(Var ln U) = sqrt(∫ ln²u du − (∫ ln u du)²) = sqrt(2 − 1) = 1, free
+    of α and s. Returns the SymPy value of that variance.
+    """
+    u = sp.symbols("u", positive=True)
+    mean = sp.integrate(sp.log(u), (u, 0, 1))
+    return sp.simplify(sp.integrate(sp.log(u) ** 2, (u, 0, 1)) - mean**2)
+
+
 def derive_elr_map():
     """The ELR form of Eq. (5): E' = E / (1 + λ² E²), with E = c/σ²."""
     e_next = c / step(s, c)

@@ -150,9 +150,25 @@ plots.glue("ch03-depths", ", ".join(str(d) for d in resnet_depths))
 # S_{rel}^{\text{NoShort}}(0) = \ln\alpha \,\sqrt{\frac{L^2-1}{12}} ,
 # $$ (ch03-spread-feedforward)
 #
-# linear in depth. With shortcuts the spread grows only like the logarithm of
-# the depth. (For the shallowest networks, depth 8 and 14, {eq}`ch03-resnet`
-# gives the larger spread: there $1 + k\alpha^2$ still exceeds
+# linear in depth. With shortcuts the spread does not grow without bound: it
+# saturates. In {eq}`ch03-resnet` the layers of block $k = 0, \dots, K$
+# (counted from the top) have $c \propto 1 + k\alpha^2$, so
+# $\ln c = \ln(K\alpha^2) + \ln(k/K) + \ln(1 + 1/(k\alpha^2))$. The first
+# term is shared by all layers and leaves the standard deviation unchanged,
+# the last matters for a vanishing fraction of layers as $K$ grows, and
+# $k/K$ becomes a uniform variable $U$ on $(0, 1]$. Since $-\ln U$ is
+# exponential with rate 1,
+#
+# $$
+# \lim_{L\to\infty} S_{rel}^{\text{Short}}(0) = \sqrt{\operatorname{Var}\ln U}
+# = \sqrt{\int_0^1 \ln^2 u\,du - \Big(\int_0^1 \ln u\,du\Big)^2} = \sqrt{2 - 1} = 1 ,
+# $$ (ch03-spread-short-limit)
+#
+# whatever $\alpha$ and the number of ReLUs per block
+# (`symbolic.derive_short_spread_limit`; SymPy gives the variance
+# {glue:text}`ch03-short-limit`). The table below shows the approach from
+# below for this profile (for larger $\alpha^s$ it comes from above). (For
+# the shallowest networks, depth 8 and 14, {eq}`ch03-resnet` gives the larger spread: there $1 + k\alpha^2$ still exceeds
 # $\alpha^{2k}$. From depth 20 on the network without shortcuts spreads more.)
 
 # %%
@@ -172,6 +188,11 @@ ax.set(xlabel="network depth (6n+2)", ylabel="$S_{rel}$ at initialisation")
 ax.legend()
 plots.glue("ch03-spread-depth", fig)
 plots.glue("ch03-max-depth", f"{depths[-1]}")
+short_limit = symbolic.derive_short_spread_limit()
+plots.glue("ch03-short-limit", f"{short_limit}")
+far = {d: float(dynamics.relative_spread(dynamics.base_gradients_cifar_resnet(d, True))) for d in (110, 1004, 20000)}
+display(Markdown("| depth | S_rel with shortcuts, Eq. (7) |\n|---|---|\n"
+                 + "\n".join(f"| {d} | {v:.4f} |" for d, v in far.items()) + "\n| ∞ | 1 |"))
 
 # %% [markdown]
 # ```{glue:figure} ch03-spread-depth
@@ -232,6 +253,9 @@ assert np.all(np.diff(spread["NoShort, Eq. (6)"]) > 0) and np.all(np.diff(spread
     "spreads grow with depth"
 short_growth = np.diff(spread["Short, Eq. (7)"]) / np.diff(depths)
 assert short_growth[-1] < short_growth[0] / 3, "the Short spread grows sub-linearly"
+assert short_limit == 1, "Var ln U = 1: the Short spread tends to 1"
+assert all(a < b < 1 for a, b in zip(list(far.values()), list(far.values())[1:])) and 1 - far[20000] < 2e-3, \
+    "the Short spread approaches 1 from below"
 assert np.all(one_step.sigma2[1] > one_step.sigma2[0]), "one step grows every weight norm"
 assert one_step.spread[1] < one_step.spread[0], "one step lowers the spread of this profile"
 print("all claims of this chapter hold")

@@ -66,3 +66,14 @@ def test_a_raising_check_is_a_failure_not_a_crash():
 
     [result] = symbolic.prove_all((boom,))
     assert not result.ok and "ZeroDivisionError" in result.detail
+
+
+def test_the_short_spread_saturates_at_one():
+    from elr import dynamics
+
+    assert symbolic.derive_short_spread_limit() == 1
+    # Eq. (7) numerically, for two block sizes and another alpha: the limit does not depend on them
+    for s, alpha in ((2, dynamics.ALPHA), (3, 1.5)):
+        values = [float(dynamics.relative_spread(dynamics.base_gradients_resnet(n, s, alpha))) for n in (100, 10000, 200000)]
+        gaps = [abs(v - 1) for v in values]  # from below for α² ≈ 1.47, from above for 1.5³: either way to 1
+        assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 5e-3
