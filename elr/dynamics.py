@@ -403,17 +403,19 @@ def normalised_sequence(x0: ArrayLike, n_steps: int) -> np.ndarray:
 def normalised_sequence_bounds(x0: ArrayLike, n: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Bounds on x_n² for x_{n+1} = x_n + 1/x_n, valid for n >= 1 (our replacement of Eq. 42).
 
-    x0² + 2n <= x_n² <= x0² + 2n + 1/x0² + ½ (1 + ln n).
+    x0² + 2n <= x_n² <= x0² + 2n + 1/x0² + ½ ln n.
 
     Proof: squaring gives x_{k+1}² = x_k² + 2 + 1/x_k², so
-    x_n² = x0² + 2n + Σ_{k<n} 1/x_k². Every term is positive (lower bound),
-    and x_k² >= x0² + 2k >= 2k, so Σ_{k<n} 1/x_k² <= 1/x0² + ½ Σ_{k=1}^{n-1} 1/k
-    <= 1/x0² + ½ (1 + ln n).
+    x_n² = x0² + 2n + Σ_{k<n} 1/x_k². Every term is positive (lower bound).
+    For the upper bound, x_1² = x0² + 1/x0² + 2 >= 4 (a + 1/a >= 2), and each
+    later step adds at least 2, so x_k² >= 2k + 2 for k >= 1. Then
+    Σ_{k=1}^{n-1} 1/x_k² <= ½ Σ_{k=1}^{n-1} 1/(k+1) = ½ (H_n − 1) <= ½ ln n,
+    since H_n <= 1 + ln n. (The cruder x_k² >= 2k gives ½ H_{n−1}, half a unit more.)
     """
     x0 = np.asarray(x0, dtype=float)
     n = np.asarray(n, dtype=float)
     lower = x0**2 + 2.0 * n
-    upper = lower + 1.0 / x0**2 + 0.5 * (1.0 + np.log(np.maximum(n, 1.0)))
+    upper = lower + 1.0 / x0**2 + 0.5 * np.log(np.maximum(n, 1.0))
     return lower, upper
 
 

@@ -168,8 +168,8 @@ plots.glue("ch03-depths", ", ".join(str(d) for d in resnet_depths))
 # (`symbolic.derive_short_spread_limit`; SymPy gives the variance
 # {glue:text}`ch03-short-limit`). The table below shows the approach from
 # below for this profile (for larger $\alpha^s$ it comes from above). (For
-# the shallowest networks, depth 8 and 14, {eq}`ch03-resnet` gives the larger spread: there $1 + k\alpha^2$ still exceeds
-# $\alpha^{2k}$. From depth 20 on the network without shortcuts spreads more.)
+# the shallowest networks, depth 8 and 14, {eq}`ch03-resnet` gives the
+# larger spread: there $1 + k\alpha^2$ still exceeds $\alpha^{2k}$. From depth 20 on the network without shortcuts spreads more.)
 
 # %%
 depths = np.arange(8, max_depth + 1, 6)

@@ -161,13 +161,19 @@ print(once.report())
 #
 # which only differs between layers in its starting point
 # $x_0 = 1/(\lambda E_0)$. Squaring, $x_{n+1}^2 = x_n^2 + 2 + 1/x_n^2$, so
-# $x_n^2 = x_0^2 + 2n + \sum_{k<n} 1/x_k^2$. Since $x_k^2 \ge 2k$, the sum
-# grows like $\tfrac12 \ln n$, and
+# $x_n^2 = x_0^2 + 2n + \sum_{k<n} 1/x_k^2$. After the first step
+# $x_1^2 = x_0^2 + 1/x_0^2 + 2 \ge 4$ (since $a + 1/a \ge 2$), and every
+# later step adds at least 2, so $x_k^2 \ge 2k + 2$ for $k \ge 1$ and
+# $\sum_{k=1}^{n-1} 1/x_k^2 \le \tfrac12 (H_n - 1) \le \tfrac12 \ln n$:
 #
 # $$
-# x_0^2 + 2n \;\le\; x_n^2 \;\le\; x_0^2 + 2n + \frac{1}{x_0^2} + \frac12\bigl(1 + \ln n\bigr)
+# x_0^2 + 2n \;\le\; x_n^2 \;\le\; x_0^2 + 2n + \frac{1}{x_0^2} + \frac12 \ln n
 # \qquad (n \ge 1),
 # $$ (ch05-bounds)
+#
+# with equality on the right at $n = 1$ for every $x_0$, so no constant can
+# be taken off it. (The cruder $x_k^2 \ge 2k$ gives a needless extra
+# $\tfrac12$.)
 #
 # which replaces the paper's Eq. 42 (see {doc}`07_errata`). Both bounds grow
 # like $2n$, so $x_n/\sqrt{2n} \to 1$ for every layer and every ratio of ELRs

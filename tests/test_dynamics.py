@@ -212,6 +212,8 @@ def test_normalised_sequence_bounds_hold(x0):
     lower, upper = dynamics.normalised_sequence_bounds(x0, n)
     assert np.all(seq[1:] ** 2 >= lower * (1 - 1e-12))
     assert np.all(seq[1:] ** 2 <= upper * (1 + 1e-12))
+    # tight: the upper bound is attained at n = 1 (x_1² = x0² + 2 + 1/x0²), so no constant can be dropped from it
+    assert upper[0] == pytest.approx(seq[1] ** 2, rel=1e-12)
 
 
 def test_subcritical_warmup_hands_over():
