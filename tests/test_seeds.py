@@ -66,6 +66,15 @@ def test_not_holds_accepts_fails_and_inconclusive_only():
         evidence.check([high])
 
 
+def test_not_fails_accepts_holds_and_inconclusive_only():
+    low = evidence.Claim.level("x", [1.0, 1.1, 0.9, 1.05], 2.0, "<", expect="not fails")
+    assert low.verdict == "holds" and low.ok
+    mixed = evidence.Claim.level("x", [1.5, 2.5, 1.8, 2.2], 2.0, "<", expect="not fails")
+    assert mixed.verdict == "inconclusive" and mixed.ok
+    high = evidence.Claim.level("x", [3.0, 3.1, 2.9, 3.05], 2.0, "<", expect="not fails")
+    assert high.verdict == "fails" and not high.ok
+
+
 def test_per_seed_intervals_and_cells():
     values = evidence.per_seed({"a": [1, 2, 3], "b": [4]}, lambda x: 2 * x)
     assert values["a"].tolist() == [2, 4, 6]
