@@ -52,6 +52,15 @@
 #
 # Every claim is a statistic over seeds with a 95 % bootstrap interval
 # ({mod}`elr.evidence`); ratios are compared on a log scale.
+#
+# We stated every claim as holding. The robustness build with base seed
+# 1000 (seeds 1000 to 1004) confirmed them all, but two only narrowly:
+# claim 1's interval ended at 0.143 against its threshold of 0.15, and
+# claim 5's began at 0.03 against 0 (the model predicts a ratio near
+# $e^{0.27} \approx 1.3$, close to parity, so a seed can bring it near 1).
+# Since the verdict of a claim that close to its threshold depends on the
+# seeds drawn, we state those two as "not fails" (consistent with the
+# measurements, not established in every draw of five seeds).
 
 # %% tags=["parameters"]
 model: str = "resnet56"  # network without shortcuts: resnet<6n+2> (NoShort) or bnrelu<depth>; the paper: resnet56
@@ -183,7 +192,7 @@ s0 = evidence.per_seed(compare, lambda c: c["s_meas"][0])
 s_end = evidence.per_seed(compare, lambda c: c["s_meas"][-1])
 claims = [
     evidence.Claim.level("1. random walk, small λ: the spread follows the prediction (largest gap < 0.15)",
-                         stat["gap"][walk_s], 0.15, "<", statistic="mean largest gap"),
+                         stat["gap"][walk_s], 0.15, "<", statistic="mean largest gap", expect="not fails"),
     evidence.Claim.compare("2. random walk, small λ: the ELRs converge (S_rel at 0 minus at the end)",
                            s0[walk_s], s_end[walk_s]),
     evidence.Claim.level("3. real, λ = 1: the lowest layers fall below half the prediction",
@@ -193,7 +202,7 @@ claims = [
     evidence.Claim.level("4b. ... and ends below it", log["order_meas"][real_l], 0.0, "<",
                          statistic="mean ln(E_low/E_high) at the end"),
     evidence.Claim.level("5. the model predicts no flip", log["order_pred"][real_l], 0.0, ">",
-                         statistic="mean predicted ln(E_low/E_high)"),
+                         statistic="mean predicted ln(E_low/E_high)", expect="not fails"),
     evidence.Claim.compare("6. affine BN: the random walk's lowest layers fall further below the prediction",
                            log["low_ratio"][walk_l], log["low_ratio"][affine_l]),
     evidence.Claim.level("7a. random walk, λ = 1: the order at initialisation is gone (within a factor 3 of parity)",

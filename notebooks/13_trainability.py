@@ -158,7 +158,11 @@ display(Markdown(
 # steps at a super-critical peak rate, the accuracy of one protocol varies
 # by 20 to 30 points between seeds. In the pilot (seeds 0 to 9), the
 # subcritical warm-up raised NoShort's accuracy over no warm-up in 9 of 10
-# seeds, and we state that it holds (claim 6). The gaps the paper reports
+# seeds, and we first stated that it holds (claim 6). It held with seeds
+# 0 to 4 and, with an interval starting at +0.4 points, with seeds 1000 to
+# 1004: five seeds do not establish it in every draw, so we state it as
+# "not fails" (the measurements agree with the paper's direction, by about
+# 7 to 10 points, without establishing it). The gaps the paper reports
 # between protocols (claims 7, 8 and 9a, 19 to 64 points) are not
 # established at this scale: the pilot's differences were near zero for 7
 # (subcritical against OneCycle), about 10 points for 8 (the constraint),
@@ -167,7 +171,9 @@ display(Markdown(
 # interval does not clear the paper's gap. Whether the direction of 7 and 8
 # holds needs more seeds than this chapter's budget (the `paper` profile
 # runs the real setting). With OneCycle's warm-up, which suits both networks,
-# Short trains clearly better than NoShort (claim 9b).
+# Short trained better than NoShort by 20 to 30 points on average (claim
+# 9b); that held with seeds 0 to 4 but was inconclusive with seeds 1000 to
+# 1004 (one seed went the other way), so it too is stated as "not fails".
 #
 # ## Checks
 #
@@ -185,7 +191,7 @@ claims = [
     evidence.Claim.compare("5. the constraint lowers NoShort's spread below the subcritical warm-up's",
                            spread[(NS, "subcritical")], spread[(NS, "constrained")]),
     evidence.Claim.compare("6. subcritical warm-up raises NoShort's accuracy", acc[(NS, "subcritical")],
-                           acc[(NS, "none")]),
+                           acc[(NS, "none")], expect="not fails"),
     evidence.Claim.compare("7. ... by 19 points more than OneCycle does (Table 1: 41.83% against 22.82%)",
                            acc[(NS, "subcritical")], acc[(NS, "OneCycle")], threshold=0.19, expect="not holds"),
     evidence.Claim.compare("8. the constraint raises NoShort's accuracy by 39 points (Table 1: 47.99% against 8.50%)",
@@ -193,7 +199,7 @@ claims = [
     evidence.Claim.compare("9a. no warm-up: Short beats NoShort by 64 points (Table 1: 72.85% against 8.50%)",
                            acc[(S, "none")], acc[(NS, "none")], threshold=0.64, expect="not holds"),
     evidence.Claim.compare("9b. with OneCycle, Short trains better than NoShort", acc[(S, "OneCycle")],
-                           acc[(NS, "OneCycle")]),
+                           acc[(NS, "OneCycle")], expect="not fails"),
     evidence.Claim.level("10a. NoShort's subcritical warm-up takes fewer than 10 steps", warm[(NS, "subcritical")],
                          10, "<", statistic="mean warm-up steps"),
     evidence.Claim.level("10b. Short needs no warm-up at the peak rate", warm[(S, "subcritical")], 0.5, "<",
