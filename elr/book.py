@@ -480,6 +480,7 @@ def robust(variants: list[str] | None = None, profile: str = "quick", timeout: f
     if unknown:
         raise ParameterError(f"unknown robustness variant(s) {unknown}; choose from {list(ROBUST_VARIANTS)}")
     outcome, failed = {}, []
+    started = (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), git_revision())  # the code the builds ran
     for name in variants:
         params, env, _ = ROBUST_VARIANTS[name]
         env = {**env, "ELR_RUNS": str(ROOT / "runs-robust" / name)}
@@ -503,15 +504,15 @@ def robust(variants: list[str] | None = None, profile: str = "quick", timeout: f
                     os.environ[k] = v
         outcome[name] = {"entries": {c: e for c, e in entries.items() if c in names},
                          "seconds": round(time.perf_counter() - start, 1), "ok": name not in failed}
-        _robust_record(outcome, profile)
+        _robust_record(outcome, profile, started)
     if failed:
         raise RuntimeError(f"robustness builds failed: {', '.join(failed)}; see {ROBUST_MD}")
     return outcome
 
 
-def _robust_record(outcome: dict[str, dict], profile: str) -> None:
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    lines = [f"Built {when} at the {profile} profile, git {git_revision()}, on {machine()}.", "",
+def _robust_record(outcome: dict[str, dict], profile: str, started: tuple[str, str]) -> None:
+    lines = [f"Started {started[0]} at the {profile} profile from git {started[1]}, on {machine()}; last written "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
              "| build | what it varies | chapters passed | failed | chapter time (s) |", "|---|---|---|---|---|"]
     for name, o in outcome.items():
         entries = o["entries"]
