@@ -63,7 +63,7 @@ dataset: str = "digits"  # digits (offline, quick), cifar10 or cifar100 {in digi
 data_root: str = "data"  # where CIFAR lives
 steps: int = 10  # SGD steps before the comparison (the paper: 10) {>= 2}
 batch_size: int = 128  # examples per step {>= 2}
-lrs: list[float] = [0.001, 0.00316, 0.01, 0.0316, 0.1, 0.316, 1.0, 3.16, 10.0]  # constant learning rates {> 0}
+lrs: list[float] = [0.001, 0.00316, 0.01, 0.0316, 0.1, 0.316, 1.0]  # constant learning rates; the claims use those <= 1 (paper profile: up to 10) {> 0}
 n_seeds: int = 10  # runs per rate, seeds seed ... seed + n_seeds - 1 {>= 2}
 seed: int = 0  # base seed of initialisation and data order {>= 0}
 check_claims: bool = True  # assert the claims (the smoke profile only checks that the chapter runs)
@@ -143,9 +143,12 @@ display(Markdown("| λ | random walk: ‖W‖ ratio | ‖∇W‖ ratio | real: �
 # experiment on CIFAR-10.
 # ```
 #
-# The table gives the mean and 95 % bootstrap interval over seeds. Beyond
-# $\lambda = 1$ the random walk's gradient leaves the prediction; the paper
-# reports the same break. With real gradients the weight norm stays close
+# The table gives the mean and 95 % bootstrap interval over seeds. The
+# claims, like the paper's, are about rates up to $\lambda = 1$, and the
+# quick profile stops there to keep the book's time; the paper reports that
+# above $\lambda \approx 1$ the random walk's prediction becomes "slightly
+# inaccurate", which the paper profile's grid (up to $\lambda = 10$) shows.
+# With real gradients the weight norm stays close
 # to the prediction while the gradient falls below it: the network
 # learns, its loss falls and its base gradient shrinks. The model's
 # assumption of a constant $c$ is what breaks, not its account of the
