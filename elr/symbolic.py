@@ -210,7 +210,7 @@ def check_theorem_3_4() -> Check:
 
 @statement('Thm. 3.5')
 def check_theorem_3_5() -> Check:
-    """ELR ratios under the gradient flow tend to 1."""
+    """ELR ratios under the gradient flow tend to 1, along the derived R_jk(t)."""
     _, sol, s0 = derive_closed_form()
     s0j, s0k = sp.symbols("sigma2_0j sigma2_0k", positive=True)
     r = ratio(sol.subs({c: cj, s0: s0j}), cj, sol.subs({c: ck, s0: s0k}), ck)
@@ -218,14 +218,24 @@ def check_theorem_3_5() -> Check:
     rng = _rng()
     cc = _log_uniform(rng, 1e-3, 1e3, (100, 2))
     ss = _log_uniform(rng, 1e-2, 1e2, (100, 2))
+    # the whole path, not only the limit: elr.dynamics against the derived R_jk(t) at finite times (a flow
+    # σ² = √(a c² t + b) with other a or b has the same limit but another path)
+    r_num = sp.lambdify((t, cj, ck, s0j, s0k), r, "numpy")
+    path_err = 0.0
+    for tt in (1e-2, 1.0, 1e2, 1e4):
+        e = dynamics.elr(dynamics.continuous_sigma2(tt, cc, ss), cc)
+        path_err = max(path_err, float(np.max(np.abs(e[:, 0] / e[:, 1] / r_num(tt, cc[:, 0], cc[:, 1], ss[:, 0],
+                                                                                 ss[:, 1]) - 1))))
     e_late = dynamics.elr(dynamics.continuous_sigma2(1e14, cc, ss), cc)
     e_early = dynamics.elr(ss, cc)
     late = np.abs(np.log(e_late[:, 0] / e_late[:, 1]))
     early = np.abs(np.log(e_early[:, 0] / e_early[:, 1]))
-    ok = lim == 1 and float(late.max()) < 1e-3 and bool(np.all(late <= early + 1e-12))
+    ok = lim == 1 and path_err < 1e-12 and float(late.max()) < 1e-3 and bool(np.all(late <= early + 1e-12))
     return Check("Thm. 3.5", "under the gradient flow every ratio R_jk(t) → 1 (Eqs. 16-17)",
-                 "SymPy limit of R_jk built from the derived σ²(t); elr.dynamics at t = 1e14",
-                 ok, f"limit = {lim}; max |ln R| from {early.max():.2f} at t=0 to {late.max():.1e}")
+                 "SymPy limit of R_jk built from the derived σ²(t); elr.dynamics against that R_jk(t) at "
+                 "t = 0.01 … 1e4 and at t = 1e14",
+                 ok, f"limit = {lim}; path rel. err {path_err:.1e}; max |ln R| from {early.max():.2f} at t=0 "
+                     f"to {late.max():.1e}")
 
 
 @statement('Lemma (ours)')
@@ -364,8 +374,15 @@ def check_theorem_3_6(n_max: int = 1_000_000) -> Check:
     small = (x0 + 1 / x0) <= 4
     drift = rest - 0.5 * np.log(n[:, None])
     settle = float(np.max(np.abs(drift[hi, small] - drift[lo, small])))
+    # the theorem's conclusion: R_jk = y_n/x_n → 1 for any two starting points, like 1/n (x_n² − y_n² stays
+    # bounded while both grow like 2n)
+    ratio_mid = float(np.max(np.abs(seq[n_max // 10] / seq[n_max // 10].mean() - 1)))
     ratio_err = float(np.max(np.abs(seq[-1] / seq[-1].mean() - 1)))
-    ok = reduces and sub_err < 1e-10 and in_bounds and settle < 1e-3 and bool(np.all(np.abs(slope - 0.5) < 0.03))
+    a_, b_, k_ = sp.symbols("a b k", positive=True)
+    lim = sp.limit(sp.sqrt((a_ + 2 * k_ + sp.log(k_) / 2) / (b_ + 2 * k_ + sp.log(k_) / 2)), k_, sp.oo)
+    converges = lim == 1 and ratio_err < 1e-2 and 8 < ratio_mid / ratio_err < 12
+    ok = (reduces and sub_err < 1e-10 and in_bounds and settle < 1e-3 and bool(np.all(np.abs(slope - 0.5) < 0.03))
+          and converges)
     return Check("Thm. 3.6", "at constant λ every R_jk → 1; x = σ²/(cλ) obeys x' = x + 1/x, "
                              "x_n² = x0² + 2n + ½ ln n + O(1)",
                  f"SymPy substitution; elr.dynamics vs the recurrence; {n_max:,} steps from x0 = "
@@ -373,7 +390,8 @@ def check_theorem_3_6(n_max: int = 1_000_000) -> Check:
                  ok, f"substitution {reduces} (num. err {sub_err:.1e}); corrected Eq. 42 bounds hold: {in_bounds}; "
                      f"slope of x_n²−x0²−2n vs ln n over the last decade: "
                      + ", ".join(f"{v:.3f}" for v in slope)
-                     + f"; remainder moves {settle:.1e} (x0 + 1/x0 <= 4); x_n/x̄_n − 1 at n={n_max:,}: {ratio_err:.1e}")
+                     + f"; remainder moves {settle:.1e} (x0 + 1/x0 <= 4); R → 1: limit {lim}, max |x_n/x̄_n − 1| "
+                     f"{ratio_mid:.1e} at n={n_max // 10:,}, {ratio_err:.1e} at n={n_max:,} (like 1/n: {converges})")
 
 
 @statement('Cor. 3.10')
@@ -553,14 +571,54 @@ def check_momentum_equilibrium() -> Check:
                      f"simulated vs formula max rel. err {max(errs):.1e}")
 
 
+def momentum_flips(e0: np.ndarray, lr: float, momentum: float, n_steps: int = 4000) -> int | None:
+    """The first step at which two layers of the momentum model (wd = 0, empty buffer) swap their ELR order,
+    or None. ``e0``: the two initial ELRs; the model is :func:`elr.dynamics.simulate_sgd` with c = E·σ²."""
+    e0 = np.asarray(e0, dtype=float)
+    tr = dynamics.simulate_sgd(np.ones(2), e0, lr, n_steps, 0.0, momentum)
+    e = tr.c / tr.sigma2
+    sign = np.sign(e[:, 0] - e[:, 1])
+    swapped = np.nonzero(sign != sign[0])[0]
+    return int(swapped[0]) if swapped.size else None
+
+
+def momentum_flip_threshold(ratio: float, momentum: float, n_steps: int | None = None, iters: int = 24) -> float:
+    """The smallest λ/((1−μ)κ) at which a pair with initial ELR ratio ``ratio`` (> 1) flips, from an empty
+    buffer, by bisection (the model depends on λ only through λE, so one pair stands for all with this ratio).
+    Near the threshold the flip comes late, after some 10/(1−μ) steps: ``n_steps`` defaults to 40/(1−μ)."""
+    n_steps = int(40 / (1 - momentum)) + 10 if n_steps is None else n_steps
+    e0 = np.array([ratio, 1.0])
+    unit = (1 - momentum) / math.sqrt(ratio)  # (1−μ)κ with κ = 1/√(E_j E_k)
+    lo, hi = 1e-4, 4.0
+    for _ in range(iters):
+        mid = math.sqrt(lo * hi)
+        if momentum_flips(e0, mid * unit, momentum, n_steps) is None:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
 @statement('Prop. III.4')
 def check_momentum_effective_rate() -> Check:
-    """Without weight decay, a stationary buffer makes momentum grow norms like SGD at λ/(1−μ)."""
+    """Without weight decay, a stationary buffer makes momentum grow norms like SGD at λ/(1−μ); but the
+    flip threshold (1−μ)κ that this suggests holds only for pairs far apart: from an empty buffer, close
+    pairs flip already at λE ≈ (1−μ)^{3/2}/√(1+μ), a factor √((1−μ)/(1+μ)) lower (the buffer's inertia)."""
     q, a = sp.symbols("q a", real=True)
     # stationary buffer at frozen σ² (wd = 0): q = μ² q + c²/σ², a = μ (a − λ q) ... with a = ⟨W, v_prev⟩
     sol = sp.solve([sp.Eq(q, mu**2 * q + c**2 / s), sp.Eq(a, mu * a - lam * q)], [q, a], dict=True)[0]
     growth = sp.simplify(-2 * lam * mu * sol[a] + lam**2 * sol[q])  # σ'² − σ² = −2λ p + λ² q with p = μ a
     growth_ok = is_zero(growth - (lam / (1 - mu)) ** 2 * c**2 / s)
+    # One step of the model (wd = 0) in the variables X = σ²/(λc), Q = λq/c, A = a/c has no λ left, so whether
+    # and when a pair flips depends only on μ and the products λE_j, λE_k: the threshold is a function of μ and
+    # the ratio E_j/E_k times κ.
+    X, Q, A = sp.symbols("X Q A", positive=True)
+    s_, q_, a_ = lam * c * X, c * Q / lam, c * A
+    q_next = mu**2 * q_ + c**2 / s_
+    s_next = s_ - 2 * lam * mu * a_ + lam**2 * q_next
+    a_next = mu * a_ - lam * q_next
+    scaled = [sp.simplify(s_next / (lam * c)), sp.simplify(lam * q_next / c), sp.simplify(a_next / c)]
+    scale_free = all(not e.has(lam) and not e.has(c) for e in scaled)
     # numbers: σ_n² of the momentum model against plain SGD (Eq. 5) at λ/(1−μ)
     rng = _rng()
     cc = _log_uniform(rng, 1e-1, 1e1, 4)
@@ -573,12 +631,30 @@ def check_momentum_effective_rate() -> Check:
                for k in (n // 10, n)]
         errs.append(float(rel[1]))
         shrinks &= bool(rel[1] < rel[0] / 2)  # the buffer's start-up lag fades
-    ok = growth_ok and shrinks and max(errs) < 1e-2
-    return Check("Prop. III.4", "wd = 0: with a stationary buffer, σ'² − σ² = (λ/(1−μ))² c²/σ², so the critical "
-                                "rate becomes (1−μ)κ once the buffer has filled",
-                 "SymPy stationary buffer; elr.dynamics.simulate_sgd vs Eq. 5 at λ/(1−μ), 200,000 steps at 3 (λ, μ)",
-                 ok, f"growth {growth_ok}; σ_n² / σ_n²(SGD at λ/(1−μ)) − 1 at n = 200,000: max {max(errs):.1e}, "
-                     f"shrinking with n: {shrinks}")
+    # flips: the example of the review (σ² = 2, c = (10, 1), μ = 0.9) at 0.45 (1−μ)κ, then the threshold
+    example = momentum_flips(np.array([5.0, 0.5]), 0.45 * 0.1 / math.sqrt(2.5), 0.9)
+    near = {mu_: momentum_flip_threshold(1.001, mu_) for mu_ in (0.5, 0.9, 0.99)}
+    const = {mu_: v * (1 - mu_) / ((1 - mu_) ** 1.5 / math.sqrt(1 + mu_)) for mu_, v in near.items()}
+    far = {mu_: momentum_flip_threshold(1e8, mu_) for mu_ in (0.5, 0.9)}
+    ratios = [1.001, 30.0, 1e3, 1e8]
+    rising = [near[0.9]] + [momentum_flip_threshold(r, 0.9) for r in ratios[1:-1]] + [far[0.9]]
+    sgd = [momentum_flip_threshold(r, 0.0) for r in (1.001, 30.0, 1e5)]
+    flips_ok = (example is not None and 10 < example < 100 and all(1.0 <= v <= 1.15 for v in const.values())
+                and all(abs(v - 1) < 0.02 for v in far.values()) and all(np.diff(rising) > -1e-9)
+                and all(abs(v - 1) < 1e-5 for v in sgd))
+    ok = growth_ok and scale_free and shrinks and max(errs) < 1e-2 and flips_ok
+    return Check("Prop. III.4", "wd = 0: with a stationary buffer, σ'² − σ² = (λ/(1−μ))² c²/σ² (SGD at λ/(1−μ)); "
+                                "from an empty buffer a pair flips at λ/((1−μ)κ) = f(μ, E_j/E_k) ≤ 1, "
+                                "→ 1 for far-apart pairs, ≈ (1.0–1.15)·√((1−μ)/(1+μ)) for close ones",
+                 "SymPy stationary buffer and λ-free rescaling; simulate_sgd vs Eq. 5 at λ/(1−μ), 200,000 steps; "
+                 "flip thresholds by bisection at μ = 0, 0.5, 0.9, 0.99",
+                 ok, f"growth {growth_ok}, λ-free {scale_free}; σ_n²/σ_n²(SGD at λ/(1−μ)) − 1 at n = 200,000: max "
+                     f"{max(errs):.1e}, shrinking {shrinks}; review's pair at 0.45(1−μ)κ flips at step {example}; "
+                     "close pairs: λE/((1−μ)^{3/2}/√(1+μ)) = "
+                     + ", ".join(f"{v:.3f} (μ={m:g})" for m, v in const.items())
+                     + "; ratio 1e8: f = " + ", ".join(f"{v:.3f}" for v in far.values())
+                     + "; f at μ=0.9 for ratios " + "/".join(f"{r:g}" for r in ratios) + ": "
+                     + ", ".join(f"{v:.3f}" for v in rising) + f"; μ = 0: f = 1 for every ratio {all(abs(v - 1) < 1e-5 for v in sgd)}")
 
 
 @statement('Prop. III.5')
@@ -649,6 +725,168 @@ def check_long_horizon(n_max: int = 1_000_000) -> Check:
                      f"{inside}; max rel. err of the estimate {worst:.1e}")
 
 
+@statement('Defs. 3.8, 4.1')
+def check_rates_and_spread() -> Check:
+    """κ_ℓh, κ_hh', S_rel and the detection of flips as elr implements them, against their definitions."""
+    rng = _rng()
+    e = _log_uniform(rng, 1e-3, 1e3, (300, 7))
+    kap = dynamics.critical_lr(e)
+    kap_ok = float(np.max(np.abs(kap * np.sqrt(e.min(axis=1) * e.max(axis=1)) - 1))) < 1e-12
+    srt = np.sort(e, axis=1)
+    sub_ok = float(np.max(np.abs(dynamics.subcritical_lr(e) * np.sqrt(srt[:, -1] * srt[:, -2]) - 1))) < 1e-12
+    # S_rel: the population std of ln E; unchanged by a common factor; |ln(E1/E2)|/2 for two layers
+    spread = dynamics.relative_spread(e)
+    std_ok = float(np.max(np.abs(spread - np.sqrt(np.mean((np.log(e) - np.log(e).mean(1, keepdims=True)) ** 2, 1))))) < 1e-12
+    scale_ok = float(np.max(np.abs(dynamics.relative_spread(e * 37.0) - spread))) < 1e-12
+    two = sp.sqrt(((sp.log(Ej) - (sp.log(Ej) + sp.log(Ek)) / 2) ** 2 + (sp.log(Ek) - (sp.log(Ej) + sp.log(Ek)) / 2) ** 2) / 2)
+    two_ok = is_zero(sp.expand_log(two**2, force=True) - sp.expand_log((sp.log(Ej / Ek) / 2) ** 2, force=True))
+    # flips: one step at (1 ± 1e-6) κ_ℓh from each profile; the extreme pair (ranked before the step) reverses
+    # exactly above κ_ℓh, and Trajectory.extreme_flips says so
+    s0 = np.ones_like(e)
+    wrong = 0
+    for factor in (1 - 1e-6, 1 + 1e-6):
+        tr = dynamics.simulate(s0, e, (factor * kap)[None, :])
+        after = tr.elr[1]
+        top = after[np.arange(len(e)), np.argmax(e, axis=1)]
+        bottom = after[np.arange(len(e)), np.argmin(e, axis=1)]
+        truth = top < bottom
+        wrong += int(np.sum(truth != (factor > 1))) + int(np.sum(tr.extreme_flips[0] != truth))
+    ok = kap_ok and sub_ok and std_ok and scale_ok and two_ok and wrong == 0
+    return Check("Defs. 3.8, 4.1", "κ_ℓh = 1/√(E_min E_max), κ_hh' = 1/√(E_h E_h'), S_rel = std(ln E) (scale-free); "
+                                   "the extreme pair flips in one step iff λ > κ_ℓh",
+                 "300 random 7-layer profiles against the definitions; SymPy two-layer S_rel; one step at "
+                 "(1 ± 1e-6) κ_ℓh with Trajectory.extreme_flips",
+                 ok, f"κ_ℓh {kap_ok}, κ_hh' {sub_ok}, std {std_ok}, scale-free {scale_ok}, two layers = |ln R|/2 "
+                     f"{two_ok}; misjudged flips {wrong} of {4 * len(e)}")
+
+
+@statement('Eqs. 6-7')
+def check_base_gradients() -> Check:
+    """The initial base gradients of Eqs. (6) and (7), and α = √(π/(π−1))."""
+    # α: the gain of the gradient through one BN-ReLU layer at initialisation, α² = π/(π − 1)
+    alpha_ok = is_zero(sp.Float(dynamics.ALPHA, 30) ** 2 - sp.pi / (sp.pi - 1)) or \
+        abs(dynamics.ALPHA**2 - float(sp.pi / (sp.pi - 1))) < 1e-15
+    L, i_, s_ = 9, np.arange(1, 10), 3
+    ff = dynamics.base_gradients_feedforward(L)
+    ff_ok = np.allclose(ff, dynamics.ALPHA ** (L - i_), rtol=1e-14) and ff[-1] == 1.0
+    rn = dynamics.base_gradients_resnet(L, s_)
+    rn_ok = np.allclose(rn, 1 + np.floor((L - i_) / s_) * dynamics.ALPHA**s_, rtol=1e-14) and rn[-1] == 1.0
+    # CIFAR ResNets: depth 6n+2 has depth − 1 scale-invariant convolutions; basic blocks hold s = 2 ReLUs
+    cifar_ok = all(
+        np.allclose(dynamics.base_gradients_cifar_resnet(d, True), dynamics.base_gradients_resnet(d - 1, 2))
+        and np.allclose(dynamics.base_gradients_cifar_resnet(d, False), dynamics.base_gradients_feedforward(d - 1))
+        for d in (8, 20, 56, 110))
+    n_l = sp.symbols("L", positive=True, integer=True)
+    excursion = sp.simplify(sp.Symbol("alpha") ** (n_l - 1) / sp.Symbol("alpha") ** 0)  # c_1 / c_L for Eq. (6)
+    exc_ok = abs(ff[0] / ff[-1] - float(excursion.subs({sp.Symbol("alpha"): dynamics.ALPHA, n_l: L}))) < 1e-12
+    ok = alpha_ok and ff_ok and rn_ok and cifar_ok and exc_ok
+    return Check("Eqs. 6-7", "c_i = α^(L−i) without shortcuts, c_i = 1 + ⌊(L−i)/s⌋ α^s with s ReLUs per block, "
+                             "α = √(π/(π−1)) ≈ 1.2112; CIFAR ResNets: depth − 1 layers, s = 2",
+                 "elr.dynamics against the formulas for L = 9, s = 3 and ResNet8/20/56/110",
+                 ok, f"α {alpha_ok} ({dynamics.ALPHA:.4f}), Eq. 6 {ff_ok}, Eq. 7 {rn_ok}, CIFAR {cifar_ok}, "
+                     f"c_1/c_L = α^(L−1) {exc_ok}")
+
+
+@statement('Schedules (ours)')
+def check_schedules() -> Check:
+    """elr's schedules against torch's schedulers, step by step."""
+    import torch
+
+    def torch_lrs(make, n):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=0.4)
+        sched = make(opt)
+        out = []
+        for _ in range(n):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return np.array(out)
+
+    n = 200
+    steps = np.arange(n)
+    pairs = {
+        "OneCycle (Table 3)": (dynamics.one_cycle(steps, 0.4, n, 0.1, 20.0, 2000.0),
+                               torch_lrs(lambda o: torch.optim.lr_scheduler.OneCycleLR(
+                                   o, max_lr=0.4, total_steps=n, pct_start=0.1, div_factor=20, final_div_factor=2000,
+                                   anneal_strategy="cos", cycle_momentum=False), n)),
+        "OneCycle (torch defaults)": (dynamics.one_cycle(steps, 0.4, n),
+                                      torch_lrs(lambda o: torch.optim.lr_scheduler.OneCycleLR(
+                                          o, max_lr=0.4, total_steps=n, cycle_momentum=False), n)),
+        "cosine": (dynamics.cosine(steps, 0.4, n),
+                   torch_lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=n), n)),
+        "multistep": (dynamics.multistep(steps, 0.4, [50, 150]),
+                      torch_lrs(lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [50, 150], 0.1), n)),
+        "exponential": (dynamics.exponential(steps, 0.4, 0.99),
+                        torch_lrs(lambda o: torch.optim.lr_scheduler.ExponentialLR(o, 0.99), n)),
+        # lr·(k+1)/20 for k < 20, then lr: torch's LinearLR from 1/20 over 19 steps
+        "linear warm-up": (dynamics.linear_warmup(steps, 0.4, 20),
+                           torch_lrs(lambda o: torch.optim.lr_scheduler.LinearLR(o, 1 / 20, 1.0, 19), n)),
+    }
+    errs = {k: float(np.max(np.abs(a / b - 1))) for k, (a, b) in pairs.items()}
+    ok = all(v < 1e-9 for v in errs.values())
+    return Check("Schedules (ours)", "one_cycle (Table 3's and torch's defaults), cosine, multistep, exponential and "
+                                     "the linear warm-up equal torch's schedulers",
+                 "elr.dynamics against torch.optim.lr_scheduler over 200 steps",
+                 ok, ", ".join(f"{k} {v:.0e}" for k, v in errs.items()))
+
+
+@statement('Cor. 3.10 warm-up')
+def check_subcritical_warmup() -> Check:
+    """The subcritical warm-up: no ratio flips while it runs, it hands over to the target once the target is
+    subcritical (at once if it already is), and the target is used from then on."""
+    rng = _rng()
+    flips, orders, late, early, handover_ok = 0, 0, 0, 0, True
+    for k in range(40):
+        L = int(rng.integers(3, 12))
+        c_ = _log_uniform(rng, 1e-2, 1e3, L)
+        s0_ = np.full(L, 2.0)
+        target_lr = float(_log_uniform(rng, 1e-3, 1e1, 1)[0])
+        tr = dynamics.simulate(s0_, c_, dynamics.subcritical_policy(lambda st, v=target_lr: np.full(np.shape(st), v)),
+                               n_steps=3 * L)
+        warming = tr.lr != target_lr
+        n_warm = int(np.argmin(warming)) if not warming.all() else len(warming)
+        flips += int(tr.extreme_flips[:n_warm].sum())
+        rank0 = np.argsort(tr.elr[0])
+        orders += int(sum(np.any(np.diff(tr.elr[i][rank0]) < -1e-12 * tr.elr[i].max()) for i in range(n_warm + 1)))
+        handover_ok &= bool(np.all(~warming[n_warm:]))  # once handed over, the target stays
+        kap0 = float(dynamics.subcritical_lr(tr.elr[0]))
+        if kap0 >= target_lr:
+            early += int(n_warm != 0)  # an already subcritical target: no warm-up at all
+        else:
+            late += int(n_warm > L - 1 + 1)  # the warm-up merges a group per step: at most L − 1 steps (+1 handover)
+    ok = flips == 0 and orders == 0 and early == 0 and late == 0 and handover_ok
+    return Check("Cor. 3.10 warm-up", "elr's subcritical warm-up flips no ratio, ends within L − 1 steps, hands over "
+                                      "at step 0 when the target is already subcritical, and keeps the target after",
+                 "40 random profiles (3-11 layers, c over 5 decades, targets over 4 decades) in elr.dynamics.simulate",
+                 ok, f"extreme flips {flips}, order changes {orders}, warm-ups that should not have run {early}, "
+                     f"too long {late}, handover kept {handover_ok}")
+
+
+@statement('Thm. 3.6, O(1)')
+def check_elr_at_step() -> Check:
+    """elr_at_step (the ELRs after n constant-λ steps in O(1) time) brackets the simulated ELRs."""
+    rng = _rng()
+    c_ = _log_uniform(rng, 1e-2, 1e2, 6)
+    s0_ = _log_uniform(rng, 0.5, 8.0, 6)
+    lr_ = 0.3
+    n_sim = 20_000
+    tr = dynamics.simulate(s0_, c_, np.full(n_sim, lr_))
+    worst, inside = 0.0, True
+    for n_ in (0, 1, 10, 1000, n_sim):
+        h = dynamics.elr_at_step(s0_, c_, lr_, n_)
+        exact = tr.elr[n_]
+        inside &= bool(np.all((h.lower <= exact * (1 + 1e-12)) & (exact <= h.upper * (1 + 1e-12))))
+        worst = max(worst, float(np.max(np.abs(h.x / exact - 1))))
+    far = dynamics.elr_at_step(s0_, c_, lr_, 10**12)
+    far_ok = bool(np.all(np.abs(far.x * lr_ * np.sqrt(2 * 10**12) - 1) < 1e-5))  # E_n ≈ 1/(λ√(2n)) for any layer
+    ok = inside and worst < 1e-6 and far_ok
+    return Check("Thm. 3.6, O(1)", "elr_at_step brackets the ELRs of the simulated model and tends to 1/(λ√(2n))",
+                 f"6 layers at λ = {lr_} against elr.dynamics.simulate up to {n_sim:,} steps; n = 1e12",
+                 ok, f"inside the bounds {inside}; max rel. err of the estimate {worst:.1e}; 1/(λ√(2n)) at n = 1e12 "
+                     f"{far_ok}")
+
+
 CHECKS: tuple[Callable[[], Check], ...] = (
     check_scale_invariance,
     check_theorem_3_4,
@@ -665,6 +903,11 @@ CHECKS: tuple[Callable[[], Check], ...] = (
     check_momentum_effective_rate,
     check_explicit_euler,
     check_long_horizon,
+    check_rates_and_spread,
+    check_base_gradients,
+    check_schedules,
+    check_subcritical_warmup,
+    check_elr_at_step,
 )
 
 

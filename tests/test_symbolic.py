@@ -1,4 +1,6 @@
 """elr.symbolic and `elr prove`: every statement verifies, and a broken formula in elr.dynamics is caught."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,70 @@ def test_the_short_spread_saturates_at_one():
         values = [float(dynamics.relative_spread(dynamics.base_gradients_resnet(n, s, alpha))) for n in (100, 10000, 200000)]
         gaps = [abs(v - 1) for v in values]  # from below for α² ≈ 1.47, from above for 1.5³: either way to 1
         assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 5e-3
+
+
+def test_momentum_flips_below_one_minus_mu_kappa_for_close_pairs_and_at_it_for_far_ones():
+    """Prop. III.4 as the review found it: from an empty buffer, the pair σ² = 2, c = (10, 1) flips at
+    0.45 (1 − μ) κ with μ = 0.9 (step 24); close pairs flip at about √((1−μ)/(1+μ)) (1−μ) κ, far pairs at (1−μ)κ,
+    and SGD at κ for every ratio."""
+    import math
+
+    assert symbolic.momentum_flips(np.array([5.0, 0.5]), 0.45 * 0.1 / math.sqrt(2.5), 0.9) == 24
+    assert symbolic.momentum_flips(np.array([5.0, 0.5]), 0.2 * 0.1 / math.sqrt(2.5), 0.9) is None
+    close = symbolic.momentum_flip_threshold(1.001, 0.9)
+    assert 1.0 < close / math.sqrt(0.1 / 1.9) < 1.15
+    assert abs(symbolic.momentum_flip_threshold(1e8, 0.9) - 1) < 0.02
+    assert abs(symbolic.momentum_flip_threshold(1.001, 0.0) - 1) < 1e-5
+
+
+def _flips_ranked_after_the_step(self):
+    e = self.elr
+    top = np.take_along_axis(e[1:], np.argmax(e[1:], axis=-1)[..., None], -1)[..., 0]
+    bottom = np.take_along_axis(e[1:], np.argmin(e[1:], axis=-1)[..., None], -1)[..., 0]
+    return top < bottom
+
+
+_ONE_CYCLE = dynamics.one_cycle
+_WARMUP = dynamics.subcritical_warmup
+_ELR_AT_STEP = dynamics.elr_at_step
+
+# Each row breaks one formula the way the review did (or the way a careless edit would) and names the check
+# of `elr prove` that must then fail.
+BROKEN = {
+    "CIFAR base gradients with 3 ReLUs per block": (
+        "base_gradients_cifar_resnet",
+        lambda depth, shortcut=True: (dynamics.base_gradients_resnet(dynamics.cifar_resnet_layers(depth), 3)
+                                      if shortcut else dynamics.base_gradients_feedforward(
+                                          dynamics.cifar_resnet_layers(depth))),
+        symbolic.check_base_gradients),
+    "OneCycle's default pct_start 0.25 instead of torch's 0.3": (
+        "one_cycle", lambda step, max_lr, total, pct_start=0.25, *a, **k: _ONE_CYCLE(step, max_lr, total, pct_start, *a, **k),
+        symbolic.check_schedules),
+    "warm-up that never hands over to an already subcritical target": (
+        "subcritical_warmup",
+        lambda step, elr, target, tol=1e-6, max_steps=None: np.where(
+            dynamics.relative_spread(np.asarray(elr)) <= tol, np.asarray(target(step), dtype=float),
+            dynamics.subcritical_lr(elr)),
+        symbolic.check_subcritical_warmup),
+    "κ_ℓh from the two highest ELRs": (
+        "critical_lr", lambda e: dynamics.subcritical_lr(e), symbolic.check_rates_and_spread),
+    "S_rel with ddof = 1": (
+        "relative_spread", lambda e: np.std(np.log(np.asarray(e, dtype=float)), axis=-1, ddof=1),
+        symbolic.check_rates_and_spread),
+    "elr_at_step 0.1 % off": (
+        "elr_at_step", lambda *a: dataclasses.replace(_ELR_AT_STEP(*a), x=_ELR_AT_STEP(*a).x * 1.001),
+        symbolic.check_elr_at_step),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_prove_fails_when_a_formula_is_broken(monkeypatch, name):
+    attribute, broken, check = BROKEN[name]
+    assert check().ok  # the check passes on the real formula ...
+    monkeypatch.setattr(dynamics, attribute, broken)
+    assert not check().ok  # ... and fails on the broken one
+
+
+def test_prove_fails_when_flips_are_ranked_after_the_step(monkeypatch):
+    monkeypatch.setattr(dynamics.Trajectory, "extreme_flips", property(_flips_ranked_after_the_step))
+    assert not symbolic.check_rates_and_spread().ok
