@@ -238,6 +238,202 @@ display(Markdown("| between W and its normalisation | paper | after BatchNorm (m
                      for k in ("max-pooling", "linear layer with bias"))))
 
 # %% [markdown]
+# ## Appendix A: the harmonic bound runs the wrong way
+#
+# **Printed.** "By the integral test, it is clear that
+# $\sum_{k=1}^{n-1} 1/k \le \ln(n)$."
+#
+# **True.** The inequality is false for every $n \ge 2$: $H_{n-1} - \ln n$
+# is $1 - \ln 2 \approx 0.307$ at $n = 2$ and rises towards Euler's constant
+# $\gamma \approx 0.577$. The integral test gives $H_{n-1} \le 1 + \ln(n-1)$
+# instead (the first term, then $\sum_{k=2}^{n-1} 1/k \le \int_1^{n-1}dx/x$).
+# The extra constant is absorbed into the constant of Eq. (42), so the limit
+# (43) and Theorem 3.6 stand. {doc}`05_large_learning_rates` derives the
+# bound by a route that avoids the slip ($x_k^2 \ge 2k + 2$ after the first
+# step) and checks it.
+
+# %%
+n_h = np.arange(2, n_check + 1)
+harmonic = np.cumsum(1.0 / np.arange(1, n_check))  # H_1 ... H_{n_check - 1}
+gap = harmonic[n_h - 2] - np.log(n_h)               # H_{n-1} - ln n
+integral_ok = bool(np.all(harmonic[n_h - 2] <= 1 + np.log(n_h - 1) + 1e-12))
+n_sym = symbolic.sp.symbols("n", positive=True, integer=True)
+gap_limit = symbolic.sp.limit(symbolic.sp.harmonic(n_sym - 1) - symbolic.sp.log(n_sym), n_sym, symbolic.sp.oo)
+display(Markdown(f"$H_{{n-1}} - \\ln n$ for $n = 2 \\ldots$ {n_check}: smallest {gap.min():.4f} (at $n$ = "
+                 f"{n_h[np.argmin(gap)]}), largest {gap.max():.4f}; its limit (SymPy): {gap_limit} = "
+                 f"{float(gap_limit):.4f}. $H_{{n-1}} \\le 1 + \\ln(n-1)$ at every such $n$: {integral_ok}."))
+
+# %% [markdown]
+# ## Appendix A, Eq. (45): the limit is $R_{kj}$
+#
+# **Printed.** $\lim x_i/y_i = \sigma_j^2 c_k/(\sigma_k^2 c_j) = R_{jk}$.
+#
+# **True.** With $x_i = \sigma_j^2/(c_j\lambda)$, $y_i = \sigma_k^2/(c_k\lambda)$
+# and $E = c/\sigma^2$, the quotient $x_i/y_i = E_k/E_j = R_{kj}$, the
+# inverse. The proof only needs the limit 1, which is the same for both.
+#
+# In the same proof and in Section 3.7, "we can rewrite Eq. 4" means Eq. (5):
+# Eq. (4) is the assumption of a constant base gradient, and it is Eq. (5)
+# that the substitution turns into $x_{i+1} = x_i + 1/x_i$ (checked below).
+
+# %%
+sp = symbolic.sp
+s_j, s_k, c_j, c_k, lam_, s_ = sp.symbols("sigma_j^2 sigma_k^2 c_j c_k lambda sigma^2", positive=True)
+x_i, y_i = s_j / (c_j * lam_), s_k / (c_k * lam_)
+R_jk = (c_j / s_j) / (c_k / s_k)
+eq45_is_rkj = sp.simplify(x_i / y_i - 1 / R_jk) == 0 and sp.simplify(x_i / y_i - R_jk) != 0
+x_ = s_ / (c_j * lam_)
+eq5_next = s_ + lam_**2 * c_j**2 / s_                                   # Eq. (5)
+eq5_gives_recurrence = sp.simplify(eq5_next / (c_j * lam_) - (x_ + 1 / x_)) == 0
+display(Markdown(f"$x_i/y_i = 1/R_{{jk}} = R_{{kj}}$: {eq45_is_rkj}; Eq. (5) becomes $x' = x + 1/x$: "
+                 f"{eq5_gives_recurrence}."))
+
+# %% [markdown]
+# ## Proof of Proposition 3.1, Eq. (35): $\mathrm{d}L/\mathrm{d}x$, not $\mathrm{d}L/\mathrm{d}W$
+#
+# **Printed.** Eq. (35) writes $\gamma\,\frac{dL}{dW}(x, W)$ for the
+# derivative of the linear layer with respect to its input.
+#
+# **True.** The chain rule of Eq. (34) needs $\frac{dL}{dx}(x, \gamma W) =
+# \gamma\,\frac{dL}{dx}(x, W)$; for $L = Wx$ the derivative with respect to
+# $W$ does not scale with $\gamma$ at all.
+
+# %%
+w_, xin, g_ = sp.symbols("w x gamma", positive=True)
+L_ = lambda w, xx: w * xx  # noqa: E731  a linear layer, one weight and one input
+dLdx = lambda w, xx: sp.diff(L_(sp.Symbol("W"), sp.Symbol("X")), sp.Symbol("X")).subs({"W": w, "X": xx})  # noqa: E731
+dLdW = lambda w, xx: sp.diff(L_(sp.Symbol("W"), sp.Symbol("X")), sp.Symbol("W")).subs({"W": w, "X": xx})  # noqa: E731
+eq35_dx = sp.simplify(dLdx(g_ * w_, xin) - g_ * dLdx(w_, xin)) == 0
+eq35_dw = sp.simplify(dLdx(g_ * w_, xin) - g_ * dLdW(w_, xin)) == 0
+display(Markdown(f"$dL/dx(x, \\gamma W) = \\gamma\\, dL/dx(x, W)$: {eq35_dx}; "
+                 f"$= \\gamma\\, dL/dW(x, W)$ as printed: {eq35_dw}."))
+
+# %% [markdown]
+# ## Section 3.2 points to the wrong section
+#
+# **Printed.** Section 3.2, after assumption (4): "We discuss the
+# limitations of this assumption in Section 4.1.2."
+#
+# **True.** Section 4.1.2 describes how the spread is measured. The
+# limitations of a constant base gradient are discussed in Sections 4.1.3
+# (the random walk, introduced to separate learning from the
+# normalisation's dynamics) and 4.2 ("Model Validation and Limitations").
+# Checked by reading; this book treats them in {doc}`10_short_term` and
+# {doc}`11_long_term`.
+#
+# ## Section 4.3.2: Fromage rescales the weights
+#
+# **Printed.** "one could re-scale the gradients by $1/\sqrt{1+\lambda^2}$
+# after every optimization step, as described by Bernstein et al. (2020)."
+#
+# **True.** Fromage {cite}`bernstein2020distance` divides the *weights* by
+# $\sqrt{1+\lambda^2}$ after each step. A step of relative size $\lambda$
+# orthogonal to $W$ grows $\lVert W\rVert$ by exactly $\sqrt{1+\lambda^2}$,
+# and dividing the new weights undoes it; dividing the gradient instead
+# only shortens the step, and the norm still grows.
+
+# %%
+w0 = torch.randn(weight_shape, dtype=torch.float64, generator=generator)
+grad = gradients.random_walk_direction(torch.randn(weight_shape, dtype=torch.float64, generator=generator), w0,
+                                      generator=generator, per_channel=False)
+step_dir = grad * (w0.norm() / grad.norm())  # Fromage's step: orthogonal, relative size 1
+fromage_lr = 0.5
+by_weights = (w0 - fromage_lr * step_dir) / math.sqrt(1 + fromage_lr**2)
+by_gradient = w0 - fromage_lr * step_dir / math.sqrt(1 + fromage_lr**2)
+growth_weights = float(by_weights.norm() / w0.norm())
+growth_gradient = float(by_gradient.norm() / w0.norm())
+display(Markdown(f"λ = {fromage_lr}: ‖W‖ after the step, relative to before: weights rescaled {growth_weights:.12f}; "
+                 f"gradient rescaled {growth_gradient:.6f} (√(1 + λ²/(1+λ²)) = "
+                 f"{math.sqrt(1 + fromage_lr**2 / (1 + fromage_lr**2)):.6f})."))
+
+# %% [markdown]
+# ## Eq. (10) holds only up to Jensen's inequality
+#
+# **Printed.** $E = \mathbb{E}(\lVert\nabla W\rVert/\lVert W\rVert) =
+# c/\sigma^2$ with $c = \mathbb{E}(\lVert W\rVert\lVert\nabla W\rVert)$ and
+# $\sigma^2 = \mathbb{E}\lVert W\rVert^2$.
+#
+# **True.** Even when $\lVert W\rVert\lVert\nabla W\rVert = c$ holds exactly
+# in every draw, $\mathbb{E}(\lVert\nabla W\rVert/\lVert W\rVert) =
+# c\,\mathbb{E}(1/\lVert W\rVert^2) \ge c/\mathbb{E}\lVert W\rVert^2$ by
+# Jensen's inequality ($1/x$ is convex), with equality only when
+# $\lVert W\rVert$ does not vary. For a weight of many entries the norm
+# barely varies and the gap is small; for one output unit of a small fan-in
+# it is not (the exact ratio is $k/(k-2)$ for fan-in $k$). The book reads Eq. (10) as the definition $E := c/\sigma^2$ of the
+# model's variables and measures ELRs as $\lVert\nabla W\rVert/\lVert W\rVert$
+# per layer.
+
+# %%
+a_, b_ = sp.symbols("a b", positive=True)
+jensen_two_point = sp.factor(sp.Rational(1, 2) * (1 / a_ + 1 / b_) - 1 / ((a_ + b_) / 2))
+jensen = {}
+for fan_in in (9, 144):  # one output unit of a 1x3x3 and of a 16x3x3 convolution, He-initialised
+    norms2 = (torch.randn(n_draws, fan_in, dtype=torch.float64, generator=generator) ** 2).sum(dim=1) * 2 / fan_in
+    jensen[fan_in] = float((1 / norms2).mean() * norms2.mean())  # E(1/‖W‖²) E‖W‖², the ratio of the two sides
+display(Markdown(f"Two equally likely norms² a, b: $E(1/X) - 1/E(X)$ = ${sp.latex(jensen_two_point)}$ ≥ 0. He "
+                 f"initialisation, {n_draws} draws: $E(\\lVert\\nabla W\\rVert/\\lVert W\\rVert)$ over $c/\\sigma^2$ = "
+                 + ", ".join(f"{v:.3f} (fan-in {k})" for k, v in jensen.items()) + "."))
+
+# %% [markdown]
+# ## Table 3: OneCycle's momentum stays at zero, as printed
+#
+# **Printed.** Table 3 trains with MOMENTUM 0 and OneCycle with
+# CYCLEMOMENTUM TRUE, BASEMOMENTUM 0 and MAXMOMENTUM 0.0.
+#
+# **What it means.** A review of this book asked whether the OneCycle rows of
+# Table 1 trained with momentum, since PyTorch's `OneCycleLR` cycles the
+# optimiser's momentum between `base_momentum` and `max_momentum`, whose
+# defaults are 0.85 and 0.95, even when the optimiser was built with
+# momentum 0. With the values Table 3 prints, the momentum stays at zero;
+# with the defaults it would not. So the table as printed shows no
+# confound, but a reimplementation that leaves the defaults would add
+# momentum to exactly the OneCycle rows. The OneCycle of `elr`
+# (`elr.dynamics.one_cycle`) schedules only the learning rate.
+
+# %%
+def onecycle_momenta(**kwargs) -> np.ndarray:
+    """The momentum torch's OneCycleLR gives an SGD optimiser built with momentum 0, step by step."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.4, momentum=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.4, total_steps=100, pct_start=0.1, div_factor=20,
+                                                final_div_factor=2000, anneal_strategy="cos", cycle_momentum=True,
+                                                **kwargs)
+    seen = []
+    for _ in range(99):
+        seen.append(opt.param_groups[0]["momentum"])
+        opt.step()
+        sched.step()
+    return np.array(seen)
+
+
+momenta_table3 = onecycle_momenta(base_momentum=0.0, max_momentum=0.0)
+momenta_default = onecycle_momenta()
+display(Markdown(f"Momentum over the run: with Table 3's values {momenta_table3.min():g} to {momenta_table3.max():g}; "
+                 f"with torch's defaults {momenta_default.min():.3f} to {momenta_default.max():.3f}."))
+
+# %% [markdown]
+# ## Appendix C.1: shrinking the weights by α raises the learning rate by α²
+#
+# **Printed.** "if all weights are reduced by a factor $\alpha$, this
+# corresponds to an increase of the global learning rate by a factor
+# $\alpha$, as per Eq 1."
+#
+# **True.** By Eq. (1) the gradient grows by $\alpha$ when the weight shrinks
+# by $\alpha$, so the relative step $\lambda\lVert\nabla W\rVert/\lVert W\rVert$
+# grows by $\alpha^2$: the equivalent learning rate is $\alpha^2\lambda$.
+# One step of the model (Eq. 5) from weights divided by α, scaled back,
+# against one step at λα² and at λα from the original weights:
+
+# %%
+alpha = 3.0
+sigma2_a, c_a = np.array([2.0, 5.0]), np.array([0.3, 1.1])
+shrunk = dynamics.discrete_step(sigma2_a / alpha**2, c_a, 0.1) * alpha**2   # weights divided by α, λ = 0.1
+faster = dynamics.discrete_step(sigma2_a, c_a, 0.1 * alpha**2)             # original weights, λ·α²
+as_printed = dynamics.discrete_step(sigma2_a, c_a, 0.1 * alpha)            # original weights, λ·α
+display(Markdown(f"Largest relative difference: with λα² {float(np.max(np.abs(shrunk / faster - 1))):.1e}, "
+                 f"with λα {float(np.max(np.abs(shrunk / as_printed - 1))):.3f}."))
+
+# %% [markdown]
 # ## Checks
 
 # %%
@@ -258,4 +454,15 @@ assert table_3_1["max-pooling"]["batchnorm"] == table_3_1["max-pooling"]["layern
     "max-pooling keeps auto rate-tuning"
 assert (table_3_1["linear layer with bias"]["batchnorm"], table_3_1["linear layer with bias"]["layernorm"]) == \
     ("passes", "breaks"), "BatchNorm removes a bias, LayerNorm does not"
+assert abs(gap.min() - (1 - math.log(2))) < 1e-12 and gap.min() > 0.3, "H_{n-1} > ln n for every n >= 2"
+assert abs(float(gap_limit) - 0.5772156649) < 1e-9 and integral_ok, "the gap tends to γ; H_{n-1} <= 1 + ln(n-1) holds"
+assert eq45_is_rkj and eq5_gives_recurrence, "Eq. (45) is R_kj; Eq. (5), not (4), becomes x' = x + 1/x"
+assert eq35_dx and not eq35_dw, "Eq. (35) needs dL/dx"
+assert abs(growth_weights - 1) < 1e-12 and growth_gradient > 1 + 0.1 * fromage_lr**2, \
+    "Fromage's factor keeps the norm when it rescales the weights, not the gradient"
+assert jensen[9] > 1.15 and 1 < jensen[144] < 1.05, "E(‖∇W‖/‖W‖) >= c/σ², far above for small fan-in"
+assert np.all(momenta_table3 == 0) and momenta_default.min() >= 0.85 - 1e-9 and momenta_default.max() <= 0.95 + 1e-9, \
+    "Table 3's OneCycle keeps momentum 0; torch's defaults would cycle it between 0.85 and 0.95"
+assert np.allclose(shrunk, faster, rtol=1e-12) and not np.allclose(shrunk, as_printed, rtol=1e-3), \
+    "shrinking weights by α equals raising λ by α², not α"
 print("all claims of this chapter hold")
