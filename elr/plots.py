@@ -81,7 +81,7 @@ def add_depth_colorbar(fig, ax, n_layers: int) -> None:
 
 
 def spread_against_lr(lrs: np.ndarray, curves: Mapping[str, np.ndarray], marks: Mapping[str, float],
-                      ax=None, ylabel: str = r"$S_{rel}$"):
+                      ax=None, ylabel: str = r"$S_{rel}$", xlabel: str = r"learning rate $\lambda$"):
     """S_rel (or any scalar) against λ on log axes, with vertical lines at named rates."""
     fig, ax = _axes(ax)
     for (label, values), style in zip(curves.items(), ["-o", ":", "--", "-."]):
@@ -89,7 +89,7 @@ def spread_against_lr(lrs: np.ndarray, curves: Mapping[str, np.ndarray], marks: 
     for (label, value), color in zip(marks.items(), ["C3", "C2", "C1"]):
         ax.axvline(value, color=color, lw=1.2, label=label)
     ax.set_xscale("log")
-    ax.set(xlabel=r"learning rate $\lambda$", ylabel=ylabel)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.legend()
     return fig
 

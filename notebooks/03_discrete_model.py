@@ -120,6 +120,9 @@ for depth in resnet_depths:
 fig = plots.layer_profiles(profiles, ylabel="initial base gradient $c_i$ (top layer = 1)")
 plots.glue("ch03-base-gradients", fig)
 plots.glue("ch03-depths", ", ".join(str(d) for d in resnet_depths))
+kappa56 = float(dynamics.critical_lr(dynamics.elr(dynamics.SIGMA2_HE,
+                                                  dynamics.base_gradients_cifar_resnet(56, shortcut=False))))
+plots.glue("ch03-kappa56", f"{kappa56:.3g}")  # κ_ℓh(0) of ResNet56 NoShort in model units (c_L = 1)
 
 # %% [markdown]
 # ```{glue:figure} ch03-base-gradients
@@ -136,6 +139,23 @@ plots.glue("ch03-depths", ", ".join(str(d) for d in resnet_depths))
 # ({numref}`fig-ch03-base-gradients`). All layers start from the same
 # per-unit weight norm $\sigma^2(0) = 2$ (He initialisation), so the initial
 # ELRs $E_i = c_i/2$ inherit this spread.
+#
+# **The unit of $\lambda$ in Part I.** Eqs. (6) and (7) give only the ratios
+# of base gradients, so Part I measures every $c_i$ in units of the top
+# layer's, $c_L = 1$, and every learning rate, ELR and critical rate in the
+# matching units. The model makes this harmless: Eq. (5) is unchanged when
+# every $c_i$ is multiplied by $k$ and $\lambda$ divided by $k$. Then every
+# ELR is multiplied by $k$, every critical rate
+# $\kappa = 1/\sqrt{E_\ell E_h}$ divided by $k$, and every ratio, spread and
+# $\lambda/\kappa$ stays the same. A learning rate of Part I is therefore
+# $\lambda c_L$ in a real network's terms: divide it by the network's own
+# top-layer base gradient $c_L = \lVert W_L\rVert\lVert\nabla W_L\rVert$ to
+# convert it, or compare rates through $\lambda/\kappa_{\ell h}$, which has
+# no unit. This is why Part I's critical rate for ResNet56 without
+# shortcuts is {glue:text}`ch03-kappa56`, while the rate measured on a real
+# ResNet56 in {doc}`12_criticality` is of order one (the rest of the gap is
+# how far the real profile is from Eq. (6)). Part I's figures and tables
+# say "model units" where they show $\lambda$.
 #
 # ## The initial spread grows with depth
 #
@@ -217,7 +237,7 @@ one_step = dynamics.simulate(sigma2_0, c110, np.array([lr]))
 fig, ax = plots.plt.subplots()
 layers = np.arange(1, c110.size + 1)
 ax.plot(layers, one_step.elr[0], label="before the step")
-ax.plot(layers, one_step.elr[1], label=f"after one step, $\\lambda$ = {lr:g}")
+ax.plot(layers, one_step.elr[1], label=f"after one step, $\\lambda$ = {lr:g} (model units)")
 ax.axhline(1 / lr, color="C3", ls="--", lw=1, label=r"$1/\lambda$")
 ax.set(yscale="log", xlabel="layer i (1 = lowest)", ylabel="ELR $E_i$")
 ax.legend()

@@ -148,11 +148,11 @@ ax.loglog(lr_sorted, [final_error[lr] for lr in lr_sorted], "o-", label="max ove
 ax.loglog(lr_sorted, [path_error[lr] for lr in lr_sorted], "s--", label="max over layers and time")
 ref = final_error[lr_sorted[0]] * (np.array(lr_sorted) / lr_sorted[0]) ** 2
 ax.loglog(lr_sorted, ref, "k:", label=r"$\propto \lambda^2$")
-ax.set(xlabel=r"learning rate $\lambda$", ylabel="relative error of the discrete model")
+ax.set(xlabel=r"learning rate $\lambda$ (model units, $c_L = 1$)", ylabel="relative error of the discrete model")
 ax.legend()
 plots.glue("ch04-error", fig)
 for lr in lr_sorted:
-    print(f"λ = {lr:<8g} error at t_max {final_error[lr]:.2e}   max error along the path {path_error[lr]:.2e}")
+    print(f"λ = {lr:<8g} (model units) error at t_max {final_error[lr]:.2e}   max error along the path {path_error[lr]:.2e}")
 
 # %% [markdown]
 # ```{glue:figure} ch04-error

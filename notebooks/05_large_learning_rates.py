@@ -227,11 +227,12 @@ best = int(np.argmin(spread_n))
 
 fig = plots.spread_against_lr(
     lr_grid, {f"after {n_steps} steps": spread_n, "at initialisation": spread0},
-    {r"critical $\kappa_{\ell h}(0)$": kappa_crit, r"subcritical $\kappa_{hh'}(0)$": kappa_sub})
+    {r"critical $\kappa_{\ell h}(0)$": kappa_crit, r"subcritical $\kappa_{hh'}(0)$": kappa_sub},
+    xlabel=r"learning rate $\lambda$ (model units, $c_L = 1$)")
 plots.glue("ch05-spread", fig)
 plots.glue("ch05-setting", f"L = {n_layers} layers with c_i = α^(L−i) and σ²(0) = 2, {n_steps} steps")
 print(f"κ_ℓh(0) = {kappa_crit:.3e}, κ_hh'(0) = {kappa_sub:.3e}; the smallest spread, {spread_n[best]:.3f}, "
-      f"is at λ = {lr_grid[best]:.3e} = {lr_grid[best] / kappa_crit:.3f} κ_ℓh(0)")
+      f"is at λ = {lr_grid[best]:.3e} = {lr_grid[best] / kappa_crit:.3f} κ_ℓh(0) (model units, c_L = 1)")
 
 # %% [markdown]
 # ```{glue:figure} ch05-spread
@@ -239,7 +240,8 @@ print(f"κ_ℓh(0) = {kappa_crit:.3e}, κ_hh'(0) = {kappa_sub:.3e}; the smallest
 #
 # Relative ELR spread of the discrete model after a few constant-λ steps (solid) and at initialisation
 # (dotted), with the critical and subcritical rates at initialisation. Model only:
-# {glue:text}`ch05-setting`. (The paper shows the same experiment for 10 steps.)
+# {glue:text}`ch05-setting`. (The ICML text of the paper has no such figure; a one-page summary of
+# the paper lists one, "simulated relative ELR spread after 10 steps", perhaps from another version.)
 # ```
 #
 # Below the critical rate, a larger $\lambda$ always buys a smaller spread.

@@ -82,7 +82,7 @@ pure = dynamics.simulate(sigma2_start, c, dynamics.subcritical_policy(), n_steps
 fig = plots.schedule_grid(runs)
 plots.glue("ch06-schedules", fig)
 plots.glue("ch06-setting", f"L = {n_layers} layers with c_i = α^(L−i) and σ²(0) = 2, {n_steps} steps, "
-                           f"peak rate {lr_max:g}")
+                           f"peak rate {lr_max:g} (model units, c_L = 1)")
 
 # %% [markdown]
 # ```{glue:figure} ch06-schedules
