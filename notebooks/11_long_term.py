@@ -182,13 +182,15 @@ display(Markdown(
 # maximum curvature).
 #
 # How much of the flip is learning? The random walk at $\lambda = 1$ also
-# wipes out the initial order, from a ratio near a thousand to about one,
+# wipes out the initial order, from a ratio of {glue:text}`ch11-order0` to
+# {glue:text}`ch11-walk-end` (geometric means over seeds),
 # so the collapse of the order is the normalisation's own dynamics at a
 # large rate, and the model predicts most of it. What the random walk does
 # not do is push the lowest layer far *below* the highest: that part
 # (claim 7b) comes with learning, which shrinks the lowest layers' base
 # gradients. The same happens at the small rate: real training leaves the
-# lowest layers' ELRs at a few percent of the prediction and the spread far
+# lowest layers' ELRs at {glue:text}`ch11-real-small-low` of the prediction
+# (mean over seeds) and the spread far
 # from the model's, while the random walk at that rate follows the model.
 # The model's error with real gradients is the constant $c$ it assumes
 # ({doc}`10_short_term`), not its account of the normalisation.
@@ -223,6 +225,10 @@ claims = [
                            log["order_meas"][walk_l], log["order_meas"][real_l], threshold=np.log(2.0)),
 ]
 display(Markdown(evidence.table(claims)))
+real_s = (False, "none", lr_small)
+plots.glue("ch11-order0", f"{np.exp(np.mean(log['order_init'][walk_l])):.0f}")
+plots.glue("ch11-walk-end", f"{np.exp(np.mean(log['order_meas'][walk_l])):.2g}")
+plots.glue("ch11-real-small-low", f"{np.mean(stat['low_ratio'][real_s]):.1%}")
 if check_claims:
     evidence.check(claims)
 print("all claims of this chapter have their stated verdicts" if check_claims else "claims not checked at this profile")

@@ -17,9 +17,11 @@
 # aside: the weights of attention blocks are not scale-invariant, so Eqs.
 # (1)-(2) fail, and in preliminary results their base gradients fluctuated
 # much more than those of ReLU networks, which would drown the
-# auto-rate-tuning effect. It also conjectures that extra normalisation
-# layers, such as the QK-norm of Henry et al. {cite}`henry2020qknorm`, help
-# because they restore scale invariance. This chapter looks at a small
+# auto-rate-tuning effect. Earlier, in its Section 3.1, it conjectures that
+# the gains from extra normalisation layers in Transformers, such as the
+# QK-norm of Henry et al. {cite}`henry2020qknorm` or the normalised
+# feed-forward blocks of NormFormer {cite}`shleifer2021normformer`, could be
+# explained by the scale invariance they restore. This chapter looks at a small
 # pre-LN Transformer {cite}`xiong2020layer` with and without QK-norm: which
 # weights auto-tune, what the ELRs do at initialisation and early in
 # training, and how much the base gradients move compared with the ResNets
