@@ -67,12 +67,21 @@ class AuditRow:
         return "auto-tunes" if self.invariant else "breaks auto-tuning"
 
 
-def exact_copy(model: nn.Module) -> nn.Module:
-    """A float64 copy in training mode with normalisation eps 1e-12, where scale invariance is exact to rounding."""
-    model = copy.deepcopy(model).double().train()
+def exact_copy(model: nn.Module, eps: float = 1e-12, dtype: torch.dtype = torch.float64) -> nn.Module:
+    """A copy in training mode, in ``dtype`` (float64), with every normalisation's eps set to ``eps``.
+
+    eps is what breaks invariance: a BatchNorm of a layer scaled by γ normalises by √(γ² var + eps), so its
+    output changes by about eps/(2 var) · (1 − 1/γ²). At eps = 1e-12 that is far below what the audit's
+    tolerance resolves; :func:`scaling_checks` goes lower, to where only rounding is left.
+    """
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+    model = copy.deepcopy(model).to(dtype).train()
     for m in model.modules():
         if isinstance(m, NORMS):
-            m.eps = 1e-12
+            m.eps = eps
         if isinstance(m, BATCH_NORMS):
             m.momentum = 0.0  # keep running statistics untouched; outputs use batch statistics anyway
     return model
@@ -322,11 +331,15 @@ def section_3_1_table(width: int = 8, batch: int = 16, seed: int = 0) -> list[di
 
 
 def scaling_checks(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, gamma: float = 3.0,
-                   loss_fn=F.cross_entropy) -> list[dict[str, float]]:
+                   loss_fn=F.cross_entropy, eps: float = 1e-30,
+                   dtype: torch.dtype = torch.float64) -> list[dict[str, float]]:
     """Eq. (1), Eq. (2) and Prop. 3.1 measured on every scale-invariant layer of ``model``.
 
-    In float64 with normalisation eps 1e-12 and batch statistics. For each layer k, W_k is multiplied by
-    ``gamma`` and the loss and all gradients are recomputed. Returned per layer:
+    In ``dtype`` (float64) with batch statistics and every normalisation's eps set to ``eps``. The default
+    1e-30 puts eps's own effect, about eps/(2 var) per normalisation, far below float64's unit roundoff for
+    any variance above 1e-14, so what is left is rounding; a larger eps measures eps's effect instead. For
+    each layer k, W_k is multiplied by ``gamma`` and the loss and all gradients are recomputed. Returned per
+    layer:
 
     * ``output_change``: max relative change of the logits (0 if the layer is scale-invariant);
     * ``inverse_scaling_error``: ‖γ·∇W_k(γW_k) − ∇W_k(W_k)‖ / ‖∇W_k‖ (Eq. 1 says 0);
@@ -335,9 +348,11 @@ def scaling_checks(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     """
     from elr.nets import scale_invariant_layers
 
-    model = exact_copy(model)
+    if not gamma > 0 or gamma == 1:
+        raise ValueError(f"gamma must be > 0 and != 1 (the factor each weight is scaled by), got {gamma}")
+    model = exact_copy(model, eps=eps, dtype=dtype)
     weights = [m.weight for _, m in scale_invariant_layers(model)]
-    x = inputs.double()
+    x = inputs.to(dtype)
 
     def grads():
         model.zero_grad(set_to_none=True)
@@ -361,3 +376,14 @@ def scaling_checks(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
             "others_change": max(others) if others else 0.0,
         })
     return rows
+
+
+SCALING_QUANTITIES = ("output_change", "inverse_scaling_error", "cosine", "others_change")
+
+
+def worst_scaling_residuals(*checks: list[dict[str, float]]) -> dict[str, float]:
+    """The largest |value| of each :func:`scaling_checks` quantity over all layers of all given networks."""
+    rows = [r for rows in checks for r in rows]
+    if not rows:
+        raise ValueError("worst_scaling_residuals needs at least one layer's checks")
+    return {q: max(abs(r[q]) for r in rows) for q in SCALING_QUANTITIES}

@@ -53,3 +53,37 @@ def test_cli_audit_flags_the_resnet_v2_block(capsys):
 def test_audit_needs_a_batch():
     with pytest.raises(ValueError, match="at least 2 samples"):
         audit.audit(nets.bnrelu(2), torch.randn(1, 64))
+
+
+def _small_batch():
+    torch.manual_seed(0)
+    return torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+
+
+def test_scaling_residual_is_linear_in_bn_eps_and_rounding_at_tiny_eps():
+    """Chapter 8's account of the residual: ε's part grows like ε; at ε = 1e-30 what is left scales with the
+    unit roundoff (float64 against float32)."""
+    x, y = _small_batch()
+    torch.manual_seed(0)
+    model = nets.resnet(8, shortcut=False, in_channels=1)
+    worst = {eps: audit.worst_scaling_residuals(audit.scaling_checks(model, x, y, eps=eps)) for eps in (1e-30, 1e-9, 1e-7)}
+    single = audit.worst_scaling_residuals(audit.scaling_checks(model, x, y, eps=1e-30, dtype=torch.float32))
+    for q in audit.SCALING_QUANTITIES:
+        assert 70 < worst[1e-7][q] / worst[1e-9][q] < 130, q  # linear in ε
+        assert worst[1e-9][q] > 100 * worst[1e-30][q], q
+        assert worst[1e-30][q] / single[q] < 1e-6, q  # float64 rounding, far below float32's
+
+
+def test_scaling_checks_and_exact_copy_refuse_bad_arguments():
+    x, y = _small_batch()
+    model = nets.resnet(8, in_channels=1)
+    with pytest.raises(ValueError, match="gamma"):
+        audit.scaling_checks(model, x, y, gamma=1.0)
+    with pytest.raises(ValueError, match="eps"):
+        audit.exact_copy(model, eps=-1.0)
+    with pytest.raises(ValueError, match="dtype"):
+        audit.exact_copy(model, dtype=torch.int64)
+    copy = audit.exact_copy(model, eps=1e-20, dtype=torch.float32)
+    assert next(copy.parameters()).dtype == torch.float32
+    assert all(m.eps == 1e-20 for m in copy.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert next(model.parameters()).dtype == torch.float32 and model.bn1.eps != 1e-20  # the original is untouched
