@@ -56,6 +56,12 @@
 # seeds drawn. So we state them as "not fails": the measurements are
 # consistent with the paper's bounds but do not establish them at this
 # scale. The bounds themselves stay as the paper's figure suggests them.
+#
+# The quick profile runs six seeds per rate. It ran ten while claims 1
+# and 2 were being settled; to fit the book's time budget we went to six
+# after checking, on runs with base seeds 0, 1000 and 2000, that claims 3
+# and 4 hold with six seeds in each (the largest upper end of claim 3's
+# interval was −0.21) and that claims 1 and 2 stay "not fails".
 
 # %% tags=["parameters"]
 depth: int = 56  # depth of the NoShort CIFAR ResNet (6n+2); the paper uses ResNet56 {>= 8, %6==2}
@@ -64,7 +70,7 @@ data_root: str = "data"  # where CIFAR lives
 steps: int = 10  # SGD steps before the comparison (the paper: 10) {>= 2}
 batch_size: int = 128  # examples per step {>= 2}
 lrs: list[float] = [0.001, 0.00316, 0.01, 0.0316, 0.1, 0.316, 1.0]  # constant learning rates; the claims use those <= 1 (paper profile: up to 10) {> 0}
-n_seeds: int = 10  # runs per rate, seeds seed ... seed + n_seeds - 1 {>= 2}
+n_seeds: int = 6  # runs per rate, seeds seed ... seed + n_seeds - 1 {>= 2}
 seed: int = 0  # base seed of initialisation and data order {>= 0}
 check_claims: bool = True  # assert the claims (the smoke profile only checks that the chapter runs)
 
