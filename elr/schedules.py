@@ -12,10 +12,25 @@ stepped *between* ``backward()`` and ``optimizer.step()``::
 
 ``PureSchedule`` sets the learning rate of the coming step and follows the
 same convention: step it before ``optimizer.step()``.
+
+Both set absolute rates: the schedule gives the rate of the param group
+with the largest initial rate, and every other group keeps its initial
+ratio to it. They replace a torch scheduler rather than compose with one.
+To keep your own scheduler (cosine, ``SequentialLR``, ``ChainedScheduler``,
+...) and add the subcritical warm-up on top, use
+``SubcriticalWarmupFactor``: a factor ω ≤ 1 applied around
+``optimizer.step()``, as pytorch_warmup does for its warm-ups::
+
+    loss.backward()
+    with warmup.dampening():   # every group's rate × ω for this step only
+        optimizer.step()
+    scheduler.step()           # your scheduler never sees ω
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from contextlib import contextmanager
+
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -41,11 +56,20 @@ def layer_elrs(weights: Sequence[torch.Tensor], reduce: str = "max") -> np.ndarr
         return torch.stack(rows).cpu().numpy().astype(float)
 
 
+def _group_ratios(optimizer: torch.optim.Optimizer) -> list[float]:
+    lrs = [float(g["lr"]) for g in optimizer.param_groups]
+    top = max(lrs)
+    if not top > 0:
+        raise ValueError(f"the optimizer's learning rates must include one > 0 to fix the groups' ratios, got {lrs}")
+    return [v / top for v in lrs]
+
+
 class _Absolute(LRScheduler):
     """A scheduler that sets an absolute rate from the step index it is about to run."""
 
     def __init__(self, optimizer: torch.optim.Optimizer):
         self._step_index = 0
+        self._ratios = _group_ratios(optimizer)
         super().__init__(optimizer, last_epoch=-1)
 
     def _initial_step(self) -> None:  # no step at construction: the first step() sets the rate of step 0
@@ -55,9 +79,10 @@ class _Absolute(LRScheduler):
         return [g["lr"] for g in self.optimizer.param_groups]
 
     def _set(self, lr: float) -> None:
-        for g in self.optimizer.param_groups:
-            g["lr"] = float(lr)
-        self._last_lr = [float(lr)] * len(self.optimizer.param_groups)
+        """λ for the group with the largest initial rate; the others keep their initial ratio to it."""
+        for g, r in zip(self.optimizer.param_groups, self._ratios):
+            g["lr"] = float(lr) * r
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         self.last_epoch = self._step_index
         self._step_index += 1
 
@@ -129,3 +154,103 @@ class SubcriticalWarmup(_Absolute):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.warm, self.warmup_steps = state["warm"], state["warmup_steps"]
+
+
+class SubcriticalWarmupFactor:
+    """The subcritical warm-up (Cor. 3.10) as a factor on top of any learning-rate scheduler.
+
+    While warm, :meth:`dampening` scales every param group's rate by the same
+    ω = κ_hh' / λ_max ≤ 1 for one optimizer step, where λ_max is the largest
+    rate the groups have at that moment (set by your scheduler, or constant)
+    and κ_hh' = 1/√(E_h E_h') comes from the live per-layer ELRs. The fastest
+    group then runs at κ_hh', every group keeps its ratio to the others, and
+    no group runs above κ_hh'. On leaving the context the rates are put back,
+    so the scheduler keeps its own state: it composes with chainable and
+    closed-form schedulers alike, and ``scheduler.get_last_lr()`` reports the
+    undamped rates (the applied ones are :attr:`last_lrs`).
+
+    Why a common factor: the paper's model has one λ for every layer. With
+    groups at different rates, choosing ω for the fastest group is the
+    conservative reading: each layer's rate is at most κ_hh'.
+
+    The warm-up ends for good (ω = 1 from then on) at the first step where the
+    spread S_rel is at most ``tol``, or κ_hh' ≥ λ_max (the schedule is itself
+    subcritical; so it never starts when it already is), or ``max_steps``
+    warm-up steps have run, or an ELR cannot be read (a zero weight or no
+    gradient). ``state_dict``/``load_state_dict`` checkpoint it.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, weights: Sequence[torch.Tensor], tol: float = 0.05,
+                 max_steps: int = 1000, elr_fn: Callable[[], np.ndarray] | None = None, merge_rtol: float = 1e-3):
+        if not tol >= 0:
+            raise ValueError(f"tol (the spread S_rel at which the warm-up ends) must be >= 0, got {tol}")
+        if int(max_steps) != max_steps or max_steps < 0:
+            raise ValueError(f"max_steps must be a non-negative integer, got {max_steps}")
+        weights = list(weights)
+        if not weights and elr_fn is None:
+            raise ValueError("weights is empty: pass the scale-invariant weights (elr.nets.scale_invariant_layers) "
+                             "or an elr_fn")
+        self.optimizer, self.weights, self.tol, self.max_steps = optimizer, weights, tol, int(max_steps)
+        self.merge_rtol = merge_rtol
+        self.elr_fn = elr_fn or (lambda: layer_elrs(self.weights))
+        self.warm = True
+        self.warmup_steps = 0
+        self.last_factor = 1.0
+        self.last_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+
+    def factor(self) -> float:
+        """ω for the coming step, from the live gradients (call after ``backward()``); updates the state."""
+        if not self.warm:
+            return 1.0
+        lr_max = max(float(g["lr"]) for g in self.optimizer.param_groups)
+        e = self.elr_fn()
+        if lr_max <= 0 or not np.all(np.isfinite(e)) or np.any(e <= 0):
+            self.warm = False  # nothing to warm up, or no ELR to read: hand over
+            return 1.0
+        kappa = float(dynamics.subcritical_lr(e, rtol=self.merge_rtol))
+        if dynamics.relative_spread(e) <= self.tol or kappa >= lr_max or self.warmup_steps >= self.max_steps:
+            self.warm = False
+            return 1.0
+        self.warmup_steps += 1
+        return kappa / lr_max
+
+    def _dampen(self) -> float:
+        omega = self.factor()
+        for g, lr in zip(self.optimizer.param_groups, self._undamped):
+            g["lr"] = lr * omega
+        self.last_factor = omega
+        self.last_lrs = [lr * omega for lr in self._undamped]
+        return omega
+
+    @contextmanager
+    def dampening(self, closure: Callable[[], Any] | None = None):
+        """Scale every group's rate by ω for the optimizer step inside the block, then restore it.
+
+        Without ``closure`` (gradients already computed) it yields ω. With the closure a trainer passes to
+        ``optimizer.step`` (Lightning's ``optimizer_closure``), the gradients do not exist yet: it yields a
+        closure that runs the original one, then sets ω from the fresh gradients::
+
+            def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure):   # LightningModule
+                with self.warmup.dampening(optimizer_closure) as closure:
+                    optimizer.step(closure=closure)
+        """
+        self._undamped = [float(g["lr"]) for g in self.optimizer.param_groups]
+        try:
+            if closure is None:
+                yield self._dampen()
+            else:
+                def wrapped():
+                    loss = closure()
+                    self._dampen()
+                    return loss
+                yield wrapped
+        finally:
+            for g, lr in zip(self.optimizer.param_groups, self._undamped):
+                g["lr"] = lr
+
+    def state_dict(self) -> dict:
+        return {"warm": self.warm, "warmup_steps": self.warmup_steps, "last_factor": self.last_factor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.warm, self.warmup_steps = bool(state["warm"]), int(state["warmup_steps"])
+        self.last_factor = float(state.get("last_factor", 1.0))
