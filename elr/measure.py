@@ -103,6 +103,37 @@ class Records:
         with np.errstate(invalid="ignore", divide="ignore"):
             return steps, dynamics.relative_spread(values)
 
+    def summary(self, quantity: str = "elr_grad_max") -> dict[str, np.ndarray]:
+        """A few scalars per logged step instead of one series per layer: what a logger should get.
+
+        ``step``; ``elr_max`` and ``elr_min`` over layers; ``spread`` (S_rel, Def. 4.1); ``kappa_lh``
+        (κ_ℓh = 1/√(E_min E_max)) and ``kappa_hh`` (κ_hh', the subcritical rate of Cor. 3.10). NaN where a
+        layer has no ELR at that step.
+        """
+        steps, e = self.matrix(quantity)
+        out = {"step": steps, "elr_max": np.full(len(steps), np.nan), "elr_min": np.full(len(steps), np.nan),
+               "spread": np.full(len(steps), np.nan), "kappa_lh": np.full(len(steps), np.nan),
+               "kappa_hh": np.full(len(steps), np.nan)}
+        ok = np.all(np.isfinite(e) & (e > 0), axis=1) if len(steps) else np.zeros(0, bool)
+        if ok.any():
+            good = e[ok]
+            out["elr_max"][ok], out["elr_min"][ok] = good.max(axis=1), good.min(axis=1)
+            out["spread"][ok] = dynamics.relative_spread(good)
+            out["kappa_lh"][ok] = dynamics.critical_lr(good)
+            out["kappa_hh"][ok] = dynamics.subcritical_lr(good)
+        return out
+
+    def to_pandas(self):
+        """The table as a pandas DataFrame: step, layer (name), depth, channel, quantity, value."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("Records.to_pandas needs pandas: pip install pandas") from None
+        t = self.table
+        return pd.DataFrame({"step": t["step"], "layer": np.asarray(self.layer_names, dtype=object)[t["layer"]],
+                             "depth": t["layer"], "channel": t["channel"],
+                             "quantity": np.asarray(QUANTITIES, dtype=object)[t["quantity"]], "value": t["value"]})
+
     def model_state(self, step: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(σ², c) per layer at ``step``: the discrete model's inputs, σ² = ‖W‖², c = ‖W‖·‖∇W‖ (Eq. 4)."""
         steps, w = self.matrix("weight_norm")
@@ -167,6 +198,23 @@ class ELRMonitor:
 
     def logs(self, step: int) -> bool:
         return step % self.every == 0
+
+    def attach(self, optimizer: torch.optim.Optimizer, start_step: int = 0, rank_zero_only: bool = True) -> "_Hooks":
+        """Instrument ``optimizer`` with step hooks, so that any loop logs without calling the monitor.
+
+        A pre-hook runs :meth:`observe_gradients` and a post-hook :meth:`observe_update` around every
+        ``optimizer.step()`` that actually runs, counting steps from ``start_step``. So:
+
+        * gradient accumulation logs once per applied update (the optimizer steps only then);
+        * under AMP, ``GradScaler.step`` unscales the gradients before it calls ``optimizer.step()``,
+          so the hooks see true gradients; a step the scaler skips (inf/NaN gradients) runs no hook
+          and is not counted;
+        * under DDP, gradients are already averaged when the optimizer steps; with ``rank_zero_only``
+          only rank 0 attaches (the others get a handle that does nothing). No collective is added.
+
+        Returns a handle; ``handle.remove()`` detaches the monitor, ``handle.step`` is the next step.
+        """
+        return _Hooks(self, optimizer, start_step, rank_zero_only)
 
     def _stacks(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """One stacked copy per group of equally shaped layers."""
@@ -238,6 +286,30 @@ class ELRMonitor:
             if self.per_channel:
                 self.records.add(step, self._layer_of_channel, self._channel_index, f"{kind}_norm", n_chan)
                 self.records.add(step, self._layer_of_channel, self._channel_index, f"elr_{kind}", e_chan)
+
+
+class _Hooks:
+    """The step hooks of :meth:`ELRMonitor.attach`."""
+
+    def __init__(self, monitor: ELRMonitor, optimizer: torch.optim.Optimizer, start_step: int, rank_zero_only: bool):
+        self.monitor, self.step, self._handles = monitor, int(start_step), []
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.active = not (rank_zero_only and distributed and torch.distributed.get_rank() != 0)
+        if self.active:
+            self._handles = [optimizer.register_step_pre_hook(self._pre),
+                             optimizer.register_step_post_hook(self._post)]
+
+    def _pre(self, optimizer, args, kwargs) -> None:
+        self.monitor.observe_gradients(self.step)
+
+    def _post(self, optimizer, args, kwargs) -> None:
+        self.monitor.observe_update(self.step)
+        self.step += 1
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:

@@ -85,3 +85,111 @@ def test_records_round_trip(tmp_path):
     np.testing.assert_array_equal(back.table, records.table)
     row = next(back.rows())
     assert row[:5] == (0, "body.0", 0, -1, "weight_norm")
+
+
+def _train(attach: bool, steps=6, every=2, accumulate=1):
+    model, x, y = _toy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
+    monitor = measure.ELRMonitor(model, every=every)
+    handle = monitor.attach(opt) if attach else None
+    for step in range(steps):
+        opt.zero_grad()
+        for part in torch.chunk(torch.arange(10), accumulate):
+            (torch.nn.functional.cross_entropy(model(x[part]), y[part]) / accumulate).backward()
+            # a hook-less monitor must not be fooled by the backward passes in between
+        if not attach:
+            monitor.observe_gradients(step)
+        opt.step()
+        if not attach:
+            monitor.observe_update(step)
+    return monitor, handle, model
+
+
+def test_hooks_give_the_same_records_as_explicit_calls():
+    explicit, _, _ = _train(attach=False)
+    hooked, handle, _ = _train(attach=True)
+    assert handle.step == 6 and list(hooked.records.steps()) == [0, 2, 4]
+    np.testing.assert_array_equal(hooked.records.table, explicit.records.table)
+    handle.remove()
+
+
+def test_hooks_log_once_per_applied_update_under_gradient_accumulation():
+    monitor, handle, _ = _train(attach=True, steps=4, every=1, accumulate=5)
+    explicit, _, _ = _train(attach=False, steps=4, every=1, accumulate=5)
+    assert list(monitor.records.steps()) == [0, 1, 2, 3]  # four updates, twenty backward passes
+    np.testing.assert_array_equal(monitor.records.table, explicit.records.table)
+
+
+def test_hooks_see_unscaled_gradients_under_amp_and_skip_skipped_steps():
+    model, x, y = _toy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    monitor = measure.ELRMonitor(model)
+    handle = monitor.attach(opt)
+    layers = [m for _, m in nets.scale_invariant_layers(model)]
+    expected = []
+    for step in range(3):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        if step == 1:
+            layers[0].weight.grad[0, 0] = float("inf")  # the scaler skips this step
+        else:
+            expected.append([float(m.weight.grad.norm()) / scaler.get_scale() for m in layers])
+        scaler.step(opt)
+        scaler.update()
+    _, g = monitor.records.matrix("grad_norm")
+    assert handle.step == 2 and len(g) == 2  # the skipped step ran no hook and was not counted
+    np.testing.assert_allclose(g, expected, rtol=1e-5)
+
+
+def test_summary_scalars_and_pandas():
+    monitor, _, _ = _train(attach=True)
+    summary = monitor.records.summary()
+    steps, e = monitor.records.matrix("elr_grad_max")
+    np.testing.assert_array_equal(summary["step"], steps)
+    np.testing.assert_allclose(summary["elr_max"], e.max(axis=1))
+    np.testing.assert_allclose(summary["spread"], np.log(e).std(axis=1))
+    np.testing.assert_allclose(summary["kappa_lh"], 1 / np.sqrt(e.min(axis=1) * e.max(axis=1)))
+    top2 = np.sort(e, axis=1)[:, -2:]
+    np.testing.assert_allclose(summary["kappa_hh"], 1 / np.sqrt(top2[:, 0] * top2[:, 1]))
+    pd = pytest.importorskip("pandas")
+    frame = monitor.records.to_pandas()
+    assert isinstance(frame, pd.DataFrame) and len(frame) == len(monitor.records)
+    row = frame[(frame.quantity == "elr_grad_max") & (frame.step == 2) & (frame.depth == 1)]
+    assert float(row.value.iloc[0]) == e[1, 1] and row.layer.iloc[0] == monitor.names[1]
+
+
+def _ddp_worker(rank, port, out):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        model = nets.bnrelu(3, width=6, in_features=5, num_classes=3)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.3)
+        monitor = measure.ELRMonitor(model)
+        handle = monitor.attach(opt)
+        torch.manual_seed(1 + rank)  # each rank its own batch
+        x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+        for _ in range(2):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(ddp(x), y).backward()
+            opt.step()
+        torch.save({"active": handle.active, "rows": len(monitor.records)}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_hooks_log_on_rank_zero_only_under_ddp(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert r0["active"] and r0["rows"] > 0
+    assert not r1["active"] and r1["rows"] == 0
