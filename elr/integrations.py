@@ -1,0 +1,183 @@
+"""ELRs in the trainers and loggers researchers already use.
+
+* :class:`TensorBoardWriter`: summary scalars (and optionally every layer) into a TensorBoard event file.
+* :func:`lightning_callback`: a Lightning ``Callback`` (``pip install 'elr[lightning]'``).
+* :func:`hf_callback`: a Hugging Face ``TrainerCallback`` (``pip install 'elr[hf]'``).
+
+Every one of them logs *summary scalars* per logged step (``elr_max``, ``elr_min``, ``spread`` = S_rel,
+``kappa_lh``, ``kappa_hh``; see :meth:`elr.measure.Records.summary`), not one series per layer: a ResNet56
+would otherwise add a hundred keys to the logger. ``per_layer=True`` adds ``elr/<layer name>`` too. The full
+table is always in ``monitor.records``.
+
+Where the gradients are read, and why it is correct:
+
+* Lightning: ``on_before_optimizer_step``, which Lightning calls once the gradients of all accumulated
+  batches are summed and, under AMP, after the loss scaler has unscaled them. (Optimizer step hooks, as in
+  :meth:`elr.measure.ELRMonitor.attach`, do not work here: Lightning passes the closure that computes the
+  gradients *into* ``optimizer.step``, so a pre-step hook would run before the backward pass.)
+* Hugging Face: ``on_pre_optimizer_step``, after gradient accumulation and after gradient clipping. Under
+  fp16 the accelerate scaler unscales the gradients when it clips them (``max_grad_norm > 0``, the
+  default); with ``max_grad_norm=0`` and fp16 the gradients are still scaled there, and the callback
+  refuses to run rather than log ELRs off by the loss scale. bf16 needs no scaler.
+* Both log on the global-zero process only and add no collective: after DDP's all-reduce every rank holds
+  the same gradients.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from elr.measure import ELRMonitor, Records
+
+SUMMARY_KEYS = ("elr_max", "elr_min", "spread", "kappa_lh", "kappa_hh")
+
+
+def summary_at(records: Records, step: int, per_layer: bool = False, prefix: str = "elr/") -> dict[str, float]:
+    """The summary scalars of one logged step as ``{prefix + key: value}`` (empty if the step was not logged)."""
+    s = records.summary()
+    k = np.searchsorted(s["step"], step)
+    if k >= len(s["step"]) or s["step"][k] != step:
+        return {}
+    out = {f"{prefix}{key}": float(s[key][k]) for key in SUMMARY_KEYS}
+    if per_layer:
+        steps, e = records.matrix("elr_grad_max")
+        j = int(np.searchsorted(steps, step))
+        out.update({f"{prefix}{name}": float(v) for name, v in zip(records.layer_names, e[j])})
+    return out
+
+
+class TensorBoardWriter:
+    """Write the summary scalars of each logged step (and optionally every layer) to TensorBoard.
+
+    ``writer`` is a ``torch.utils.tensorboard.SummaryWriter`` or a log directory (needs ``tensorboard``,
+    ``pip install 'elr[tensorboard]'``). Call :meth:`write` after the monitor logged a step; steps already
+    written are skipped.
+    """
+
+    def __init__(self, writer: Any, per_layer: bool = False, prefix: str = "elr/"):
+        if isinstance(writer, (str, Path)):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ImportError("TensorBoardWriter needs tensorboard: pip install 'elr[tensorboard]'") from None
+            writer = SummaryWriter(str(writer))
+        self.writer, self.per_layer, self.prefix = writer, per_layer, prefix
+        self._written: set[int] = set()
+
+    def write(self, records: Records) -> int:
+        """Write every logged step not written yet; returns how many steps were written."""
+        new = [int(s) for s in records.steps() if int(s) not in self._written]
+        for step in new:
+            for key, value in summary_at(records, step, self.per_layer, self.prefix).items():
+                self.writer.add_scalar(key, value, step)
+            self._written.add(step)
+        if new:
+            self.writer.flush()
+        return len(new)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _monitor_for(model: nn.Module, every: int, per_channel: bool) -> ELRMonitor:
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    return ELRMonitor(model, every=every, per_channel=per_channel)
+
+
+def lightning_callback(every: int = 50, per_layer: bool = False, per_channel: bool = False,
+                       module_attr: str | None = None):
+    """A Lightning ``Callback`` that measures ELRs and logs the summary scalars through ``pl_module.log``.
+
+    ``module_attr`` names the submodule to monitor (default: the whole LightningModule). After the fit the
+    callback's ``monitor.records`` holds every measurement.
+    """
+    try:
+        import lightning.pytorch as pl
+    except ImportError:
+        raise ImportError("lightning_callback needs Lightning: pip install 'elr[lightning]'") from None
+
+    class ELRCallback(pl.Callback):
+        def __init__(self):
+            self.every, self.per_layer, self.per_channel, self.module_attr = every, per_layer, per_channel, module_attr
+            self.monitor: ELRMonitor | None = None
+
+        def on_fit_start(self, trainer, pl_module):
+            target = getattr(pl_module, self.module_attr) if self.module_attr else pl_module
+            self.monitor = _monitor_for(target, self.every, self.per_channel)
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            if trainer.is_global_zero:
+                self.monitor.observe_gradients(trainer.global_step)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if not trainer.is_global_zero:
+                return
+            step = trainer.global_step - 1  # the step just applied (no-op on accumulation batches)
+            pending = self.monitor._pending
+            if pending is not None and pending[0] == step:
+                self.monitor.observe_update(step)
+                for key, value in summary_at(self.monitor.records, step, self.per_layer).items():
+                    pl_module.log(key, value, on_step=True, on_epoch=False, rank_zero_only=True)
+
+        def state_dict(self):
+            return {"every": self.every}
+
+    return ELRCallback()
+
+
+def hf_callback(every: int = 50, per_layer: bool = False, per_channel: bool = False, tensorboard: Any = None):
+    """A Hugging Face ``TrainerCallback`` that measures ELRs of the model's scale-invariant layers.
+
+    The summary scalars of each logged step go into the Trainer's next log entry
+    (``trainer.state.log_history``) and, if ``tensorboard`` is a SummaryWriter or a log directory, into
+    TensorBoard at once. The Trainer's own reporters (``report_to``) run before user callbacks, so they do
+    not receive them: pass ``tensorboard=`` for an event file. ``callback.monitor.records`` holds every
+    measurement.
+    """
+    try:
+        from transformers import TrainerCallback
+    except ImportError:
+        raise ImportError("hf_callback needs transformers: pip install 'elr[hf]'") from None
+
+    class ELRTrainerCallback(TrainerCallback):
+        def __init__(self):
+            self.every, self.per_layer, self.per_channel = every, per_layer, per_channel
+            self.monitor: ELRMonitor | None = None
+            self.writer = TensorBoardWriter(tensorboard, per_layer) if tensorboard is not None else None
+            self._unlogged: dict[str, float] = {}
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if getattr(args, "fp16", False) and not getattr(args, "max_grad_norm", 0):
+                raise ValueError("with fp16 and max_grad_norm=0 the Trainer never unscales the gradients before "
+                                 "the optimizer step, so ELRs would be off by the loss scale: set max_grad_norm > 0 "
+                                 "(e.g. 1e9 to leave gradients unclipped) or use bf16")
+            self.monitor = _monitor_for(model, self.every, self.per_channel)
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.monitor.observe_gradients(state.global_step)
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            step = state.global_step  # not yet incremented for the step just applied
+            pending = self.monitor._pending
+            if pending is not None and pending[0] == step:
+                self.monitor.observe_update(step)
+                self._unlogged = summary_at(self.monitor.records, step, self.per_layer)
+                if self.writer is not None:
+                    self.writer.write(self.monitor.records)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self._unlogged and state.is_world_process_zero:
+                if state.log_history:
+                    state.log_history[-1].update(self._unlogged)
+                if logs is not None:
+                    logs.update(self._unlogged)  # for callbacks registered after this one
+                self._unlogged = {}
+
+    return ELRTrainerCallback()

@@ -1,0 +1,119 @@
+"""elr.integrations with the real pinned packages: a Lightning fit, a Hugging Face Trainer fit, TensorBoard
+event files read back."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from elr import integrations, measure, nets
+
+pytest.importorskip("lightning", reason="pip install 'elr[lightning]' (part of elr[dev])")
+
+
+def _data(n=64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 5, generator=gen), torch.randint(0, 3, (n,), generator=gen)
+
+
+def _event_scalars(logdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_writer_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = nets.bnrelu(3, width=6, in_features=5, num_classes=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    monitor = measure.ELRMonitor(model, every=2)
+    monitor.attach(opt)
+    writer = integrations.TensorBoardWriter(tmp_path, per_layer=True)
+    x, y = _data()
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        writer.write(monitor.records)
+    writer.close()
+    scalars = _event_scalars(tmp_path)
+    summary = monitor.records.summary()
+    assert [s for s, _ in scalars["elr/spread"]] == [0, 2, 4]
+    np.testing.assert_allclose([v for _, v in scalars["elr/spread"]], summary["spread"], rtol=1e-6)
+    np.testing.assert_allclose([v for _, v in scalars["elr/kappa_lh"]], summary["kappa_lh"], rtol=1e-6)
+    assert f"elr/{monitor.names[0]}" in scalars  # per-layer on request
+
+
+def _lightning_module():
+    import lightning.pytorch as pl
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nets.bnrelu(3, width=6, in_features=5, num_classes=3)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.3)
+
+    return Tiny()
+
+
+def test_lightning_callback_logs_elrs_of_accumulated_gradients(tmp_path):
+    import lightning.pytorch as pl
+
+    x, y = _data()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=False)
+    module = _lightning_module()
+    init = {k: v.clone() for k, v in module.net.state_dict().items()}
+    callback = integrations.lightning_callback(every=2, module_attr="net")
+    trainer = pl.Trainer(max_steps=4, accumulate_grad_batches=2, accelerator="cpu", devices=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path, callbacks=[callback])
+    trainer.fit(module, loader)
+    records = callback.monitor.records
+    assert list(records.steps()) == [0, 2]  # 4 optimizer steps from 8 batches, every 2nd logged
+    assert "elr/spread" in trainer.callback_metrics
+    # step 0's gradient is the mean over the first two batches (Lightning divides the loss by 2)
+    net = nets.bnrelu(3, width=6, in_features=5, num_classes=3)
+    net.load_state_dict(init)
+    for b in range(2):
+        (nn.functional.cross_entropy(net(x[16 * b:16 * (b + 1)]), y[16 * b:16 * (b + 1)]) / 2).backward()
+    expected = [float(m.weight.grad.norm()) for _, m in nets.scale_invariant_layers(net)]
+    np.testing.assert_allclose(records.matrix("grad_norm")[1][0], expected, rtol=1e-5)
+
+
+def test_hf_trainer_callback_logs_elrs(tmp_path):
+    pytest.importorskip("transformers")
+    from transformers import Trainer, TrainingArguments
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nets.bnrelu(3, width=6, in_features=5, num_classes=3)
+
+        def forward(self, inputs=None, labels=None):
+            logits = self.net(inputs)
+            return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+    x, y = _data()
+    dataset = [{"inputs": x[i], "labels": y[i]} for i in range(len(x))]
+    callback = integrations.hf_callback(every=2, tensorboard=tmp_path / "tb")
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=16,
+                             learning_rate=0.3, optim="sgd", lr_scheduler_type="constant", logging_steps=2,
+                             report_to=[], use_cpu=True, save_strategy="no", gradient_accumulation_steps=1,
+                             dataloader_num_workers=0, disable_tqdm=True)
+    trainer = Trainer(model=Classifier(), args=args, train_dataset=dataset, callbacks=[callback])
+    trainer.train()
+    records = callback.monitor.records
+    assert list(records.steps()) == [0, 2]
+    logged = [entry for entry in trainer.state.log_history if "elr/spread" in entry]
+    assert logged, trainer.state.log_history
+    scalars = _event_scalars(tmp_path / "tb")
+    np.testing.assert_allclose([v for _, v in scalars["elr/spread"]], records.summary()["spread"], rtol=1e-6)
