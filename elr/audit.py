@@ -5,8 +5,9 @@ multiplied by a positive factor γ. :func:`audit` answers it twice for every
 parameter:
 
 * **numerically**: the model in float64, every normalisation's eps set to
-  1e-12 (eps breaks exact invariance), training mode (batch statistics),
-  dropout masks fixed by seeding; the output at γ = 0.5 and 3 against γ = 1;
+  1e-30 (eps breaks exact invariance), training mode (batch statistics),
+  dropout masks fixed by seeding; the output at γ = 1e-3, 0.5, 3 and 1e3
+  against γ = 1 (:data:`FACTORS`), compared leaf by leaf;
 * **structurally**, for linear and convolution weights: a ``torch.fx`` trace
   of the model, following how the weight's scale propagates to the output:
   through layers homogeneous of degree 1 (ReLU, LeakyReLU, dropout, pooling,
@@ -21,7 +22,9 @@ says that only the numerical check was possible).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import operator
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +43,19 @@ HOMOGENEOUS_MODULES = (nn.ReLU, nn.LeakyReLU, nn.Dropout, nn.Dropout1d, nn.Dropo
                        nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 HOMOGENEOUS_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu, F.dropout, F.avg_pool2d, F.max_pool2d,
                          F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool1d, F.max_pool1d, F.pad,
-                         torch.flatten, operator.getitem, operator.neg, torch.neg}
+                         torch.flatten, operator.getitem, operator.neg, torch.neg, torch.permute, torch.transpose,
+                         torch.reshape, torch.squeeze, torch.unsqueeze, torch.mean, torch.sum}
+try:  # torchvision's stochastic depth multiplies each sample by 0 or 1/(1-p): homogeneous of degree 1
+    from torchvision.ops import stochastic_depth as _stochastic_depth
+    HOMOGENEOUS_FUNCTIONS.add(_stochastic_depth)
+except ImportError:  # pragma: no cover - torchvision is a dependency
+    pass
+# normalisations called as functions (custom LayerNorm2d modules and the like): does each remove a bias?
+NORM_FUNCTIONS = {F.layer_norm: False, F.group_norm: False, F.batch_norm: True, F.instance_norm: True}
+# pure rearrangements: a bias before them is still just a bias (the scale+shift state passes through)
+REARRANGEMENTS = {operator.getitem, torch.flatten, torch.permute, torch.transpose, torch.reshape, torch.squeeze,
+                  torch.unsqueeze, "flatten", "view", "reshape", "permute", "transpose", "contiguous", "squeeze",
+                  "unsqueeze", "__getitem__"}
 SHAPE_METHODS = {"flatten", "view", "reshape", "permute", "transpose", "contiguous", "mean", "sum", "squeeze",
                  "unsqueeze", "relu", "neg", "__getitem__", "chunk", "split"}
 ADDITIONS = {operator.add, operator.sub, torch.add, torch.sub, operator.iadd}
@@ -51,28 +66,44 @@ PRODUCT_METHODS = {"mul", "matmul", "bmm", "div", "__mul__", "__truediv__"}
 CONST, HOM, SHIFTED, INV, BROKEN = "const", "scales", "scales+shift", "invariant", "broken"
 
 
+#: Scale factors of the numerical check. A factor of a thousand either way moves pre-activations of order one
+#: past the saturation points of bounded nonlinearities (ReLU6 at 6, hardtanh at ±1, hardswish/hardsigmoid at
+#: ±3) and into the near-linear region of smooth ones (GELU, SiLU, tanh, sigmoid), where a factor of 0.5 or 3
+#: alone can miss them; 0.5 and 3 keep the moderate range covered. A normalisation's eps adds about
+#: eps/(2 var γ²) to the change, so the check sets eps to 1e-30: at eps = 1e-12, γ = 1e-3 would show ~1e-6.
+FACTORS = (3.0, 0.5, 1e3, 1e-3)
+
+
 @dataclass(frozen=True)
 class AuditRow:
     name: str           # parameter name
     shape: tuple
     invariant: bool     # numerically: output unchanged when this parameter is scaled
-    change: float       # largest relative output change over the tested factors
+    change: float       # relative output change: the largest over the factors, or the first one above tol
     reason: str         # why, from the traced structure (or why no reason could be traced)
     zero: bool = False  # the parameter is all zeros here, so scaling it tests nothing
+    only_while_zero: tuple = ()  # invariant now, but not once these all-zero parameters move (e.g. a zero bias)
 
     @property
     def verdict(self) -> str:
         if self.zero:
             return "untested (zero)"
+        if self.invariant and self.only_while_zero:
+            return "auto-tunes while zero"
         return "auto-tunes" if self.invariant else "breaks auto-tuning"
 
+    @property
+    def auto_tunes(self) -> bool:
+        """Invariant now and for any value of the other parameters (what an optimizer grouping should use)."""
+        return self.invariant and not self.only_while_zero
 
-def exact_copy(model: nn.Module, eps: float = 1e-12, dtype: torch.dtype = torch.float64) -> nn.Module:
+
+def exact_copy(model: nn.Module, eps: float = 1e-30, dtype: torch.dtype = torch.float64) -> nn.Module:
     """A copy in training mode, in ``dtype`` (float64), with every normalisation's eps set to ``eps``.
 
     eps is what breaks invariance: a BatchNorm of a layer scaled by γ normalises by √(γ² var + eps), so its
-    output changes by about eps/(2 var) · (1 − 1/γ²). At eps = 1e-12 that is far below what the audit's
-    tolerance resolves; :func:`scaling_checks` goes lower, to where only rounding is left.
+    output changes by about eps/(2 var) · (1 − 1/γ²). At the default 1e-30 that is below float64's rounding
+    for any variance above about 1e-14, also after a weight is scaled by 1e-3 (chapter 8 measures both).
     """
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
@@ -87,26 +118,71 @@ def exact_copy(model: nn.Module, eps: float = 1e-12, dtype: torch.dtype = torch.
     return model
 
 
-def _numeric(model: nn.Module, inputs: torch.Tensor, factors=(0.5, 3.0), seed: int = 0) -> dict[str, float]:
+def _leaves(out: Any) -> list[torch.Tensor]:
+    """The floating-point tensors of a model output: a tensor, or tuples, lists, dicts, namedtuples and
+    dataclasses of them (HF ``ModelOutput`` is a dict), in a fixed order."""
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() or out.is_complex() else []
+    if dataclasses.is_dataclass(out) and not isinstance(out, type) and not isinstance(out, Mapping):
+        return [t for f in dataclasses.fields(out) for t in _leaves(getattr(out, f.name))]
+    if isinstance(out, Mapping):
+        return [t for k in out for t in _leaves(out[k])]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _leaves(v)]
+    return []
+
+
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    """Floating tensors (also inside tuples, lists and dicts) to ``dtype``; integer tensors (token ids) stay."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, Mapping):
+        return type(value)((k, _cast(v, dtype)) for k, v in value.items()) if not isinstance(value, dict) \
+            else {k: _cast(v, dtype) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cast(v, dtype) for v in value)
+    return value
+
+
+def _relative_change(out: list[torch.Tensor], base: list[torch.Tensor]) -> float:
+    """Largest relative change over the output's leaves, each relative to its own largest entry."""
+    worst = 0.0
+    for a, b in zip(out, base):
+        scale = b.abs().max().clamp_min(1e-300) if b.numel() else torch.tensor(1.0, dtype=torch.float64)
+        if a.numel():
+            worst = max(worst, float((a - b).abs().max() / scale))
+    return worst
+
+
+def _numeric(model: nn.Module, args: tuple, kwargs: dict, factors=FACTORS, seed: int = 0,
+             names: set[str] | None = None, stop_above: float | None = None) -> dict[str, float]:
+    """Largest relative output change per parameter over ``factors``; with ``stop_above``, the factors of a
+    parameter stop at the first change above it (the verdict is then settled, and the change is a lower
+    bound of the largest)."""
     model = exact_copy(model)
-    x = inputs.double() if inputs.is_floating_point() else inputs  # token ids stay integers
+    args, kwargs = _cast(args, torch.float64), _cast(kwargs, torch.float64)
 
     def run():
         torch.manual_seed(seed)  # identical dropout masks in every forward pass
         with torch.no_grad():
-            return model(x)
+            return _leaves(model(*args, **kwargs))
 
     base = run()
-    scale = base.abs().max().clamp_min(1e-300)
+    if not base:
+        raise ValueError("the model's output holds no floating-point tensor to compare")
     out = {}
     for name, p in model.named_parameters():
+        if names is not None and name not in names:
+            continue
         worst = 0.0
         for g in factors:
             with torch.no_grad():
                 p.mul_(g)
-            worst = max(worst, float((run() - base).abs().max() / scale))
+            worst = max(worst, _relative_change(run(), base))
             with torch.no_grad():
                 p.div_(g)
+            if stop_above is not None and worst > stop_above:
+                break
         out[name] = worst
     return out
 
@@ -129,6 +205,9 @@ def _combine(states: list[str]) -> tuple[str, str]:
 def _trace_reason(gm: fx.GraphModule, module_name: str) -> str:
     """Follow the scale of ``module_name``'s weight through the traced graph to the output."""
     modules = dict(gm.named_modules())
+    if not any(n.op == "call_module" and n.target == module_name for n in gm.graph.nodes):
+        return ("numerical check only: the trace never calls this layer as a module (its weight is used inside "
+                "a function the trace treats as one operation)")
     state: dict[fx.Node, str] = {}
     reason = ""
     absorbed = ""
@@ -179,6 +258,15 @@ def _trace_reason(gm: fx.GraphModule, module_name: str) -> str:
                     new, why = BROKEN, f"a bias before '{node.target}' ({type(m).__name__})"
             elif s_in in (HOM, SHIFTED):
                 new, why = BROKEN, f"'{node.target}' ({type(m).__name__}) is not positively homogeneous of degree 1"
+        elif node.op == "call_function" and node.target is getattr:
+            new = CONST  # x.shape and the like: not a tensor that carries the scale
+        elif node.op == "call_function" and node.target in NORM_FUNCTIONS:
+            name = node.target.__name__
+            if s_in == HOM or (s_in == SHIFTED and NORM_FUNCTIONS[node.target]):
+                new = INV
+                absorbed = absorbed or f"normalised by {name}"
+            elif s_in == SHIFTED:
+                new, why = BROKEN, f"{name} does not remove the bias added before it"
         elif node.op == "call_function" and node.target in ADDITIONS:
             new, why = _combine(ins)
         elif (node.op == "call_function" and node.target in PRODUCTS) or \
@@ -193,7 +281,7 @@ def _trace_reason(gm: fx.GraphModule, module_name: str) -> str:
                 new, why = BROKEN, "a division by a term that carries the scale"
         elif (node.op == "call_function" and node.target in HOMOGENEOUS_FUNCTIONS) or \
                 (node.op == "call_method" and node.target in SHAPE_METHODS):
-            if s_in == SHIFTED and node.target not in (operator.getitem, "flatten", "view", "reshape"):
+            if s_in == SHIFTED and node.target not in REARRANGEMENTS:
                 new, why = BROKEN, f"a bias before {getattr(node.target, '__name__', node.target)}"
         elif s_in in (HOM, SHIFTED):
             name = getattr(node.target, "__name__", str(node.target))
@@ -204,19 +292,57 @@ def _trace_reason(gm: fx.GraphModule, module_name: str) -> str:
     return reason or "no path to the output"
 
 
-def audit(model: nn.Module, inputs: torch.Tensor, tol: float = 1e-8) -> list[AuditRow]:
-    """Audit every parameter of ``model`` on a batch ``inputs`` (at least 2 samples, for batch statistics)."""
-    if inputs.shape[0] < 2:
+def audit(model: nn.Module, *inputs: Any, tol: float = 1e-8, factors: tuple = FACTORS,
+          kwargs: dict | None = None, params: str = "all") -> list[AuditRow]:
+    """Audit every parameter of ``model`` on the inputs ``model(*inputs, **kwargs)`` (a batch of at least 2
+    samples, for batch statistics).
+
+    The output may be a tensor or any nesting of tuples, lists, dicts, namedtuples and dataclasses; it is
+    compared leaf by leaf. Each parameter is scaled by every factor in ``factors`` (see :data:`FACTORS`). A
+    weight that is invariant only because some parameter is all zeros (a bias at initialisation) is marked
+    ``only_while_zero``: the check is repeated with those parameters set to small random values.
+    ``params="weights"`` audits only the weights of linear and convolution layers (the layers the paper's
+    analysis is about; cheaper on large models).
+    """
+    if params not in ("all", "weights"):
+        raise ValueError(f"params must be 'all' or 'weights', got {params!r}")
+    kwargs = dict(kwargs or {})
+    tensors = [t for t in list(inputs) + list(kwargs.values()) if isinstance(t, torch.Tensor)]
+    if not tensors:
+        raise ValueError("audit needs the model's inputs: audit(model, x) or audit(model, x, mask, kwargs={...})")
+    if tensors[0].dim() == 0 or tensors[0].shape[0] < 2:
         raise ValueError("inputs needs at least 2 samples: batch normalisation uses batch statistics")
-    changes = _numeric(model, inputs)
+    if not factors or any(not f > 0 or f == 1 for f in factors):
+        raise ValueError(f"factors must be positive and != 1, got {factors}")
+    modules = dict(model.named_modules())
+    owners = {f"{mn}.{pn}" if mn else pn: (mn, pn) for mn, m in model.named_modules() for pn, _ in m.named_parameters(recurse=False)}
+    wanted = None if params == "all" else {n for n, (mn, pn) in owners.items()
+                                           if pn == "weight" and isinstance(modules[mn], LINEAR)}
+    changes = _numeric(model, inputs, kwargs, factors, names=wanted, stop_above=tol)
+    zero_params = {n for n, p in model.named_parameters() if not bool(p.detach().abs().max() > 0)}
+    conditional: dict[str, tuple] = {}
+    if zero_params:
+        suspects = {n for n, v in changes.items() if v < tol and n not in zero_params}
+        after = _numeric(_moved(model, zero_params), inputs, kwargs, factors, names=suspects,
+                         stop_above=tol) if suspects else {}
+        broken = [n for n, v in after.items() if not v < tol]
+        # which zero parameter: first the weight's own bias (the common case), else all of them
+        own = {n: n.rsplit(".", 1)[0] + ".bias" if "." in n else "bias" for n in broken}
+        own = {n: b for n, b in own.items() if b in zero_params}
+        alone = {}
+        for bias in set(own.values()):
+            names = {n for n, b in own.items() if b == bias}
+            alone.update(_numeric(_moved(model, {bias}), inputs, kwargs, factors, names=names, stop_above=tol))
+        conditional = {n: (own[n],) if n in own and not alone[n] < tol else tuple(sorted(zero_params))
+                       for n in broken}
     try:
         gm = fx.symbolic_trace(model)
     except Exception as err:  # data-dependent control flow and the like
         gm, trace_error = None, f"{type(err).__name__}"
-    owners = {f"{mn}.{pn}" if mn else pn: (mn, pn) for mn, m in model.named_modules() for pn, _ in m.named_parameters(recurse=False)}
-    modules = dict(model.named_modules())
     rows = []
     for name, p in model.named_parameters():
+        if wanted is not None and name not in wanted:
+            continue
         module_name, pname = owners[name]
         module = modules[module_name]
         if pname != "weight" or not isinstance(module, LINEAR):
@@ -224,12 +350,62 @@ def audit(model: nn.Module, inputs: torch.Tensor, tol: float = 1e-8) -> list[Aud
         elif gm is None:
             reason = f"numerical check only: the model could not be traced ({trace_error})"
         else:
-            reason = _trace_reason(gm, module_name)
-        zero = not bool(p.detach().abs().max() > 0)
+            try:
+                reason = _trace_reason(gm, module_name)
+            except Exception as err:  # an unusual graph: keep the numerical verdict
+                reason = f"numerical check only: the trace could not be followed ({type(err).__name__})"
+        zero = name in zero_params
         if zero:
             reason = "all zeros at this point, so scaling it cannot change anything: audit a trained model"
-        rows.append(AuditRow(name, tuple(p.shape), changes[name] < tol and not zero, changes[name], reason, zero))
+        only = conditional.get(name, ())
+        if only:
+            own_bias = [z for z in only if z.startswith(module_name + ".")] if module_name else []
+            if own_bias:
+                reason = f"invariant only while '{own_bias[0]}' is zero (it is at this point); once it moves, it " \
+                         f"breaks: {reason}"
+            else:
+                reason = f"invariant only while {len(only)} all-zero parameters stay zero (here: " \
+                         f"{', '.join(repr(z) for z in only[:2])}{', ...' if len(only) > 2 else ''}); once they move, " \
+                         f"it breaks"
+        rows.append(AuditRow(name, tuple(p.shape), changes[name] < tol and not zero, changes[name], reason, zero,
+                             only))
     return rows
+
+
+def _moved(model: nn.Module, names: set[str]) -> nn.Module:
+    """A copy with the named (all-zero) parameters set to small random values."""
+    moved = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in moved.named_parameters():
+            if n in names:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype))
+    return moved
+
+
+def param_groups(model: nn.Module, rows: list[AuditRow], invariant: dict | None = None,
+                 other: dict | None = None) -> list[dict]:
+    """Optimizer param groups from an audit: the weights that auto-tune (for any value of the other
+    parameters) and the rest, each with its own options.
+
+    For example, weight decay and LARS/AdamP-style treatment only for scale-invariant weights::
+
+        rows = audit.audit(model, x)
+        opt = torch.optim.SGD(audit.param_groups(model, rows, invariant={"weight_decay": 5e-4},
+                                                 other={"weight_decay": 0.0}), lr=0.1)
+
+    Empty groups are left out; every parameter of the model is in exactly one group. A parameter the rows do
+    not cover (an audit with ``params="weights"`` skips biases and norms) goes to the other group.
+    """
+    verdict = {r.name: r.auto_tunes for r in rows}
+    params = dict(model.named_parameters())
+    foreign = set(verdict) - set(params)
+    if foreign:
+        raise ValueError(f"rows name parameters this model does not have (audit this model): {sorted(foreign)[:5]}")
+    verdict = {n: verdict.get(n, False) for n in params}
+    groups = [({"params": [p for n, p in params.items() if verdict[n]]}, invariant or {}),
+              ({"params": [p for n, p in params.items() if not verdict[n]]}, other or {})]
+    return [{**g, **opts} for g, opts in groups if g["params"]]
 
 
 def format_table(rows: list[AuditRow]) -> str:
@@ -387,3 +563,77 @@ def worst_scaling_residuals(*checks: list[dict[str, float]]) -> dict[str, float]
     if not rows:
         raise ValueError("worst_scaling_residuals needs at least one layer's checks")
     return {q: max(abs(r[q]) for r in rows) for q in SCALING_QUANTITIES}
+
+
+# ------------------------------------------- torchvision's models at random initialisation
+
+#: The families of the book's zoo table: label -> torchvision builder name.
+ZOO = {"ResNet-18": "resnet18", "ResNet-50": "resnet50", "VGG-11-BN": "vgg11_bn", "MobileNetV2": "mobilenet_v2",
+       "EfficientNet-B0": "efficientnet_b0", "ConvNeXt-T": "convnext_tiny", "RegNetY-400MF": "regnet_y_400mf",
+       "ViT-B/16": "vit_b_16", "Swin-T": "swin_t"}
+
+
+def zoo_model(name: str, image_size: int = 32, num_classes: int = 10, seed: int = 0) -> nn.Module:
+    """A torchvision classification model at random initialisation (``weights=None``: nothing is downloaded).
+
+    ViTs are built for ``image_size`` (their position embedding depends on it); convolutional models accept
+    any size their downsampling allows.
+    """
+    import torchvision
+
+    kwargs = {"image_size": image_size} if name.startswith("vit_") else {}
+    torch.manual_seed(seed)
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+
+
+def reason_kind(reason: str) -> str:
+    """A reason without the module names in it, so that reasons can be counted across layers."""
+    import re
+
+    return re.sub(r"'[^']*'", "'…'", reason)
+
+
+def summarize(rows: list[AuditRow]) -> dict[str, Any]:
+    """Fraction of audited weights that auto-tune, and the reasons of the others with their counts."""
+    if not rows:
+        raise ValueError("no rows to summarise")
+    counts: dict[str, int] = {}
+    for r in rows:
+        if not r.auto_tunes:
+            key = f"{r.verdict}: {reason_kind(r.reason)}"
+            counts[key] = counts.get(key, 0) + 1
+    return {"weights": len(rows), "auto_tune": sum(r.auto_tunes for r in rows),
+            "fraction": sum(r.auto_tunes for r in rows) / len(rows),
+            "others": dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
+
+
+def _audit_zoo_model(job: tuple[str, int, int, int]) -> dict[str, Any]:
+    name, image_size, batch, seed = job
+    torch.set_num_threads(1)
+    model = zoo_model(name, image_size, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    rows = audit(model, torch.randn(batch, 3, image_size, image_size, generator=gen), params="weights")
+    return {"model": name, **summarize(rows), "rows": rows}
+
+
+def audit_zoo(names: list[str], image_size: int = 32, batch: int = 2, seed: int = 0,
+              workers: int = 1) -> list[dict[str, Any]]:
+    """Audit the linear and convolution weights of torchvision models at random initialisation, in a pool of
+    ``workers`` processes (one thread each). Returns :func:`summarize` per model, with its rows."""
+    import torchvision
+
+    known = set(torchvision.models.list_models(module=torchvision.models))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"not torchvision classification models: {unknown}; see torchvision.models.list_models()")
+    if image_size < 32 or batch < 2:
+        raise ValueError(f"image_size must be >= 32 (the models downsample by 32) and batch >= 2 (batch "
+                         f"statistics); got {image_size}, {batch}")
+    jobs = [(n, image_size, batch, seed) for n in names]
+    if workers <= 1 or len(jobs) < 2:
+        return [_audit_zoo_model(j) for j in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_audit_zoo_model, jobs))

@@ -227,7 +227,7 @@ display(Markdown(f"Mean squared norm over {n_draws} draws of a {shape} weight: p
 # auto rate-tuning, like ReLU. A bias breaks it before a LayerNorm but not
 # before a BatchNorm, whose subtraction of the batch mean removes any
 # per-channel constant. The audit of {doc}`08_scale_invariance` measures
-# both (float64, $\epsilon = 10^{-12}$):
+# both (float64, $\epsilon = 10^{-30}$):
 
 # %%
 table_3_1 = {r["between W and its normalisation"]: r for r in audit.section_3_1_table()}

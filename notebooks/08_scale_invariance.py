@@ -167,12 +167,14 @@ plots.glue("ch08-single-grad", f"{max(single['inverse_scaling_error'], single['o
 # %% [markdown]
 # Between the two larger ε the residual grows with slope
 # {glue:text}`ch08-eps-slope` against ε on log axes (the four quantities in
-# order): linear, as the ε term predicts. At ε = 1e-12, the value elr's
-# audit uses, the shallow network's largest residual is
-# {glue:text}`ch08-eps12`, against {glue:text}`ch08-floor` at ε = 1e-30.
-# An earlier version of this chapter ran at 1e-12 and called a residual of
-# about 1e-9 "rounding"; it was ε. (The audit's tolerance is far above
-# either, so its verdicts do not change.)
+# order): linear, as the ε term predicts. At ε = 1e-12 the shallow
+# network's largest residual is {glue:text}`ch08-eps12`, against
+# {glue:text}`ch08-floor` at ε = 1e-30. An earlier version of this chapter
+# ran at 1e-12 and called a residual of about 1e-9 "rounding"; it was ε.
+# The ε term grows as a weight is scaled *down* (it is about
+# $\epsilon/(2\operatorname{var}\,\gamma^2)$), which is why `elr.audit`,
+# whose factors reach $\gamma = 10^{-3}$ to catch saturating
+# nonlinearities, also runs at ε = 1e-30.
 #
 # At ε = 1e-30 the float64 residual of the deep network is
 # {glue:text}`ch08-ratio` times its float32 residual (the four quantities

@@ -1,4 +1,7 @@
 """elr.audit: the Section 3.1 table, real networks, and the command line."""
+import collections
+import dataclasses
+
 import pytest
 import torch
 
@@ -87,3 +90,115 @@ def test_scaling_checks_and_exact_copy_refuse_bad_arguments():
     assert next(copy.parameters()).dtype == torch.float32
     assert all(m.eps == 1e-20 for m in copy.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert next(model.parameters()).dtype == torch.float32 and model.bn1.eps != 1e-20  # the original is untouched
+
+
+class _Block(torch.nn.Module):
+    """x -> Linear -> [between] -> norm -> Linear head."""
+
+    def __init__(self, between=None, norm="batch", bias=False):
+        super().__init__()
+        self.w = torch.nn.Linear(6, 8, bias=bias)
+        self.between = between or torch.nn.Identity()
+        self.norm = torch.nn.BatchNorm1d(8, affine=False) if norm == "batch" else torch.nn.LayerNorm(8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.norm(self.between(self.w(x))))
+
+
+def _verdicts(model, *inputs, **kw):
+    return {r.name: r for r in audit.audit(model, *inputs, **kw)}
+
+
+@pytest.mark.parametrize("nonlinearity", [torch.nn.ReLU6(), torch.nn.Hardtanh(), torch.nn.Hardswish()])
+def test_saturating_nonlinearities_break_auto_tuning(nonlinearity):
+    torch.manual_seed(0)
+    x = torch.randn(16, 6)
+    row = _verdicts(_Block(nonlinearity), x)["w.weight"]
+    assert row.verdict == "breaks auto-tuning", (nonlinearity, row.change)
+    # the review's finding: the old factors 0.5 and 3 alone did not see it for ReLU6
+    if isinstance(nonlinearity, torch.nn.ReLU6):
+        assert _verdicts(_Block(nonlinearity), x, factors=(0.5, 3.0))["w.weight"].invariant
+    assert _verdicts(_Block(torch.nn.ReLU()), x)["w.weight"].verdict == "auto-tunes"
+
+
+def test_a_zero_bias_before_layernorm_is_marked_as_holding_only_while_zero():
+    torch.manual_seed(0)
+    model = _Block(norm="layer", bias=True)
+    torch.nn.init.zeros_(model.w.bias)
+    row = _verdicts(model, torch.randn(16, 6))["w.weight"]
+    assert row.invariant and row.only_while_zero == ("w.bias",) and not row.auto_tunes
+    assert row.verdict == "auto-tunes while zero" and "w.bias" in row.reason
+    torch.nn.init.normal_(model.w.bias)
+    assert _verdicts(model, torch.randn(16, 6))["w.weight"].verdict == "breaks auto-tuning"
+    # before a BatchNorm the bias is removed by the batch mean, zero or not: a plain "auto-tunes"
+    bn = _Block(norm="batch", bias=True)
+    torch.nn.init.zeros_(bn.w.bias)
+    assert _verdicts(bn, torch.randn(16, 6))["w.weight"].verdict == "auto-tunes"
+
+
+class _Structured(torch.nn.Module):
+    """Two inputs (x, mask), a keyword argument, and a structured output."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.w = torch.nn.Linear(6, 8, bias=False)
+        self.norm = torch.nn.LayerNorm(8, elementwise_affine=False)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x, mask, scale=1.0):
+        h = self.norm(self.w(x)) * mask[:, None] * scale
+        logits, aux = self.head(h), self.w(x)  # aux depends on w's scale: w is not invariant overall
+        if self.kind == "dict":
+            return {"logits": logits, "aux": aux, "ids": mask.long()}
+        if self.kind == "namedtuple":
+            return collections.namedtuple("Out", "logits aux")(logits, aux)
+        if self.kind == "dataclass":
+            return _Out(logits, aux)
+        return logits, aux
+
+
+@dataclasses.dataclass
+class _Out:
+    logits: torch.Tensor
+    aux: torch.Tensor
+
+
+@pytest.mark.parametrize("kind", ["dict", "namedtuple", "dataclass", "tuple"])
+def test_structured_outputs_and_several_inputs_are_compared_leaf_by_leaf(kind):
+    torch.manual_seed(0)
+    x, mask = torch.randn(16, 6), (torch.rand(16) > 0.3).float()
+    rows = _verdicts(_Structured(kind), x, mask, kwargs={"scale": 2.0})
+    assert rows["w.weight"].verdict == "breaks auto-tuning"  # through the aux leaf
+    assert rows["head.weight"].verdict == "breaks auto-tuning"
+
+
+def test_param_groups_split_by_verdict():
+    torch.manual_seed(0)
+    model = _Block(norm="layer", bias=True)
+    torch.nn.init.zeros_(model.w.bias)
+    rows = audit.audit(model, torch.randn(16, 6))
+    groups = audit.param_groups(model, rows, invariant={"weight_decay": 5e-4}, other={"weight_decay": 0.0})
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_decay = {g["weight_decay"]: {names[id(p)] for p in g["params"]} for g in groups}
+    assert "w.weight" in by_decay[0.0]  # auto-tunes only while the bias is zero: not grouped as invariant
+    assert sum(len(g["params"]) for g in groups) == len(names)
+    plain = _Block(norm="batch")
+    rows = audit.audit(plain, torch.randn(16, 6))
+    groups = audit.param_groups(plain, rows, invariant={"weight_decay": 5e-4}, other={"weight_decay": 0.0})
+    assert [len(g["params"]) for g in groups] == [1, 2] and groups[0]["params"][0] is plain.w.weight
+    torch.optim.SGD(groups, lr=0.1)  # a valid optimizer spec
+    with pytest.raises(ValueError, match="does not have"):
+        audit.param_groups(torch.nn.Linear(2, 2), rows)
+    weights_only = audit.audit(plain, torch.randn(16, 6), params="weights")
+    assert {r.name for r in weights_only} == {"w.weight", "head.weight"}
+    groups = audit.param_groups(plain, weights_only)
+    assert [len(g["params"]) for g in groups] == [1, 2]  # head.bias, not audited, is in the other group
+
+
+def test_audit_refuses_bad_factors_and_no_inputs():
+    with pytest.raises(ValueError, match="factors"):
+        audit.audit(_Block(), torch.randn(4, 6), factors=(1.0,))
+    with pytest.raises(ValueError, match="inputs"):
+        audit.audit(_Block())
