@@ -70,8 +70,10 @@ def chapter_work(chapter: str, values: dict) -> list[Work]:
     if chapter == "12_criticality":
         epoch = max(TRAIN_SIZE[v["dataset"]] // v["batch_size"], 1)
         return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], 2 * len(v["lrs"]) * n, epoch + 1)]
-    if chapter == "13_trainability":  # 5 protocols without shortcuts, 3 with them
-        return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], 8 * n, v["steps"])]
+    if chapter == "13_trainability":  # every protocol without shortcuts, the unconstrained ones also with them
+        protocols = v["protocols"]
+        cases = len(protocols) + sum(not p.startswith("constrained") for p in protocols)
+        return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], cases * n, v["steps"])]
     if chapter == "14_weight_decay":
         return [Work(v["model"], v["dataset"], v["batch_size"], (len(v["grid"]) + 1) * n, v["steps"], v["width"])]
     if chapter == "15_momentum":
