@@ -13,7 +13,7 @@ ELR_WORKERS ?= 2
 # chapters of `make robust` (default: all); e.g. make robust ROBUST_ONLY="10 11 12 13"
 ROBUST_ONLY ?=
 
-.PHONY: install book robust test prove bench clean
+.PHONY: install book robust test test-zoo prove bench clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ robust: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# the audit of every torchvision classification model at random initialisation (tens of minutes on 2 cores)
+test-zoo: $(STAMP)
+	$(PY) -m pytest -m zoo tests/test_zoo.py
 
 prove: $(STAMP)
 	$(ELR) prove

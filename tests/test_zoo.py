@@ -1,0 +1,32 @@
+"""The audit gives a verdict, never a traceback, on every torchvision classification model at random
+initialisation. About 80 models: `make test-zoo` runs it (`make test` leaves it out)."""
+import pytest
+import torch
+import torchvision
+
+from elr import audit
+
+MODELS = torchvision.models.list_models(module=torchvision.models)
+
+
+def _size(name):
+    meta = next(iter(torchvision.models.get_model_weights(name))).meta
+    return max(32, *meta.get("min_size", (32, 32)))
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", MODELS)
+def test_every_torchvision_classifier_gets_a_verdict(name):
+    torch.set_num_threads(1)
+    size = _size(name)
+    kwargs = {"image_size": size} if name.startswith("vit_") else {}
+    if name.startswith("maxvit"):
+        kwargs = {"input_size": (size, size)}
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10, **kwargs)
+    rows = audit.audit(model, torch.randn(2, 3, size, size), params="weights")
+    assert rows and all(r.verdict in ("auto-tunes", "breaks auto-tuning", "auto-tunes while zero", "untested (zero)")
+                        for r in rows)
+    assert not [r.name for r in rows if "could not be followed" in r.reason]
+    summary = audit.summarize(rows)
+    assert 0 <= summary["fraction"] <= 1
