@@ -39,6 +39,22 @@ from torch.optim.lr_scheduler import LRScheduler
 from elr import dynamics
 
 
+def torch_schedule(make: Callable[[torch.optim.Optimizer], Any], n_steps: int, lr: float, key: str = "lr",
+                   momentum: float = 0.0) -> np.ndarray:
+    """What a torch scheduler sets, step by step: ``key`` ("lr" or "momentum") of the param group at each of
+    ``n_steps`` steps, for SGD on one parameter built with ``lr`` and ``momentum`` and the scheduler
+    ``make(optimizer)``. For comparing elr's schedules (and the paper's settings) with torch's own."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=lr, momentum=momentum)
+    sched = make(opt)
+    seen = []
+    for _ in range(n_steps):
+        seen.append(opt.param_groups[0][key])
+        opt.step()
+        sched.step()
+    return np.array(seen)
+
+
 def layer_elrs(weights: Sequence[torch.Tensor], reduce: str = "max") -> np.ndarray:
     """Per-layer gradient ELRs from the live gradients: one batched computation, one transfer.
 

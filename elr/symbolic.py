@@ -792,16 +792,10 @@ def check_schedules() -> Check:
     """elr's schedules against torch's schedulers, step by step."""
     import torch
 
+    from elr.schedules import torch_schedule
+
     def torch_lrs(make, n):
-        p = torch.nn.Parameter(torch.zeros(1))
-        opt = torch.optim.SGD([p], lr=0.4)
-        sched = make(opt)
-        out = []
-        for _ in range(n):
-            out.append(opt.param_groups[0]["lr"])
-            opt.step()
-            sched.step()
-        return np.array(out)
+        return torch_schedule(make, n, lr=0.4)
 
     n = 200
     steps = np.arange(n)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from IPython.display import Markdown, display
 
-from elr import audit, dynamics, gradients, plots, symbolic
+from elr import audit, dynamics, gradients, plots, schedules, symbolic
 
 plots.setup()
 generator = torch.Generator().manual_seed(seed)
@@ -391,23 +391,12 @@ display(Markdown(f"Two equally likely norms² a, b: $E(1/X) - 1/E(X)$ = ${sp.lat
 # (`elr.dynamics.one_cycle`) schedules only the learning rate.
 
 # %%
-def onecycle_momenta(**kwargs) -> np.ndarray:
-    """The momentum torch's OneCycleLR gives an SGD optimiser built with momentum 0, step by step."""
-    param = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([param], lr=0.4, momentum=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.4, total_steps=100, pct_start=0.1, div_factor=20,
-                                                final_div_factor=2000, anneal_strategy="cos", cycle_momentum=True,
-                                                **kwargs)
-    seen = []
-    for _ in range(99):
-        seen.append(opt.param_groups[0]["momentum"])
-        opt.step()
-        sched.step()
-    return np.array(seen)
-
-
-momenta_table3 = onecycle_momenta(base_momentum=0.0, max_momentum=0.0)
-momenta_default = onecycle_momenta()
+# Table 3's OneCycle on SGD built with momentum 0, with its printed momenta and with torch's defaults
+table3_onecycle = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.4, total_steps=100, pct_start=0.1,
+                          div_factor=20, final_div_factor=2000, anneal_strategy="cos", cycle_momentum=True)
+momenta_table3 = schedules.torch_schedule(partial(table3_onecycle, base_momentum=0.0, max_momentum=0.0), 99,
+                                          lr=0.4, key="momentum")
+momenta_default = schedules.torch_schedule(table3_onecycle, 99, lr=0.4, key="momentum")
 display(Markdown(f"Momentum over the run: with Table 3's values {momenta_table3.min():g} to {momenta_table3.max():g}; "
                  f"with torch's defaults {momenta_default.min():.3f} to {momenta_default.max():.3f}."))
 
