@@ -35,18 +35,26 @@ from elr.measure import ELRMonitor, Records
 SUMMARY_KEYS = ("elr_max", "elr_min", "spread", "kappa_lh", "kappa_hh")
 
 
+def summaries(records: Records, steps: list[int], per_layer: bool = False,
+              prefix: str = "elr/") -> dict[int, dict[str, float]]:
+    """The summary scalars of these logged steps, ``{step: {prefix + key: value}}``, from one pass over the
+    records (steps that were not logged are left out)."""
+    s = records.summary()
+    layers = records.matrix("elr_grad_max")[1] if per_layer else None
+    out = {}
+    for step in steps:
+        k = int(np.searchsorted(s["step"], step))
+        if k >= len(s["step"]) or s["step"][k] != step:
+            continue
+        out[step] = {f"{prefix}{key}": float(s[key][k]) for key in SUMMARY_KEYS}
+        if per_layer:  # matrix() and summary() share the logged steps
+            out[step].update({f"{prefix}{name}": float(v) for name, v in zip(records.layer_names, layers[k])})
+    return out
+
+
 def summary_at(records: Records, step: int, per_layer: bool = False, prefix: str = "elr/") -> dict[str, float]:
     """The summary scalars of one logged step as ``{prefix + key: value}`` (empty if the step was not logged)."""
-    s = records.summary()
-    k = np.searchsorted(s["step"], step)
-    if k >= len(s["step"]) or s["step"][k] != step:
-        return {}
-    out = {f"{prefix}{key}": float(s[key][k]) for key in SUMMARY_KEYS}
-    if per_layer:
-        steps, e = records.matrix("elr_grad_max")
-        j = int(np.searchsorted(steps, step))
-        out.update({f"{prefix}{name}": float(v) for name, v in zip(records.layer_names, e[j])})
-    return out
+    return summaries(records, [step], per_layer, prefix).get(step, {})
 
 
 class TensorBoardWriter:
@@ -70,10 +78,10 @@ class TensorBoardWriter:
     def write(self, records: Records) -> int:
         """Write every logged step not written yet; returns how many steps were written."""
         new = [int(s) for s in records.steps() if int(s) not in self._written]
-        for step in new:
-            for key, value in summary_at(records, step, self.per_layer, self.prefix).items():
+        for step, scalars in summaries(records, new, self.per_layer, self.prefix).items():
+            for key, value in scalars.items():
                 self.writer.add_scalar(key, value, step)
-            self._written.add(step)
+        self._written.update(new)
         if new:
             self.writer.flush()
         return len(new)
@@ -116,10 +124,8 @@ def lightning_callback(every: int = 50, per_layer: bool = False, per_channel: bo
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if not trainer.is_global_zero:
                 return
-            step = trainer.global_step - 1  # the step just applied (no-op on accumulation batches)
-            pending = self.monitor._pending
-            if pending is not None and pending[0] == step:
-                self.monitor.observe_update(step)
+            step = trainer.global_step - 1  # the step just applied (nothing to record on accumulation batches)
+            if self.monitor.observe_update(step):
                 for key, value in summary_at(self.monitor.records, step, self.per_layer).items():
                     pl_module.log(key, value, on_step=True, on_epoch=False, rank_zero_only=True)
 
@@ -165,9 +171,7 @@ def hf_callback(every: int = 50, per_layer: bool = False, per_channel: bool = Fa
             if not state.is_world_process_zero:
                 return
             step = state.global_step  # not yet incremented for the step just applied
-            pending = self.monitor._pending
-            if pending is not None and pending[0] == step:
-                self.monitor.observe_update(step)
+            if self.monitor.observe_update(step):
                 self._unlogged = summary_at(self.monitor.records, step, self.per_layer)
                 if self.writer is not None:
                     self.writer.write(self.monitor.records)

@@ -243,13 +243,17 @@ class ELRMonitor:
         self._pending = (step, self._grouped_sq(before), self._grouped_sq(self._stacks(grads)), before)
 
     @torch.no_grad()
-    def observe_update(self, step: int) -> None:
-        """Call after ``optimizer.step()``: the update norms, then one transfer of everything."""
+    def observe_update(self, step: int) -> bool:
+        """Call after ``optimizer.step()``: the update norms, then one transfer of everything.
+
+        Returns whether ``step`` was recorded now (False on steps that are not logged, or whose gradients
+        were not observed)."""
         if self._pending is None or self._pending[0] != step:
-            return
+            return False
         _, w_sq, g_sq, before = self._pending
         u_sq = self._grouped_sq([a - b for a, b in zip(self._stacks(self.weights), before)])
         self._transfer(step, w_sq, g_sq, u_sq)
+        return True
 
     def flush(self) -> None:
         """Record pending gradient measurements without an update (e.g. when measuring at initialisation)."""
