@@ -136,12 +136,22 @@ def sign_test(a: Sequence[float], b: Sequence[float]) -> SignTest:
 
 
 def verdict(interval: Interval, threshold: float, direction: str = ">") -> str:
-    """holds / fails / inconclusive: does the whole interval clear ``threshold`` in ``direction``?"""
+    """holds / fails / inconclusive: does the whole interval clear ``threshold`` in ``direction``?
+
+    ``direction="within"`` is an equivalence claim, |statistic| < threshold: it holds when the whole interval
+    lies inside (−threshold, threshold) and fails when the whole interval lies outside it on one side.
+    """
+    if direction == "within":
+        if not threshold > 0:
+            raise ValueError(f"an equivalence claim needs a threshold > 0 (the margin), got {threshold}")
+        if -threshold < interval.low and interval.high < threshold:
+            return "holds"
+        return "fails" if interval.low >= threshold or interval.high <= -threshold else "inconclusive"
     if direction == ">":
         return "holds" if interval.low > threshold else "fails" if interval.high <= threshold else "inconclusive"
     if direction == "<":
         return "holds" if interval.high < threshold else "fails" if interval.low >= threshold else "inconclusive"
-    raise ValueError(f"direction must be '>' or '<', got {direction!r}")
+    raise ValueError(f"direction must be '>', '<' or 'within', got {direction!r}")
 
 
 @dataclass(frozen=True)
@@ -187,6 +197,14 @@ class Claim:
         return cls(text, stat, interval, threshold, direction, expect)
 
     @classmethod
+    def within(cls, text: str, a: Sequence[float], b: Sequence[float], margin: float, paired: bool = True,
+               expect: str = "holds", **kwargs) -> "Claim":
+        """An equivalence claim: |mean(A) − mean(B)| < ``margin``, decided by the whole interval (see :func:`verdict`)."""
+        interval = (paired_difference if paired else unpaired_difference)(a, b, **kwargs)
+        stat = "mean paired difference" if paired else "difference of means"
+        return cls(text, stat, interval, margin, "within", expect)
+
+    @classmethod
     def level(cls, text: str, values: Sequence[float], threshold: float, direction: str = ">",
               expect: str = "holds", statistic: str = "mean", **kwargs) -> "Claim":
         """A claim about the mean of one quantity over seeds against ``threshold``."""
@@ -210,10 +228,16 @@ def cell(interval: Interval, scale: float = 1.0, digits: int = 2) -> str:
             f"{f.format(scale * interval.high)}]")
 
 
+def _condition(c: Claim) -> str:
+    if c.direction == "within":
+        return f"{c.statistic} within ±{c.threshold:g}"
+    return f"{c.statistic} {c.direction} {c.threshold:g}"
+
+
 def table(claims: Sequence[Claim]) -> str:
     """The claims table (Markdown): claim, statistic, 95 % interval, seeds, verdict, and what the text said."""
     esc = lambda text: text.replace("|", "\\|")  # noqa: E731 - "|x|" inside a cell would split the row
-    rows = [f"| {esc(c.text)} | {esc(c.statistic)} {c.direction} {c.threshold:g} | {c.interval.estimate:.4g} | "
+    rows = [f"| {esc(c.text)} | {esc(_condition(c))} | {c.interval.estimate:.4g} | "
             f"[{c.interval.low:.4g}, {c.interval.high:.4g}] | {c.interval.n} | **{c.verdict}** | {c.expect} |"
             for c in claims]
     return ("| claim | statistic | estimate | 95 % interval | seeds | verdict | stated |\n"
@@ -223,5 +247,5 @@ def table(claims: Sequence[Claim]) -> str:
 def check(claims: Sequence[Claim]) -> None:
     """Assert every claim's verdict is the one its text stated; the message lists every mismatch."""
     wrong = [f"{c.text}: stated {c.expect}, measured {c.verdict} ({c.statistic} {c.interval}, "
-             f"threshold {c.direction} {c.threshold:g}, {c.interval.n} seeds)" for c in claims if not c.ok]
+             f"threshold: {_condition(c)}, {c.interval.n} seeds)" for c in claims if not c.ok]
     assert not wrong, "claims whose verdict differs from the text:\n  " + "\n  ".join(wrong)

@@ -94,3 +94,20 @@ def test_the_claims_table_keeps_one_cell_per_column_when_a_statistic_has_bars():
     row = evidence.table([claim]).splitlines()[-1]
     cells = [c for c in row.replace("\\|", "").split("|")[1:-1]]
     assert len(cells) == 7 and "\\|ratio − 1\\|" in row
+
+
+def test_an_equivalence_claim_needs_its_whole_interval_inside_the_margin():
+    assert evidence.verdict(evidence.Interval(0.0, -0.01, 0.015, 6), 0.02, "within") == "holds"
+    assert evidence.verdict(evidence.Interval(0.01, -0.01, 0.03, 6), 0.02, "within") == "inconclusive"
+    assert evidence.verdict(evidence.Interval(0.04, 0.02, 0.06, 6), 0.02, "within") == "fails"
+    assert evidence.verdict(evidence.Interval(-0.04, -0.06, -0.02, 6), 0.02, "within") == "fails"
+    with pytest.raises(ValueError, match="margin"):
+        evidence.verdict(evidence.Interval(0.0, -0.01, 0.01, 6), 0.0, "within")
+    rng = np.random.default_rng(1)
+    a = rng.normal(0.9, 0.02, 10)
+    same = evidence.Claim.within("A and B agree within 2 points", a, a + rng.normal(0, 0.002, 10), margin=0.02)
+    apart = evidence.Claim.within("A and B agree within 2 points", a, a - 0.05 + rng.normal(0, 0.002, 10),
+                                  margin=0.02, expect="fails")
+    assert same.verdict == "holds" and apart.verdict == "fails"
+    evidence.check([same, apart])
+    assert "within ±0.02" in evidence.table([same])
