@@ -1,7 +1,7 @@
 """The one training loop of every experiment, driven by a frozen :class:`TrainConfig`.
 
 ``train(config, run_dir)`` runs SGD (momentum, weight decay and Nesterov
-optional) with any schedule, an optional warm-up and gradient transform,
+optional; or timm's LARS, :func:`build_optimizer`) with any schedule, an optional warm-up and gradient transform,
 the ELR monitor and evaluation, and leaves in ``run_dir``:
 
 ==================  =============================================================
@@ -38,6 +38,7 @@ import ast
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -62,6 +63,8 @@ if os.environ.get("ELR_THREADS"):  # `make robust` checks the book with one torc
 SCHEDULES = ("constant", "multistep", "cosine", "onecycle", "linear_warmup", "exponential")
 WARMUPS = ("none", "subcritical")
 TRANSFORMS = ("none", "random_walk", "constrain")
+OPTIMIZERS = ("sgd", "lars")
+LARS_SCOPES = ("invariant", "all")
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,9 @@ class TrainConfig:
     warmup_max_steps: int = 1000       # ... or after this many warm-up steps
     transform: str = "none"            # none, random_walk (Def. 4.2), constrain (Eq. 33)
     elr_goal: float = 0.01             # constrain: target ELR per step (the update is lr·elr_goal relative)
+    optimizer: str = "sgd"             # sgd (torch.optim.SGD) or lars (timm's Lars, elr[lars]; see build_optimizer)
+    lars_scope: str = "invariant"      # lars: adapt the scale-invariant weights only (the rest: plain SGD) or "all"
+    trust_coeff: float = 0.001         # lars: trust coefficient η; the relative update of an adapted weight is lr·η
     log_every: int = 1                 # ELR monitor interval in steps
     per_channel: bool = False          # also record per-channel values
     eval_every: int = 0                # evaluate every n steps (0 = only at the end)
@@ -121,10 +127,21 @@ class TrainConfig:
             (self.elr_goal > 0, "elr_goal must be > 0"),
             (not (self.nesterov and self.momentum == 0), "nesterov needs momentum > 0"),
             (self.autocast in ("none", "bf16"), "autocast must be 'none' or 'bf16'"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+            (self.lars_scope in LARS_SCOPES, f"lars_scope must be one of {LARS_SCOPES}"),
+            (self.trust_coeff > 0, "trust_coeff must be > 0"),
+            (not (self.optimizer == "lars" and self.transform == "constrain"),
+             "optimizer='lars' with transform='constrain' constrains the update twice; choose one of them"),
+            (not (self.optimizer == "lars" and self.lars_scope == "invariant" and self.wd > 0),
+             "optimizer='lars' with lars_scope='invariant' cannot use wd > 0: timm's Lars adapts every parameter it "
+             "decays, so the other parameters could not keep plain SGD; use lars_scope='all' or wd=0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"TrainConfig: {message}")
+        if self.optimizer == "lars" and importlib.util.find_spec("timm") is None:
+            raise ImportError("TrainConfig: optimizer='lars' uses timm's Lars, which is not installed; "
+                              "pip install 'elr[lars]' (the pinned timm)")
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
 
     @classmethod
@@ -279,6 +296,34 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
     """An independent generator for (seed, step, purpose): no state to checkpoint."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, stream]).generate_state(1)[0]))
+
+
+def build_optimizer(config: TrainConfig, model: torch.nn.Module, invariant: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The run's optimizer: ``torch.optim.SGD``, or timm's ``Lars`` (LARS, You et al. 2017).
+
+    LARS with ``always_adapt=True`` scales each adapted parameter's gradient g by η‖W‖/(‖g‖ + wd‖W‖ + 1e-8)
+    after adding wd·W, so at ``wd=0`` every adapted weight moves by ``lr·η`` of its norm each step (before
+    momentum): the update ELR the paper's constraint sets with ``lr·elr_goal`` (chapter 20 compares the two).
+    ``lars_scope="invariant"`` adapts only the scale-invariant weights (``invariant``, the ones
+    :class:`elr.gradients.ConstrainELR` constrains) and trains every other parameter with plain SGD (a group with
+    ``always_adapt=False`` and no weight decay); ``"all"`` adapts every parameter, biases and the classifier
+    included, as one group. A parameter whose norm is zero (a zero-initialised bias) gets trust ratio 1 from timm,
+    that is the raw ``lr``.
+    """
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                               nesterov=config.nesterov, weight_decay=config.wd)
+    from timm.optim import Lars
+
+    options = dict(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.wd,
+                   trust_coeff=config.trust_coeff, always_adapt=True)
+    if config.lars_scope == "all":
+        return Lars(model.parameters(), **options)
+    ids = {id(p) for p in invariant}
+    groups = [{"params": [p for p in model.parameters() if id(p) in ids]},
+              {"params": [p for p in model.parameters() if id(p) not in ids], "always_adapt": False,
+               "weight_decay": 0.0}]
+    return Lars([g for g in groups if g["params"]], **options)
 
 
 def build_model(config: TrainConfig, in_channels: int, num_classes: int, in_features: int) -> torch.nn.Module:
@@ -438,9 +483,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=None if config.device == "cpu" else [rank])
     if config.compile:
         net = torch.compile(net)  # parameters stay those of `model`: the monitor and checkpoints see no difference
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                nesterov=config.nesterov, weight_decay=config.wd)
     weights = [m.weight for _, m in layers]
+    optimizer = build_optimizer(config, model, weights)
     if config.warmup == "subcritical":
         scheduler = schedules.SubcriticalWarmup(optimizer, weights, config.lr_at, tol=config.warmup_tol,
                                                 max_steps=config.warmup_max_steps)
