@@ -1,4 +1,4 @@
-"""The README's examples run as written (a plain loop, then a Lightning loop that reuses its names)."""
+"""The README's examples run as written (a plain loop, LARS groups from an audit, then a Lightning loop that reuses their names)."""
 import re
 from pathlib import Path
 
@@ -16,11 +16,15 @@ def _python_blocks():
 def test_the_readme_examples_run(tmp_path, monkeypatch):
     pytest.importorskip("lightning", reason="pip install 'elr[lightning]' (part of elr[dev])")
     blocks = _python_blocks()
-    assert len(blocks) == 2, "a plain loop and a Lightning loop"
+    assert len(blocks) == 3, "a plain loop, LARS groups from an audit, and a Lightning loop"
     monkeypatch.chdir(tmp_path)  # the example saves elr_records.npz
     namespace = {}
     exec(compile(blocks[0], "README plain loop", "exec"), namespace)
     assert namespace["warmup"].warmup_steps > 0  # λ = 1 is super-critical for ResNet56 NoShort: it warmed up
     assert (tmp_path / "elr_records.npz").exists()
-    exec(compile(blocks[1], "README Lightning loop", "exec"), namespace)
+    exec(compile(blocks[1], "README LARS groups", "exec"), namespace)
+    adapted, plain = namespace["opt"].param_groups
+    assert adapted["always_adapt"] and not plain["always_adapt"]
+    assert len(adapted["params"]) == 55 and len(plain["params"]) == 2  # 55 convolutions; the classifier's weight and bias
+    exec(compile(blocks[2], "README Lightning loop", "exec"), namespace)
     assert "elr/spread" in namespace["trainer"].callback_metrics
