@@ -10,7 +10,7 @@ def test_chapter_work_mirrors_the_chapters():
     assert work.runs == (len(v["grid"]) + 1) * v["n_seeds"] and work.steps == v["steps"] and work.model == v["model"]
     v = book.resolve("15_momentum", "paper")
     spread, eq = compute.chapter_work("15_momentum", v)
-    assert spread.runs == len(v["lrs"]) * len(v["momenta"]) * v["n_seeds"] and eq.runs == len(v["eq_grid"]) * v["n_seeds"]
+    assert spread.runs == len(v["lrs"]) * len(v["momenta"]) * v["spread_seeds"] and eq.runs == len(v["eq_grid"]) * v["n_seeds"]
     assert compute.chapter_work("16_stiff_ode", book.resolve("16_stiff_ode", "paper")) == []
 
 
