@@ -473,16 +473,21 @@ def robust(variants: list[str] | None = None, profile: str = "quick", timeout: f
            names: list[str] | None = None) -> dict[str, dict]:
     """Build every chapter once per variant of :data:`ROBUST_VARIANTS`, each in ``_build/robust/<name>`` with
     runs in ``runs-robust/<name>``; write the outcome to ``book/robustness.md`` (the reproducibility page
-    includes it). Every variant runs even when an earlier one failed; raises at the end if any failed."""
+    includes it). Every variant runs even when an earlier one failed; raises at the end if any failed.
+
+    Each variant's run record (``_build/robust/<name>/run_record.json``) keeps the last build of every chapter
+    with its git revision, so ``--only`` rebuilds some chapters and the page still lists the others, each row
+    naming the revision it ran."""
     variants = variants or list(ROBUST_VARIANTS)
     names = names or chapters()
     unknown = [v for v in variants if v not in ROBUST_VARIANTS]
     if unknown:
         raise ParameterError(f"unknown robustness variant(s) {unknown}; choose from {list(ROBUST_VARIANTS)}")
     outcome, failed = {}, []
-    started = (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), git_revision())  # the code the builds ran
     for name in variants:
         params, env, _ = ROBUST_VARIANTS[name]
+        # an override no chosen chapter declares (seed, with --only a chapter that trains nothing) changes nothing
+        params = {k: v for k, v in params.items() if any(k in read_parameters(find_chapter(c)) for c in names)}
         env = {**env, "ELR_RUNS": str(ROOT / "runs-robust" / name)}
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
@@ -504,21 +509,47 @@ def robust(variants: list[str] | None = None, profile: str = "quick", timeout: f
                     os.environ[k] = v
         outcome[name] = {"entries": {c: e for c, e in entries.items() if c in names},
                          "seconds": round(time.perf_counter() - start, 1), "ok": name not in failed}
-        _robust_record(outcome, profile, started)
+        _robust_record(profile)
     if failed:
         raise RuntimeError(f"robustness builds failed: {', '.join(failed)}; see {ROBUST_MD}")
     return outcome
 
 
-def _robust_record(outcome: dict[str, dict], profile: str, started: tuple[str, str]) -> None:
-    lines = [f"Started {started[0]} at the {profile} profile from git {started[1]}, on {machine()}; last written "
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
-             "| build | what it varies | chapters passed | failed | chapter time (s) |", "|---|---|---|---|---|"]
-    for name, o in outcome.items():
-        entries = o["entries"]
-        bad = sorted(c for c, e in entries.items() if e["status"] != "ok")
-        lines.append(f"| {name} | {ROBUST_VARIANTS[name][2]} | {len(entries) - len(bad)} of {len(entries)} | "
-                     f"{', '.join(bad) or 'none'} | {sum(e['seconds'] for e in entries.values()):.0f} |")
+def _chapter_span(names: list[str]) -> str:
+    """'3–19' for consecutive chapter numbers, else the numbers listed ('10, 13')."""
+    nums = sorted(int(n[:2]) for n in names)
+    if len(nums) > 2 and nums == list(range(nums[0], nums[-1] + 1)):
+        return f"{nums[0]}–{nums[-1]}"
+    return ", ".join(map(str, nums))
+
+
+def robust_rows(records: dict[str, dict[str, dict]]) -> list[str]:
+    """Markdown rows of the robustness table: one per (variant, git revision) from each variant's run record
+    ``{variant: {chapter: entry}}``, with the chapters that revision built, how many passed, and their time."""
+    rows = []
+    for name, entries in records.items():
+        by_git: dict[str, list[str]] = {}
+        for chapter, e in sorted(entries.items()):
+            by_git.setdefault(e["git"], []).append(chapter)
+        for git, group in sorted(by_git.items(), key=lambda kv: min(entries[c]["finished"] for c in kv[1])):
+            bad = [c for c in group if entries[c]["status"] != "ok"]
+            when = max(entries[c]["finished"] for c in group)
+            rows.append(f"| {name} | {ROBUST_VARIANTS[name][2]} | {git} | {_chapter_span(group)} | "
+                        f"{len(group) - len(bad)} of {len(group)} | {', '.join(bad) or 'none'} | "
+                        f"{sum(entries[c]['seconds'] for c in group):.0f} | {when} |")
+    return rows
+
+
+def _robust_record(profile: str) -> None:
+    known = set(chapters())
+    records = {}
+    for name in ROBUST_VARIANTS:
+        path = ROOT / "_build" / "robust" / name / RECORD_JSON.name
+        if path.exists():
+            records[name] = {c: e for c, e in json.loads(path.read_text()).items() if c in known}
+    lines = [f"At the {profile} profile, on {machine()}; last written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+             "", "| build | what it varies | git | chapters | passed | failed | chapter time (s) | finished (UTC) |",
+             "|---|---|---|---|---|---|---|---|", *robust_rows(records)]
     tmp = ROBUST_MD.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(ROBUST_MD)

@@ -282,3 +282,11 @@ def test_robustness_builds_vary_seed_threads_and_run_root_and_record_the_outcome
     assert len({runs for _, runs, _, _ in by.values()}) == 3  # a run root per variant: nothing is reused
     record = (scratch_book.parent / "robustness.md").read_text()
     assert "| seed1000 |" in record and "| one-thread |" in record and "01_fails" in record
+    # a later build of one variant and one chapter keeps every other row, each with the revision it ran
+    seen.clear()
+    book.robust(["seed1000"], names=["02_sleeps"])
+    assert [(n, Path(o).name) for n, _, _, _, _, o in seen] == [("02_sleeps", "seed1000")]
+    again = (scratch_book.parent / "robustness.md").read_text()
+    rows = [line for line in again.splitlines() if line.startswith("| one-") or line.startswith("| seed")]
+    assert len(rows) == 3 and f"| {book.git_revision()} |" in again
+    assert any(r.startswith("| one-thread |") and "| 1 of 2 | 01_fails |" in r for r in rows)
