@@ -195,14 +195,17 @@ plots.glue("ch20-lars", fig)
 # inconclusive, because training at $\lambda = 1$ amplifies the two runs'
 # small difference into seed-to-seed noise of a few points. We then raised
 # the seeds to 24, for power, without touching the claim or its margin: the
-# interval at base seed 0 was −0.3 to +2.3 points, still inconclusive. In
-# this build it is {glue:text}`ch20-claim4` (points). So
-# the equivalence within 2 points is **not established** here. Nor is a
-# difference: the interval contains 0 in both of those builds. What the
-# data support is that the two methods are not 2 points apart in either
-# direction on average. The check below therefore asserts claim 4 only as
-# "not fails", and the table shows the verdict measured. Claim 5, stated as
-# "not fails" from the start, was inconclusive in those builds too.
+# interval at base seed 0 was −0.3 to +2.3 points, still inconclusive; with
+# base seed 1000 it was −1.7 to +1.1 points, and the claim held. In this
+# build it is {glue:text}`ch20-claim4` (points). A verdict that depends on
+# the base seed is not established: the equivalence within 2 points is
+# **not established** at this scale. Nor is a difference: the interval
+# contains 0 in all three of those builds. What the data support is that
+# the two methods are not 2 points apart in either direction on average.
+# The check below therefore asserts claim 4 only as "not fails", and the
+# table shows the verdict measured. Claim 5, stated as
+# "not fails" from the start, was inconclusive at base seed 0 and held at
+# base seed 1000.
 #
 # ## Checks
 
