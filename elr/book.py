@@ -516,11 +516,15 @@ def robust(variants: list[str] | None = None, profile: str = "quick", timeout: f
 
 
 def _chapter_span(names: list[str]) -> str:
-    """'3–19' for consecutive chapter numbers, else the numbers listed ('10, 13')."""
-    nums = sorted(int(n[:2]) for n in names)
-    if len(nums) > 2 and nums == list(range(nums[0], nums[-1] + 1)):
-        return f"{nums[0]}–{nums[-1]}"
-    return ", ".join(map(str, nums))
+    """Chapter numbers with consecutive runs of three or more as ranges: '3–14, 16–19', '15, 20'."""
+    nums, parts, i = sorted(int(n[:2]) for n in names), [], 0
+    while i < len(nums):
+        j = i
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        parts += [f"{nums[i]}–{nums[j]}"] if j - i >= 2 else [str(n) for n in nums[i:j + 1]]
+        i = j + 1
+    return ", ".join(parts)
 
 
 def robust_rows(records: dict[str, dict[str, dict]]) -> list[str]:

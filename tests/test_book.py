@@ -290,3 +290,10 @@ def test_robustness_builds_vary_seed_threads_and_run_root_and_record_the_outcome
     rows = [line for line in again.splitlines() if line.startswith("| one-") or line.startswith("| seed")]
     assert len(rows) == 3 and f"| {book.git_revision()} |" in again
     assert any(r.startswith("| one-thread |") and "| 1 of 2 | 01_fails |" in r for r in rows)
+
+
+def test_the_robustness_table_names_chapters_as_ranges():
+    names = [f"{n:02d}_x" for n in [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16, 17, 18, 19]]
+    assert book._chapter_span(names) == "3–14, 16–19"
+    assert book._chapter_span(["15_a", "20_b"]) == "15, 20"
+    assert book._chapter_span(["01_a", "02_b", "04_c"]) == "1, 2, 4"
