@@ -60,8 +60,6 @@ def trajectory_gap(seed: int, model: str = "bnrelu16", width: int = 64, steps: i
     constraint's ε and LARS's eps at 0, and LARS adapting exactly the constrained weights with η = elr_goal.
     Zero up to rounding is what the derivation of chapter 20 predicts; anything else would be a difference
     between the two optimisers that the derivation missed."""
-    from timm.optim import Lars
-
     from elr import train
 
     if steps < 1 or batch_size < 2:
@@ -70,21 +68,19 @@ def trajectory_gap(seed: int, model: str = "bnrelu16", width: int = 64, steps: i
     losses = {}
     for kind in ("constraint", "lars"):
         torch.manual_seed(seed)
-        config = train.TrainConfig(model=model, width=width, seed=seed)
+        config = train.TrainConfig(model=model, width=width, seed=seed, lr=lr, trust_coeff=elr_goal,
+                                   optimizer="sgd" if kind == "constraint" else "lars")
         net = train.build_model(config, ds.inputs.shape[1], ds.num_classes, int(np.prod(ds.inputs.shape[1:])))
         net = net.double()
         for m in net.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.eps = 1e-30
         weights = [m.weight for _, m in nets.scale_invariant_layers(net)]
-        if kind == "constraint":
-            opt, constrain = torch.optim.SGD(net.parameters(), lr=lr), gradients.ConstrainELR(weights, elr_goal, eps=0.0)
-        else:
-            ids = {id(p) for p in weights}
-            rest = [p for p in net.parameters() if id(p) not in ids]
-            opt = Lars([{"params": weights}, {"params": rest, "always_adapt": False}], lr=lr, trust_coeff=elr_goal,
-                       eps=0.0, always_adapt=True)
-            constrain = None
+        opt = train.build_optimizer(config, net, weights)  # LARS: the constrained weights adapted, the rest SGD
+        if kind == "lars":
+            for group in opt.param_groups:
+                group["eps"] = 0.0  # timm's 1e-8 in the trust ratio, off like the constraint's ε
+        constrain = gradients.ConstrainELR(weights, elr_goal, eps=0.0) if kind == "constraint" else None
         gen, trace = torch.Generator().manual_seed(seed), []
         for _ in range(steps):
             idx = torch.randint(0, len(ds), (batch_size,), generator=gen)
