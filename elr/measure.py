@@ -382,6 +382,17 @@ def radial_cosine(records: Records, lr: float) -> np.ndarray:
     return np.abs((w[:-1] ** 2 + lr**2 * g[:-1] ** 2 - w[1:] ** 2) / (2 * lr * w[:-1] * g[:-1]))
 
 
+def growth_residuals(records: Records, lr: float) -> tuple[float, float]:
+    """How exactly a run obeys ‖W_{t+1}‖² = ‖W_t‖² + ‖ΔW_t‖² (the update is orthogonal to W) and ‖ΔW‖ = λ‖∇W‖
+    (plain SGD at rate ``lr``): (max |(‖W_{t+1}‖² − ‖W_t‖²)/‖ΔW_t‖² − 1|, max |‖ΔW‖/(λ‖∇W‖) − 1|) over layers
+    and logged steps; logged at every step for the first."""
+    _, w = records.matrix("weight_norm")
+    _, u = records.matrix("update_norm")
+    _, g = records.matrix("grad_norm")
+    return (float(np.max(np.abs((w[1:] ** 2 - w[:-1] ** 2) / u[:-1] ** 2 - 1))),
+            float(np.max(np.abs(u / (lr * g) - 1))))
+
+
 def compare_with_model(records: "Records", lr: float, steps: int, quantity: str = "elr_grad",
                        low_fraction: float = 0.1) -> dict[str, Any]:
     """A run's per-layer ELRs against the discrete model (Eq. 5) started from the run's own σ²(0) and c.

@@ -167,18 +167,8 @@ plots.glue("ch09-res-setting", f"depths {', '.join(map(str, resnet_depths))}, se
 # %%
 walk_cases = {t: train.TrainConfig(model=f"resnet{min(resnet_depths)}", shortcut=False, steps=walk_steps, lr=walk_lr,
                                    batch_size=64, transform=t, log_every=1) for t in ("random_walk", "none")}
-
-
-def identity(run):
-    """(max |(‖W_{t+1}‖² − ‖W_t‖²)/‖ΔW_t‖² − 1|, max |‖ΔW‖/(λ‖∇W‖) − 1|) over layers and steps."""
-    _, w = run.records.matrix("weight_norm")
-    _, u = run.records.matrix("update_norm")
-    _, g = run.records.matrix("grad_norm")
-    return (float(np.max(np.abs((w[1:] ** 2 - w[:-1] ** 2) / u[:-1] ** 2 - 1))),
-            float(np.max(np.abs(u / (walk_lr * g) - 1))))
-
-
-growth = {t: np.array([identity(r) for r in rs]) for t, rs in train.sweep_seeds(walk_cases, seed, n_seeds).items()}
+growth = {t: np.array([measure.growth_residuals(r.records, walk_lr) for r in rs])
+          for t, rs in train.sweep_seeds(walk_cases, seed, n_seeds).items()}
 display(Markdown("| gradients | max over layers, steps and seeds of \\|(‖W_{t+1}‖² − ‖W_t‖²)/‖ΔW_t‖² − 1\\| | "
                  "max \\|‖ΔW‖/(λ‖∇W‖) − 1\\| |\n|---|---|---|\n" + "\n".join(
                      f"| {'random walk' if k == 'random_walk' else 'real'} | {v[:, 0].max():.1e} | "

@@ -193,3 +193,14 @@ def test_hooks_log_on_rank_zero_only_under_ddp(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0["active"] and r0["rows"] > 0
     assert not r1["active"] and r1["rows"] == 0
+
+
+def test_growth_residuals_measure_the_sgd_norm_identities(tmp_path):
+    from elr import train
+
+    config = train.TrainConfig(model="bnrelu4", width=16, batch_size=32, steps=6, lr=0.2, log_every=1,
+                               transform="random_walk")
+    run = train.train(config, tmp_path / "walk")
+    orthogonal, rate = measure.growth_residuals(run.records, 0.2)
+    assert orthogonal < 1e-3 and rate < 1e-5
+    assert measure.growth_residuals(run.records, 0.1)[1] > 0.9  # the wrong rate is seen: ‖ΔW‖ = 2·(0.1‖∇W‖)
