@@ -547,7 +547,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
         lr = scheduler.step()
         optimizer.step()
         monitor.observe_update(step)
-        if not all(torch.isfinite(w).all() for w in weights):
+        if not _all_finite(weights):
             status, diverged_at = "diverged", step
             break
         if monitor.logs(step):
@@ -582,6 +582,16 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
     metrics["files"] = {name: _file_entry(run_dir / name) for name in RUN_FILES}
     _atomic_json(metrics_path, metrics)  # written last: a run is finished once this file lists the others
     return RunResult(run_dir, status, metrics["steps_done"], diverged_at, metrics, monitor.records)
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every entry of every tensor is finite, with one reduction per tensor and one host sync in all:
+    the largest |entry| of a tensor is NaN or ±inf exactly when the tensor holds one, and it cannot overflow."""
+    if not tensors:
+        return True
+    if len({t.dtype for t in tensors}) > 1:
+        return all(bool(torch.isfinite(t).all()) for t in tensors)
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors, float("inf")))).all())
 
 
 def _git_revision() -> str:

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from elr import train
 
@@ -72,6 +73,18 @@ def test_divergence_is_recorded_not_raised(tmp_path):
     assert result.status == "diverged" and result.diverged_at is not None and result.diverged_at < 10
     saved = json.loads((tmp_path / "d" / "metrics.json").read_text())
     assert saved["status"] == "diverged" and saved["diverged_at"] == result.diverged_at
+
+
+def test_all_finite_sees_nan_and_inf_in_any_tensor_and_nothing_else():
+    good = [torch.randn(3, 4), torch.full((5,), 3e38), torch.zeros(2, 2)]  # 3e38: huge, finite, no overflow
+    assert train._all_finite(good) and train._all_finite([])
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for i in range(3):
+            tensors = [t.clone() for t in good]
+            tensors[i].view(-1)[-1] = bad
+            assert not train._all_finite(tensors), (bad, i)
+    mixed = [torch.ones(2, dtype=torch.float64), torch.tensor([1.0, float("nan")])]
+    assert not train._all_finite(mixed) and train._all_finite([mixed[0], torch.ones(2)])
 
 
 def test_subcritical_warmup_and_constraint_run(tmp_path):
