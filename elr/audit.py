@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -150,7 +151,10 @@ def _relative_change(out: list[torch.Tensor], base: list[torch.Tensor]) -> float
     for a, b in zip(out, base):
         scale = b.abs().max().clamp_min(1e-300) if b.numel() else torch.tensor(1.0, dtype=torch.float64)
         if a.numel():
-            worst = max(worst, float((a - b).abs().max() / scale))
+            change = float((a - b).abs().max() / scale)
+            if not math.isfinite(change):  # NaN or overflow: a change, never hidden (max(0.0, nan) is 0.0)
+                return math.inf
+            worst = max(worst, change)
     return worst
 
 

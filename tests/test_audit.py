@@ -122,6 +122,26 @@ def test_saturating_nonlinearities_break_auto_tuning(nonlinearity):
     assert _verdicts(_Block(torch.nn.ReLU()), x)["w.weight"].verdict == "auto-tunes"
 
 
+class _NaNAtLargeScale(torch.nn.Module):
+    """Invariant at factors 3 and 0.5; at 1e3 the output is NaN (log of a negative number times zero)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Linear(6, 4, bias=False)
+        self.bn = torch.nn.BatchNorm1d(4, affine=False)
+
+    def forward(self, x):
+        return self.bn(self.w(x)) + 0 * torch.log(100 - self.w.weight.norm())
+
+
+def test_a_nan_output_counts_as_a_change_not_as_no_change():
+    torch.manual_seed(0)
+    x = torch.randn(16, 6)
+    assert _verdicts(_NaNAtLargeScale(), x, factors=(3.0, 0.5))["w.weight"].invariant
+    row = _verdicts(_NaNAtLargeScale(), x)["w.weight"]
+    assert row.verdict == "breaks auto-tuning" and row.change == float("inf")
+
+
 def test_a_zero_bias_before_layernorm_is_marked_as_holding_only_while_zero():
     torch.manual_seed(0)
     model = _Block(norm="layer", bias=True)
