@@ -225,3 +225,17 @@ def test_sweep_takes_its_worker_count_from_the_environment(tmp_path, monkeypatch
     monkeypatch.setenv("ELR_WORKERS", "0")
     with pytest.raises(ValueError, match="workers must be >= 1"):
         train.sweep([train.TrainConfig(**SMALL)], tmp_path)
+
+
+@pytest.mark.parametrize("transform", ["none", "random_walk"])
+def test_logging_more_often_does_not_change_training(tmp_path, transform):
+    # chapter 12 logs every step so that its runs are chapter 10's runs; that is only sound if the monitor only reads
+    base = dict(model="resnet8", shortcut=False, steps=7, batch_size=32, lr=0.5, n_train=256, eval_batches=1,
+                transform=transform)
+    sparse = train.train(train.TrainConfig(**base, log_every=3), tmp_path / "sparse")
+    dense = train.train(train.TrainConfig(**base, log_every=1), tmp_path / "dense")
+    assert sparse.metrics["final"] == dense.metrics["final"]
+    steps_sparse, e_sparse = sparse.records.matrix("elr_grad")
+    steps_dense, e_dense = dense.records.matrix("elr_grad")
+    assert list(steps_sparse) == [0, 3, 6] and len(steps_dense) == 7
+    np.testing.assert_array_equal(e_sparse, e_dense[[0, 3, 6]])
