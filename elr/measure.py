@@ -393,6 +393,36 @@ def growth_residuals(records: Records, lr: float) -> tuple[float, float]:
             float(np.max(np.abs(u / (lr * g) - 1))))
 
 
+def lowest_layer_ratios(records: Records, lr: float, steps: int) -> tuple[float, float]:
+    """The lowest layer against the discrete model (Eq. 5) started from the run's own σ²(0) and c, at a
+    constant rate ``lr`` (chapter 10's short-term check): measured/predicted ‖W‖ at step ``steps``, and the
+    geometric mean over steps ``steps // 2 … steps`` of measured/predicted ‖∇W‖ (predicted: c/σ).
+    Needs a run logged at every step from 0 to ``steps``."""
+    logged, w_all = records.matrix("weight_norm")
+    _, g_all = records.matrix("grad_norm")
+    if steps < 2 or len(logged) < steps + 1 or not np.array_equal(logged[:steps + 1], np.arange(steps + 1)):
+        raise ValueError(f"lowest_layer_ratios needs steps >= 2 and every step 0..{steps} logged (log_every=1); "
+                         f"logged: {logged[:5]}...")
+    sigma2_0, c = records.model_state(0)
+    model = dynamics.simulate(sigma2_0[:1], c[:1], np.full(steps, lr))
+    half = np.arange(steps // 2, steps + 1)
+    g_ratio = np.exp(np.mean(np.log(g_all[half, 0] * np.sqrt(model.sigma2[half, 0]) / c[0])))
+    return float(w_all[steps, 0] / np.sqrt(model.sigma2[-1, 0])), float(g_ratio)
+
+
+def one_pass_spread(records: Records, lr: float, steps: int, completed: bool = True) -> tuple[float, ...]:
+    """Chapter 12's summary of a run of ``steps`` steps (one pass) at a constant rate ``lr``: the relative
+    spread S_rel of the layers' ELRs at step 0, measured at the last logged step (NaN unless ``completed``),
+    and predicted by the discrete model after ``steps`` steps from the run's σ²(0) and c; then the critical
+    rates κ_ℓh(0) and κ_hh'(0) of the ELRs at step 0."""
+    logged, e = records.matrix("elr_grad")
+    sigma2_0, c = records.model_state(0)
+    after = float(dynamics.relative_spread(e[-1])) if completed and len(logged) > 1 else np.nan
+    model = float(dynamics.simulate(sigma2_0, c, np.full(steps, lr)).spread[-1])
+    return (float(dynamics.relative_spread(e[0])), after, model, float(dynamics.critical_lr(e[0])),
+            float(dynamics.subcritical_lr(e[0])))
+
+
 def compare_with_model(records: "Records", lr: float, steps: int, quantity: str = "elr_grad",
                        low_fraction: float = 0.1) -> dict[str, Any]:
     """A run's per-layer ELRs against the discrete model (Eq. 5) started from the run's own σ²(0) and c.

@@ -78,7 +78,7 @@ check_claims: bool = True  # assert the claims (the smoke profile only checks th
 import numpy as np
 from IPython.display import Markdown, display
 
-from elr import dynamics, evidence, plots, train
+from elr import evidence, measure, plots, train
 
 plots.setup()
 configs = {(transform, lr): train.TrainConfig(model=f"resnet{depth}", shortcut=False, dataset=dataset,
@@ -104,19 +104,8 @@ display(Markdown(f"{len(configs) * n_seeds} runs: {setting}."))
 
 
 # %%
-def ratios(run, lr):
-    """(measured/predicted ‖W‖ at the last step, geometric-mean measured/predicted ‖∇W‖ over the 2nd half)."""
-    if run.status != "completed":
-        return np.nan, np.nan
-    sigma2_0, c = run.records.model_state(0)
-    model = dynamics.simulate(sigma2_0[:1], c[:1], np.full(steps, lr))
-    w_all, g_all = run.records.matrix("weight_norm")[1], run.records.matrix("grad_norm")[1]
-    half = np.arange(steps // 2, steps + 1)
-    g_ratio = np.exp(np.mean(np.log(g_all[half, 0] * np.sqrt(model.sigma2[half, 0]) / c[0])))
-    return w_all[steps, 0] / np.sqrt(model.sigma2[-1, 0]), g_ratio
-
-
-r = {k: np.array([ratios(run, k[1]) for run in rs]) for k, rs in runs.items()}  # (seeds, 2) per case
+r = {k: np.array([measure.lowest_layer_ratios(run.records, k[1], steps) if run.status == "completed"
+                  else (np.nan, np.nan) for run in rs]) for k, rs in runs.items()}  # (seeds, 2) per case
 w_ratio = {t: np.array([r[(t, lr)][:, 0] for lr in lrs]).T for t in ("random_walk", "none")}  # (seeds, λ)
 g_ratio = {t: np.array([r[(t, lr)][:, 1] for lr in lrs]).T for t in ("random_walk", "none")}
 diverged = {t: [lr for i, lr in enumerate(lrs) if np.isnan(w_ratio[t][:, i]).any()] for t in w_ratio}

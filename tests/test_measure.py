@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from elr import measure, nets
+from elr import dynamics, measure, nets
 
 
 def _toy():
@@ -204,3 +204,36 @@ def test_growth_residuals_measure_the_sgd_norm_identities(tmp_path):
     orthogonal, rate = measure.growth_residuals(run.records, 0.2)
     assert orthogonal < 1e-3 and rate < 1e-5
     assert measure.growth_residuals(run.records, 0.1)[1] > 0.9  # the wrong rate is seen: ‖ΔW‖ = 2·(0.1‖∇W‖)
+
+
+def _model_records(lr: float, steps: int, sigma2_0=(4.0, 1.0), c=(0.5, 2.0), w_scale: float = 1.0) -> measure.Records:
+    """Records of two layers that follow the discrete model (Eq. 5) exactly, the last ‖W‖ times w_scale."""
+    records = measure.Records(["low", "high"])
+    sim = dynamics.simulate(np.array(sigma2_0), np.array(c), np.full(steps, lr))
+    for t in range(steps + 1):
+        w = np.sqrt(sim.sigma2[t]) * (w_scale if t == steps else 1.0)
+        g = np.array(c) / np.sqrt(sim.sigma2[t])
+        for q, v in (("weight_norm", w), ("grad_norm", g), ("elr_grad", g / w)):
+            records.add(t, np.arange(2), np.full(2, -1), q, v)
+    return records
+
+
+def test_lowest_layer_ratios_are_one_on_the_model_and_see_a_wrong_norm():
+    exact = measure.lowest_layer_ratios(_model_records(0.5, 10), 0.5, 10)
+    np.testing.assert_allclose(exact, (1.0, 1.0), rtol=1e-12)
+    w_ratio, g_ratio = measure.lowest_layer_ratios(_model_records(0.5, 10, w_scale=1.1), 0.5, 10)
+    assert w_ratio == pytest.approx(1.1) and g_ratio == pytest.approx(1.0)
+    assert measure.lowest_layer_ratios(_model_records(0.5, 10), 1.0, 10)[0] < 0.96  # a wrong rate is seen
+    with pytest.raises(ValueError, match="every step"):
+        measure.lowest_layer_ratios(_model_records(0.5, 10), 0.5, 12)
+
+
+def test_one_pass_spread_matches_the_model_and_marks_a_diverged_run():
+    records = _model_records(0.3, 8)
+    s0, after, model, k_crit, k_sub = measure.one_pass_spread(records, 0.3, 8)
+    e0 = records.matrix("elr_grad")[1][0]
+    assert s0 == pytest.approx(float(dynamics.relative_spread(e0)))
+    assert after == pytest.approx(model, rel=1e-10) and after != pytest.approx(s0)
+    assert k_crit == pytest.approx(float(dynamics.critical_lr(e0)))
+    assert k_sub == pytest.approx(float(dynamics.subcritical_lr(e0)))
+    assert np.isnan(measure.one_pass_spread(records, 0.3, 8, completed=False)[1])
