@@ -216,6 +216,17 @@ def per_seed(runs: Mapping[K, Sequence], statistic: Callable) -> dict[K, np.ndar
     return {k: np.array([statistic(r) for r in rs], dtype=float) for k, rs in runs.items()}
 
 
+def row_means(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per row (one row per seed): the mean of ``values`` where ``mask`` is true, NaN for a row where it
+    never is (a seed with nothing to average counts as missing, not as zero)."""
+    values, mask = np.asarray(values, dtype=float), np.asarray(mask, dtype=bool)
+    if values.shape != mask.shape or values.ndim != 2:
+        raise ValueError(f"values and mask must be 2-D arrays of one shape, got {values.shape} and {mask.shape}")
+    counts = mask.sum(axis=1)
+    sums = np.where(mask, values, 0.0).sum(axis=1)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
 def intervals(values: Mapping[K, Sequence[float]], **kwargs) -> dict[K, Interval]:
     """:func:`mean_interval` of every entry (one value per seed each): the cells of a results table."""
     return {k: mean_interval(v, **kwargs) for k, v in values.items()}

@@ -71,7 +71,7 @@ check_claims: bool = True  # assert the claims (the smoke profile only checks th
 import numpy as np
 from IPython.display import Markdown, display
 
-from elr import data, dynamics, evidence, plots, train
+from elr import data, evidence, measure, plots, train
 
 plots.setup()
 epoch = max(len(data.load(dataset, True, data_root)) // batch_size, 1)
@@ -90,18 +90,9 @@ display(Markdown(f"{len(configs) * n_seeds} runs: {setting}."))
 
 
 # %%
-def one_pass(run, lr):
-    """(S_rel at 0, S_rel after one pass or NaN if diverged, the model's S_rel after one pass, κ_ℓh(0), κ_hh'(0))."""
-    logged, e = run.records.matrix("elr_grad")
-    sigma2_0, c = run.records.model_state(0)
-    after = float(dynamics.relative_spread(e[-1])) if run.status == "completed" and len(logged) > 1 else np.nan
-    model = float(dynamics.simulate(sigma2_0, c, np.full(epoch, lr)).spread[-1])
-    return (float(dynamics.relative_spread(e[0])), after, model, float(dynamics.critical_lr(e[0])),
-            float(dynamics.subcritical_lr(e[0])))
-
-
-res = {t: np.array([[one_pass(runs[(t, lr)][i], lr) for lr in lrs] for i in range(n_seeds)])
-       for t in ("random_walk", "none")}  # (seeds, rates, 5)
+res = {t: np.array([[measure.one_pass_spread(run.records, lr, epoch, run.status == "completed")
+                     for lr, run in ((lr, runs[(t, lr)][i]) for lr in lrs)] for i in range(n_seeds)])
+       for t in ("random_walk", "none")}  # (seeds, rates, 5): S_rel(0), S_rel after, model, κ_ℓh(0), κ_hh'(0)
 s0, s1, model1 = ({t: res[t][..., j] for t in res} for j in range(3))
 k_crit, k_sub = res["none"][:, 0, 3], res["none"][:, 0, 4]  # each seed's rates at initialisation
 diverged = {t: int(np.isnan(s1[t]).sum()) for t in s1}
@@ -168,20 +159,13 @@ display(Markdown(
 grid_step = lrs[1] / lrs[0]
 lam = np.array(lrs)
 below = {t: (lam[None, :] < k_crit[:, None]) & (s0[t] - model1[t] > 0.05) for t in s0}  # a visible predicted change
-
-
-def mean_drop(t):
-    """Per seed: the mean fall of S_rel over the rates below κ_ℓh(0) where the model predicts a visible fall."""
-    return np.array([np.mean((s0[t] - s1[t])[i, below[t][i]]) if below[t][i].any() else np.nan for i in range(n_seeds)])
-
-
 upto1 = lam <= 1.0
 best = {t: lam[np.nanargmin(s1[t], axis=1)] for t in s1}
 sub_ok = lam[None, :] <= k_sub[:, None] * grid_step
 claims = [
-    evidence.Claim.level("1. random walk: one pass below κ_ℓh(0) lowers the spread", mean_drop("random_walk"), 0.0,
+    evidence.Claim.level("1. random walk: one pass below κ_ℓh(0) lowers the spread", evidence.row_means(s0["random_walk"] - s1["random_walk"], below["random_walk"]), 0.0,
                          statistic="mean fall of S_rel"),
-    evidence.Claim.level("2. real gradients: the same", mean_drop("none"), 0.0, statistic="mean fall of S_rel"),
+    evidence.Claim.level("2. real gradients: the same", evidence.row_means(s0["none"] - s1["none"], below["none"]), 0.0, statistic="mean fall of S_rel"),
     evidence.Claim.level("3. random walk, λ ≤ 1: the model predicts the spread after one pass within 10%",
                          np.max(np.abs(s1["random_walk"][:, upto1] / model1["random_walk"][:, upto1] - 1), axis=1),
                          0.10, "<", statistic="mean of the worst relative error", expect="not fails"),

@@ -111,3 +111,13 @@ def test_an_equivalence_claim_needs_its_whole_interval_inside_the_margin():
     assert same.verdict == "holds" and apart.verdict == "fails"
     evidence.check([same, apart])
     assert "within ±0.02" in evidence.table([same])
+
+
+def test_row_means_average_where_the_mask_holds_and_give_nan_for_an_empty_row():
+    values = np.array([[1.0, 2.0, 9.0], [np.nan, 4.0, 6.0], [1.0, 1.0, 1.0], [np.nan, 3.0, 0.0]])
+    mask = np.array([[True, True, False], [False, True, True], [False, False, False], [True, False, False]])
+    out = evidence.row_means(values, mask)
+    np.testing.assert_array_equal(out[:2], [1.5, 5.0])
+    assert np.isnan(out[2]) and np.isnan(out[3])  # no entry; a NaN entry inside the mask stays NaN
+    with pytest.raises(ValueError, match="one shape"):
+        evidence.row_means(values, mask[:, :2])
