@@ -9,8 +9,11 @@ with its standard error.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from elr import dynamics
 
 
 @dataclass(frozen=True)
@@ -72,3 +75,28 @@ def loglog_fit(x: np.ndarray, y: np.ndarray) -> LogLogFit:
     resid = ly - (intercept + slope * lx)
     sigma2 = np.sum(resid**2) / (len(lx) - 2)
     return LogLogFit(float(slope), float(np.sqrt(cov[0, 0] * sigma2)), float(intercept))
+
+
+def tail_spread(elr: np.ndarray, tail: float = 0.2) -> float:
+    """Mean relative spread S_rel of the layers' ELRs (rows: logged steps, columns: layers) over the last
+    ``tail`` fraction of rows (at least one)."""
+    e = np.asarray(elr, dtype=float)
+    if e.ndim != 2 or not len(e) or not 0 < tail <= 1:
+        raise ValueError(f"elr must be a non-empty (steps, layers) array and tail in (0, 1], got {e.shape}, {tail}")
+    return float(dynamics.relative_spread(e[-max(int(len(e) * tail), 1):]).mean())
+
+
+def summary(records, lr: float, wd: float, tail: float = 0.2) -> dict[str, Any]:
+    """One run with weight decay against the model's equilibrium (chapter 14): per layer, the root mean squares
+    over the last ``tail`` of the run of ‖ΔW‖/‖W‖ (``angular``) and of the ELR (``elr``) beside the predicted
+    ``angular_pred`` and ``elr_pred``; ``drift`` (the largest of :func:`approach`'s), ``settled`` (the drift below
+    a fifth of what the approach would still change over the tail), ``t_eq`` (the median over layers of the
+    steps to equilibrium) beside ``t_pred`` (2·relaxation_steps), and ``spread_end`` (:func:`tail_spread`)."""
+    logged, w = records.matrix("weight_norm")
+    e = records.matrix("elr_grad")[1]
+    eq, appr = dynamics.equilibrium(lr, wd), approach(logged, w, tail=tail)
+    return {"angular": tail_rms(records.matrix("elr_update")[1], tail), "elr": tail_rms(e, tail),
+            "angular_pred": eq.angular, "elr_pred": eq.elr, "drift": float(appr.drift.max()),
+            "settled": bool(appr.drift.max() < 0.2 * (1 - (1 - lr * wd) ** (2 * appr.half_steps))),
+            "t_eq": float(np.median(appr.steps)), "t_pred": 2 * float(dynamics.relaxation_steps(lr, wd)),
+            "spread_end": tail_spread(e, tail)}

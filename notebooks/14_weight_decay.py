@@ -161,31 +161,14 @@ cases = {(lr, wd): train.TrainConfig(model=model, width=width, dataset=dataset, 
 cases["plain"] = train.TrainConfig(model=model, width=width, dataset=dataset, data_root=data_root,
                                    batch_size=batch_size, steps=steps, lr=lr_plain, log_every=log_every, eval_batches=2)
 runs = train.sweep_seeds(cases, seed, n_seeds)
-
-
-def tail_spread(run):
-    _, e = run.records.matrix("elr_grad")
-    return float(dynamics.relative_spread(e[-max(len(e) // 5, 1):]).mean())
-
-
-def equilibrium_row(run, lr, wd):
-    logged, w = run.records.matrix("weight_norm")
-    eq, appr = dynamics.equilibrium(lr, wd), equilibria.approach(logged, w)
-    return {"status": run.status, "angular": equilibria.tail_rms(run.records.matrix("elr_update")[1]),
-            "elr": equilibria.tail_rms(run.records.matrix("elr_grad")[1]), "angular_pred": eq.angular,
-            "elr_pred": eq.elr, "drift": float(appr.drift.max()),
-            "settled": bool(appr.drift.max() < 0.2 * (1 - (1 - lr * wd) ** (2 * appr.half_steps))),
-            "t_eq": float(np.median(appr.steps)), "t_pred": 2 * float(dynamics.relaxation_steps(lr, wd)),
-            "spread_end": tail_spread(run)}
-
-
-rows = [{"lr": lr, "wd": wd, "iota": lr * wd, "seeds": [equilibrium_row(r, lr, wd) for r in runs[(lr, wd)]]}
+rows = [{"lr": lr, "wd": wd, "iota": lr * wd,
+         "seeds": [{"status": r.status, **equilibria.summary(r.records, lr, wd)} for r in runs[(lr, wd)]]}
         for lr, wd in pairs]
 for r in rows:  # a pair counts as settled when it settled in every seed
     r["settled"] = all(x["settled"] and x["status"] == "completed" for x in r["seeds"])
     r["t_eq"] = float(np.median([x["t_eq"] for x in r["seeds"]]))
     r["t_pred"] = r["seeds"][0]["t_pred"]
-spread_plain = np.array([tail_spread(r) for r in runs["plain"]])
+spread_plain = np.array([equilibria.tail_spread(r.records.matrix("elr_grad")[1]) for r in runs["plain"]])
 rng = lambda key, f: f"{min(x[key].min() for x in r['seeds']):{f}}–{max(x[key].max() for x in r['seeds']):{f}}"  # noqa: E731
 display(Markdown(
     "| λ | wd | λ·wd | settled in every seed (largest change of mean ‖W‖² across the tail) | ‖ΔW‖/‖W‖ measured "
