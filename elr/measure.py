@@ -423,6 +423,23 @@ def one_pass_spread(records: Records, lr: float, steps: int, completed: bool = T
             float(dynamics.subcritical_lr(e[0])))
 
 
+def final_spread(records: Records, completed: bool = True) -> float:
+    """The relative spread S_rel of the layers' ELRs at the last logged step; NaN unless the run ``completed``
+    and every ELR there is finite and positive."""
+    _, e = records.matrix("elr_grad")
+    ok = completed and len(e) > 0 and bool(np.all(np.isfinite(e[-1])) and np.all(e[-1] > 0))
+    return float(dynamics.relative_spread(e[-1])) if ok else np.nan
+
+
+def run_summary(records: Records, lr: float) -> dict[str, Any]:
+    """A run's ELR matrix (``elr``: logged steps × layers), the median over steps of each layer's |cos(W, ∇W)|
+    (``cos``, :func:`radial_cosine` at the run's constant rate ``lr``), :func:`base_gradient_stats`
+    (``stats``), and the relative spread at the first and last logged steps (``spread0``, ``spread_end``)."""
+    _, e = records.matrix("elr_grad")
+    return {"elr": e, "cos": np.median(radial_cosine(records, lr), axis=0), "stats": base_gradient_stats(records),
+            "spread0": float(dynamics.relative_spread(e[0])), "spread_end": float(dynamics.relative_spread(e[-1]))}
+
+
 def compare_with_model(records: "Records", lr: float, steps: int, quantity: str = "elr_grad",
                        low_fraction: float = 0.1) -> dict[str, Any]:
     """A run's per-layer ELRs against the discrete model (Eq. 5) started from the run's own σ²(0) and c.

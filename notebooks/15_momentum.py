@@ -65,7 +65,7 @@ seed: int = 0  # base seed of initialisation and data order {>= 0}
 import numpy as np
 from IPython.display import Markdown, display
 
-from elr import dynamics, equilibria, evidence, plots, symbolic, train
+from elr import dynamics, equilibria, evidence, measure, plots, symbolic, train
 
 plots.setup()
 eq_pairs = [tuple(float(v) for v in item.split(":")) for item in eq_grid]
@@ -234,15 +234,8 @@ cases = {(mu, lr): train.TrainConfig(model=f"resnet{depth}", shortcut=False, dat
                                      log_every=max(steps // 5, 1), eval_batches=1, channels_last=True)
          for mu in momenta for lr in lrs}
 runs = train.sweep_seeds(cases, seed, spread_seeds)
-
-
-def final_spread(run):
-    _, e = run.records.matrix("elr_grad")
-    finite = run.status == "completed" and np.all(np.isfinite(e[-1])) and np.all(e[-1] > 0)
-    return float(dynamics.relative_spread(e[-1])) if finite else np.nan
-
-
-measured = {mu: np.array([[final_spread(runs[(mu, lr)][i]) for lr in lrs] for i in range(spread_seeds)])
+measured = {mu: np.array([[measure.final_spread(run.records, run.status == "completed")
+                           for run in (runs[(mu, lr)][i] for lr in lrs)] for i in range(spread_seeds)])
             for mu in momenta}  # (seeds, rates); NaN = diverged
 kappa_seed = np.array([dynamics.critical_lr(runs[(momenta[0], lrs[0])][i].records.matrix("elr_grad")[1][0])
                        for i in range(spread_seeds)])

@@ -54,7 +54,7 @@ seed: int = 0  # base seed; the generated task uses this one {>= 0}
 import numpy as np
 from IPython.display import Markdown, display
 
-from elr import audit, dynamics, evidence, measure, plots, train, transformer
+from elr import audit, evidence, measure, plots, train, transformer
 
 plots.setup()
 if d_model % n_heads:
@@ -100,16 +100,7 @@ seeds = range(seed, seed + n_seeds)
 tf_runs = {qk: [transformer.train_sequence(qk, task, steps, lr, batch_size=batch_size, seed=s, d_model=d_model,
                                            n_heads=n_heads, n_layers=n_layers) for s in seeds] for qk in (False, True)}
 names = tf_runs[False][0].records.layer_names  # every weight matrix of the blocks, as monitored
-
-
-def summarise(run, qk):
-    _, e = run.records.matrix("elr_grad")
-    return {"elr": e, "cos": np.median(measure.radial_cosine(run.records, lr), axis=0),
-            "stats": measure.base_gradient_stats(run.records), "spread0": float(dynamics.relative_spread(e[0])),
-            "spread_end": float(dynamics.relative_spread(e[-1])), "acc": run.test_acc}
-
-
-tf = {qk: [summarise(r, qk) for r in rs] for qk, rs in tf_runs.items()}
+tf = {qk: [{**measure.run_summary(r.records, lr), "acc": r.test_acc} for r in rs] for qk, rs in tf_runs.items()}
 invariant = {qk: np.array([verdicts[qk][f"{n}.weight"].invariant for n in names]) for qk in (False, True)}
 fig, axes = plots.plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
 for ax, qk in zip(axes, (False, True)):

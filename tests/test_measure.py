@@ -237,3 +237,23 @@ def test_one_pass_spread_matches_the_model_and_marks_a_diverged_run():
     assert k_crit == pytest.approx(float(dynamics.critical_lr(e0)))
     assert k_sub == pytest.approx(float(dynamics.subcritical_lr(e0)))
     assert np.isnan(measure.one_pass_spread(records, 0.3, 8, completed=False)[1])
+
+
+def test_final_spread_is_nan_for_a_diverged_or_broken_run():
+    records = _model_records(0.3, 8)
+    e_last = records.matrix("elr_grad")[1][-1]
+    assert measure.final_spread(records) == pytest.approx(float(dynamics.relative_spread(e_last)))
+    assert np.isnan(measure.final_spread(records, completed=False))
+    broken = _model_records(0.3, 8)
+    broken.add(9, np.arange(2), np.full(2, -1), "elr_grad", np.array([np.inf, 1.0]))
+    assert np.isnan(measure.final_spread(broken))
+
+
+def test_run_summary_reads_the_records():
+    records = _model_records(0.3, 8)
+    out = measure.run_summary(records, 0.3)
+    e = records.matrix("elr_grad")[1]
+    np.testing.assert_array_equal(out["elr"], e)
+    assert out["spread0"] == pytest.approx(float(dynamics.relative_spread(e[0])))
+    assert out["spread_end"] == pytest.approx(float(dynamics.relative_spread(e[-1])))
+    assert out["cos"].shape == (2,) and set(out["stats"]) == set(measure.base_gradient_stats(records))
