@@ -25,7 +25,7 @@ import copy
 import dataclasses
 import math
 import operator
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -297,7 +297,7 @@ def _trace_reason(gm: fx.GraphModule, module_name: str) -> str:
 
 
 def audit(model: nn.Module, *inputs: Any, tol: float = 1e-8, factors: tuple = FACTORS,
-          kwargs: dict | None = None, params: str = "all") -> list[AuditRow]:
+          kwargs: dict | None = None, params: str = "all", only: Collection[str] | None = None) -> list[AuditRow]:
     """Audit every parameter of ``model`` on the inputs ``model(*inputs, **kwargs)`` (a batch of at least 2
     samples, for batch statistics).
 
@@ -306,7 +306,8 @@ def audit(model: nn.Module, *inputs: Any, tol: float = 1e-8, factors: tuple = FA
     weight that is invariant only because some parameter is all zeros (a bias at initialisation) is marked
     ``only_while_zero``: the check is repeated with those parameters set to small random values.
     ``params="weights"`` audits only the weights of linear and convolution layers (the layers the paper's
-    analysis is about; cheaper on large models).
+    analysis is about; cheaper on large models). ``only`` audits just the named parameters among those (each
+    verdict depends on its own parameter alone, so a large model's audit can be split across processes).
     """
     if params not in ("all", "weights"):
         raise ValueError(f"params must be 'all' or 'weights', got {params!r}")
@@ -322,6 +323,11 @@ def audit(model: nn.Module, *inputs: Any, tol: float = 1e-8, factors: tuple = FA
     owners = {f"{mn}.{pn}" if mn else pn: (mn, pn) for mn, m in model.named_modules() for pn, _ in m.named_parameters(recurse=False)}
     wanted = None if params == "all" else {n for n, (mn, pn) in owners.items()
                                            if pn == "weight" and isinstance(modules[mn], LINEAR)}
+    if only is not None:
+        unknown = sorted(set(only) - set(owners))
+        if unknown:
+            raise ValueError(f"only: no parameters named {unknown[:3]} in the model; see model.named_parameters()")
+        wanted = set(only) if wanted is None else wanted & set(only)
     changes = _numeric(model, inputs, kwargs, factors, names=wanted, stop_above=tol)
     zero_params = {n for n, p in model.named_parameters() if not bool(p.detach().abs().max() > 0)}
     conditional: dict[str, tuple] = {}
@@ -611,13 +617,16 @@ def summarize(rows: list[AuditRow]) -> dict[str, Any]:
             "others": dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
 
 
-def _audit_zoo_model(job: tuple[str, int, int, int]) -> dict[str, Any]:
-    name, image_size, batch, seed = job
+def _audit_zoo_part(job: tuple[str, int, int, int, int, int]) -> list[AuditRow]:
+    """Every ``parts``-th linear and convolution weight of one model, from the ``part``-th on."""
+    name, image_size, batch, seed, part, parts = job
     torch.set_num_threads(1)
     model = zoo_model(name, image_size, seed=seed)
     gen = torch.Generator().manual_seed(seed)
-    rows = audit(model, torch.randn(batch, 3, image_size, image_size, generator=gen), params="weights")
-    return {"model": name, **summarize(rows), "rows": rows}
+    x = torch.randn(batch, 3, image_size, image_size, generator=gen)
+    weights = [f"{mn}.weight" if mn else "weight" for mn, m in model.named_modules()
+               if isinstance(m, LINEAR) and isinstance(getattr(m, "weight", None), nn.Parameter)]
+    return audit(model, x, params="weights", only=weights[part::parts])
 
 
 def audit_zoo(names: list[str], image_size: int = 32, batch: int = 2, seed: int = 0,
@@ -633,11 +642,22 @@ def audit_zoo(names: list[str], image_size: int = 32, batch: int = 2, seed: int 
     if image_size < 32 or batch < 2:
         raise ValueError(f"image_size must be >= 32 (the models downsample by 32) and batch >= 2 (batch "
                          f"statistics); got {image_size}, {batch}")
-    jobs = [(n, image_size, batch, seed) for n in names]
-    if workers <= 1 or len(jobs) < 2:
-        return [_audit_zoo_model(j) for j in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    # each model's weights are split into `workers` interleaved parts, so that no process waits long for the
+    # last large model (the verdicts do not depend on the split)
+    jobs = [(n, image_size, batch, seed, part, workers) for n in names for part in range(workers)]
+    if workers == 1:
+        parts = [_audit_zoo_part(j) for j in jobs]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(_audit_zoo_model, jobs))
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(_audit_zoo_part, jobs))
+    results = []
+    for i, name in enumerate(names):
+        pieces = parts[i * workers:(i + 1) * workers]
+        rows = [pieces[k % workers][k // workers] for k in range(sum(map(len, pieces)))]  # the model's order
+        results.append({"model": name, **summarize(rows), "rows": rows})
+    return results

@@ -222,3 +222,24 @@ def test_audit_refuses_bad_factors_and_no_inputs():
         audit.audit(_Block(), torch.randn(4, 6), factors=(1.0,))
     with pytest.raises(ValueError, match="inputs"):
         audit.audit(_Block())
+
+
+def test_only_audits_the_named_parameters_and_refuses_unknown_names():
+    torch.manual_seed(0)
+    x = torch.randn(16, 6)
+    rows = audit.audit(_Block(torch.nn.ReLU()), x, only=["w.weight"])
+    assert [r.name for r in rows] == ["w.weight"]
+    with pytest.raises(ValueError, match="only: no parameters named"):
+        audit.audit(_Block(torch.nn.ReLU()), x, only=["nope.weight"])
+
+
+def test_a_zoo_audit_split_across_processes_gives_the_verdicts_of_one_audit():
+    whole = audit.audit_zoo(["resnet18", "mobilenet_v3_small"], workers=1)
+    split = audit.audit_zoo(["resnet18", "mobilenet_v3_small"], workers=2)
+    torch.manual_seed(0)
+    model = audit.zoo_model("resnet18")
+    direct = audit.audit(model, torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), params="weights")
+    assert [(r.name, r.verdict, r.reason) for r in split[0]["rows"]] == [(r.name, r.verdict, r.reason) for r in direct]
+    for a, b in zip(whole, split):
+        assert a["model"] == b["model"] and [r.name for r in a["rows"]] == [r.name for r in b["rows"]]
+        assert [r.verdict for r in a["rows"]] == [r.verdict for r in b["rows"]] and a["others"] == b["others"]
