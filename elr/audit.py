@@ -620,7 +620,6 @@ def summarize(rows: list[AuditRow]) -> dict[str, Any]:
 def _audit_zoo_part(job: tuple[str, int, int, int, int, int]) -> list[AuditRow]:
     """Every ``parts``-th linear and convolution weight of one model, from the ``part``-th on."""
     name, image_size, batch, seed, part, parts = job
-    torch.set_num_threads(1)
     model = zoo_model(name, image_size, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, image_size, image_size, generator=gen)
@@ -653,7 +652,9 @@ def audit_zoo(names: list[str], image_size: int = 32, batch: int = 2, seed: int 
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # one torch thread in each worker (set there, never in the calling process)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
             parts = list(pool.map(_audit_zoo_part, jobs))
     results = []
     for i, name in enumerate(names):

@@ -234,7 +234,9 @@ def test_only_audits_the_named_parameters_and_refuses_unknown_names():
 
 
 def test_a_zoo_audit_split_across_processes_gives_the_verdicts_of_one_audit():
+    threads = torch.get_num_threads()
     whole = audit.audit_zoo(["resnet18", "mobilenet_v3_small"], workers=1)
+    assert torch.get_num_threads() == threads  # the caller's thread count is left alone
     split = audit.audit_zoo(["resnet18", "mobilenet_v3_small"], workers=2)
     torch.manual_seed(0)
     model = audit.zoo_model("resnet18")
