@@ -57,7 +57,7 @@
 models: list[str] = ["resnet18", "resnet50", "vgg11_bn", "mobilenet_v2", "efficientnet_b0", "convnext_tiny", "regnet_y_400mf", "vit_b_16", "swin_t"]  # torchvision model names
 image_size: int = 32  # input height and width (ViTs are built for it) {>= 32}
 batch_size: int = 2  # images in the audit's batch (BatchNorm needs 2) {>= 2}
-workers: int = 2  # processes auditing models side by side {>= 1}
+workers: int = 2  # processes the audit runs in; each model's weights are divided among them {>= 1}
 seed: int = 0  # seed of the initialisation and of the input batch {>= 0}
 check_claims: bool = True  # assert the table against the architectures (the smoke profile audits one model)
 
