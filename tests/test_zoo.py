@@ -16,6 +16,8 @@ def _size(name):
         return patch * -(-32 // patch)
     if name.startswith("swin"):  # pads to its windows: 32 works (chapter 19 audits Swin-T at 32)
         return 32
+    if name == "inception_v3":  # in train mode its auxiliary classifier needs 299 (283 fails; 75 is eval's minimum)
+        return 299
     meta = next(iter(torchvision.models.get_model_weights(name))).meta
     return max(32, *meta.get("min_size", (32, 32)))  # e.g. Inception v3 75, MaxViT 224 (its partitions of 7)
 
