@@ -171,7 +171,12 @@ def _numeric(model: nn.Module, args: tuple, kwargs: dict, factors=FACTORS, seed:
         with torch.no_grad():
             return _leaves(model(*args, **kwargs))
 
-    base = run()
+    try:
+        base = run()
+    except Exception as err:  # the inputs do not fit the model: say so, before any verdict
+        raise ValueError(f"audit: the model's forward pass failed on the inputs given, in train mode "
+                         f"({type(err).__name__}: {err}); pass inputs the model accepts in training "
+                         f"(e.g. torchvision's Inception v3 needs 299x299 there)") from err
     if not base:
         raise ValueError("the model's output holds no floating-point tensor to compare")
     out = {}

@@ -245,3 +245,8 @@ def test_a_zoo_audit_split_across_processes_gives_the_verdicts_of_one_audit():
     for a, b in zip(whole, split):
         assert a["model"] == b["model"] and [r.name for r in a["rows"]] == [r.name for r in b["rows"]]
         assert [r.verdict for r in a["rows"]] == [r.verdict for r in b["rows"]] and a["others"] == b["others"]
+
+
+def test_inputs_the_model_cannot_take_get_a_clear_error():
+    with pytest.raises(ValueError, match="forward pass failed on the inputs given"):
+        audit.audit(_Block(torch.nn.ReLU()), torch.randn(4, 5))  # the block expects 6 features
