@@ -301,6 +301,13 @@ def _trace_reason(gm: fx.GraphModule, module_name: str) -> str:
     return reason or "no path to the output"
 
 
+def _linear_weights(model: nn.Module) -> list[str]:
+    """Names of the weights of linear and convolution layers, in the model's parameter order (what
+    ``params="weights"`` audits)."""
+    return [f"{mn}.weight" if mn else "weight" for mn, m in model.named_modules()
+            if isinstance(m, LINEAR) and isinstance(getattr(m, "weight", None), nn.Parameter)]
+
+
 def audit(model: nn.Module, *inputs: Any, tol: float = 1e-8, factors: tuple = FACTORS,
           kwargs: dict | None = None, params: str = "all", only: Collection[str] | None = None) -> list[AuditRow]:
     """Audit every parameter of ``model`` on the inputs ``model(*inputs, **kwargs)`` (a batch of at least 2
@@ -326,8 +333,7 @@ def audit(model: nn.Module, *inputs: Any, tol: float = 1e-8, factors: tuple = FA
         raise ValueError(f"factors must be positive and != 1, got {factors}")
     modules = dict(model.named_modules())
     owners = {f"{mn}.{pn}" if mn else pn: (mn, pn) for mn, m in model.named_modules() for pn, _ in m.named_parameters(recurse=False)}
-    wanted = None if params == "all" else {n for n, (mn, pn) in owners.items()
-                                           if pn == "weight" and isinstance(modules[mn], LINEAR)}
+    wanted = None if params == "all" else set(_linear_weights(model))
     if only is not None:
         unknown = sorted(set(only) - set(owners))
         if unknown:
@@ -628,9 +634,7 @@ def _audit_zoo_part(job: tuple[str, int, int, int, int, int]) -> list[AuditRow]:
     model = zoo_model(name, image_size, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, image_size, image_size, generator=gen)
-    weights = [f"{mn}.weight" if mn else "weight" for mn, m in model.named_modules()
-               if isinstance(m, LINEAR) and isinstance(getattr(m, "weight", None), nn.Parameter)]
-    return audit(model, x, params="weights", only=weights[part::parts])
+    return audit(model, x, params="weights", only=_linear_weights(model)[part::parts])
 
 
 def audit_zoo(names: list[str], image_size: int = 32, batch: int = 2, seed: int = 0,
