@@ -3,6 +3,9 @@
 * :class:`TensorBoardWriter`: summary scalars (and optionally every layer) into a TensorBoard event file.
 * :func:`lightning_callback`: a Lightning ``Callback`` (``pip install 'elr[lightning]'``).
 * :func:`hf_callback`: a Hugging Face ``TrainerCallback`` (``pip install 'elr[hf]'``).
+* :func:`summary_at`: the scalars of one logged step as a dict, for any logger that takes one (W&B's
+  ``wandb.log``, MLflow's ``log_metrics``). Lightning's callback logs through whatever logger the Trainer
+  has (``WandbLogger`` included); the Hugging Face callback takes ``sink=``.
 
 Every one of them logs *summary scalars* per logged step (``elr_max``, ``elr_min``, ``spread`` = S_rel,
 ``kappa_lh``, ``kappa_hh``; see :meth:`elr.measure.Records.summary`), not one series per layer: a ResNet56
@@ -25,7 +28,7 @@ Where the gradients are read, and why it is correct:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from torch import nn
@@ -135,15 +138,19 @@ def lightning_callback(every: int = 50, per_layer: bool = False, per_channel: bo
     return ELRCallback()
 
 
-def hf_callback(every: int = 50, per_layer: bool = False, per_channel: bool = False, tensorboard: Any = None):
+def hf_callback(every: int = 50, per_layer: bool = False, per_channel: bool = False, tensorboard: Any = None,
+                sink: Callable[[dict[str, float], int], Any] | None = None):
     """A Hugging Face ``TrainerCallback`` that measures ELRs of the model's scale-invariant layers.
 
     The summary scalars of each logged step go into the Trainer's next log entry
     (``trainer.state.log_history``) and, if ``tensorboard`` is a SummaryWriter or a log directory, into
     TensorBoard at once. The Trainer's own reporters (``report_to``) run before user callbacks, so they do
-    not receive them: pass ``tensorboard=`` for an event file. ``callback.monitor.records`` holds every
-    measurement.
+    not receive them: pass ``tensorboard=`` for an event file, or ``sink``, a callable that gets
+    ``(scalars, step)`` at each logged step (for W&B: ``lambda d, s: wandb.log(d, step=s)``).
+    ``callback.monitor.records`` holds every measurement.
     """
+    if sink is not None and not callable(sink):
+        raise ValueError(f"sink must be a callable taking (scalars, step), got {type(sink).__name__}")
     try:
         from transformers import TrainerCallback
     except ImportError:
@@ -175,6 +182,8 @@ def hf_callback(every: int = 50, per_layer: bool = False, per_channel: bool = Fa
                 self._unlogged = summary_at(self.monitor.records, step, self.per_layer)
                 if self.writer is not None:
                     self.writer.write(self.monitor.records)
+                if sink is not None:
+                    sink(dict(self._unlogged), step)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if self._unlogged and state.is_world_process_zero:

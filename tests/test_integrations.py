@@ -104,7 +104,9 @@ def test_hf_trainer_callback_logs_elrs(tmp_path):
 
     x, y = _data()
     dataset = [{"inputs": x[i], "labels": y[i]} for i in range(len(x))]
-    callback = integrations.hf_callback(every=2, tensorboard=tmp_path / "tb")
+    sunk = []  # what a logger such as wandb.log would get
+    callback = integrations.hf_callback(every=2, tensorboard=tmp_path / "tb",
+                                        sink=lambda scalars, step: sunk.append((step, scalars)))
     args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=16,
                              learning_rate=0.3, optim="sgd", lr_scheduler_type="constant", logging_steps=2,
                              report_to=[], use_cpu=True, save_strategy="no", gradient_accumulation_steps=1,
@@ -117,3 +119,7 @@ def test_hf_trainer_callback_logs_elrs(tmp_path):
     assert logged, trainer.state.log_history
     scalars = _event_scalars(tmp_path / "tb")
     np.testing.assert_allclose([v for _, v in scalars["elr/spread"]], records.summary()["spread"], rtol=1e-6)
+    assert [step for step, _ in sunk] == [0, 2]
+    np.testing.assert_allclose([d["elr/spread"] for _, d in sunk], records.summary()["spread"], rtol=1e-6)
+    with pytest.raises(ValueError, match="sink must be a callable"):
+        integrations.hf_callback(sink="wandb")
