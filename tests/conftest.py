@@ -14,6 +14,7 @@ def pytest_addoption(parser):
                           "zoo as two shards in parallel")
 
 
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected theirs, so that the shards split what runs
 def pytest_collection_modifyitems(config, items):
     shard = config.getoption("--shard")
     if shard is None:
@@ -24,6 +25,5 @@ def pytest_collection_modifyitems(config, items):
             raise ValueError
     except ValueError:
         raise pytest.UsageError(f"--shard must be I/N with 0 <= I < N, e.g. 0/2; got {shard!r}") from None
-    keep = items[i::n]
-    config.hook.pytest_deselected(items=[item for item in items if item not in keep])
-    items[:] = keep
+    config.hook.pytest_deselected(items=[item for k, item in enumerate(items) if k % n != i])
+    items[:] = items[i::n]
