@@ -1,76 +1,128 @@
-"""Evidence: repeated runs turned into claims with intervals (NumPy and SciPy).
+"""Evidence: repeated runs turned into claims with intervals and tests (NumPy and SciPy).
 
 A measured claim about trained networks is a statistic over seeds, not one
 run: a different CPU takes a different floating-point path, so bit-for-bit
-repetition on one machine proves nothing on another. A chapter states each
-claim *before* it looks at numbers, as a :class:`Claim` with the threshold its
-text names, and ends by rendering the claims table and asserting every
-verdict the text commits to::
+repetition on one machine proves nothing on another, and the same seeds on
+another machine are new draws. Every measured claim of the book is
+registered in ``notebooks/claims.toml`` (:mod:`elr.claims`) with its text,
+statistic, threshold, expected verdict and role before its data are seen;
+this module holds the statistics that decide it.
 
-    claim = evidence.Claim.compare(
-        "warm-up raises NoShort's accuracy by more than 5 points at λ = 1",
-        warm_acc, plain_acc, threshold=0.05, paired=True, expect="holds")
-    display(Markdown(evidence.table([claim])))
-    evidence.check([claim])           # AssertionError naming every claim whose verdict differs
+Five kinds of statistic, each with the decision that fits it:
 
-A claim **holds** when its whole 95 % interval clears the threshold in the
-stated direction, **fails** when the whole interval lies on the other side,
-and is **inconclusive** otherwise: a point estimate never decides.
+- **mean** (one quantity over seeds), **paired** (mean of per-seed
+  differences of runs that share a seed) and **unpaired** (difference of
+  means of independent runs): a two-sided interval, by default the
+  studentised bootstrap (*bootstrap-t*), which keeps its coverage on skewed
+  data at the 5 to 10 seeds the book uses, where BCa and percentile
+  intervals do not (``tests/test_evidence.py`` measures it). Below 5 values
+  the bootstrap has too few distinct resamples and Student's t is used.
+- **sign**: a discrete per-seed outcome (an argmin on a grid, a count, "A
+  beats B") decided by the exact binomial sign test, never by a bootstrap of
+  a mean.
+- **worst**: an identity ("every layer within 10 %") asserted on the worst
+  seed, not on a mean.
+- **exact**: a statistic without spread (a deterministic computation), shown
+  as exact, never as a zero-width interval.
 
-Intervals come from :func:`scipy.stats.bootstrap` (BCa by default; the
-percentile method on request). Runs that share a seed are compared *paired*
-(the interval of the mean of per-seed differences); otherwise *unpaired* (the
-interval of the difference of means). :func:`sign_test` is the exact one-sided
-binomial test of "A beats B in most seeds" (ties dropped).
+A claim **holds** when its whole interval clears the threshold in the stated
+direction (a sign test: p below α), **fails** when the whole interval lies on
+the other side (the reverse test is significant), and is **inconclusive**
+otherwise; a point estimate never decides.
+
+:func:`flip_probability` predicts, from a claim's per-seed data, the chance
+that a build at a new base seed (on another machine: new draws) would give a
+verdict that breaks its expectation: a posterior predictive simulation under
+a normal model of the per-seed values (flat prior on mean and log-variance),
+with the claim's own critical values, a Beta posterior for a sign test's win
+rate, and a Student-t predictive for each seed of a worst-seed claim. It is
+what decides whether a claim may gate the build (:mod:`elr.claims`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
 VERDICTS = ("holds", "fails", "inconclusive")
-#: what a chapter may state: a verdict, "not holds" (fails or inconclusive: the claim is not established at
-#: this scale, whichever way a near-null effect happens to fall), or "not fails" (holds or inconclusive: the
-#: data do not refute the claim, for a statistic that sits near its threshold so that the verdict depends on
-#: the seeds drawn)
+#: what a claim may state: a verdict, "not holds" (fails or inconclusive: the claim is not established at
+#: this scale), or "not fails" (holds or inconclusive: the data do not refute it). Only a definite verdict
+#: can gate the build (elr.claims).
 EXPECTATIONS = VERDICTS + ("not holds", "not fails")
+KINDS = ("mean", "paired", "unpaired", "sign", "worst", "exact")
+METHODS = ("bootstrap-t", "t", "BCa", "percentile")
+#: below this many values the bootstrap-t has too few distinct resamples; Student's t is used instead
+MIN_BOOTSTRAP_T = 5
 K = TypeVar("K")
 
 
 @dataclass(frozen=True)
 class Interval:
-    """A point estimate with a two-sided confidence interval over ``n`` values (seeds, or pairs of them)."""
+    """A point estimate with a two-sided confidence interval over ``n`` values (seeds, or pairs of them).
+
+    ``se`` is the standard error the interval was built from (NaN where none applies); ``method`` names how
+    it was built: ``bootstrap-t``, ``t``, ``BCa``, ``percentile``, ``exact`` (no spread: low = high =
+    estimate), ``worst seed`` or ``sign test``.
+    """
 
     estimate: float
     low: float
     high: float
     n: int
     confidence: float = 0.95
-    method: str = "BCa"
+    method: str = "bootstrap-t"
+    se: float = float("nan")
+
+    @property
+    def exact(self) -> bool:
+        return self.method in ("exact", "worst seed")
 
     def __str__(self) -> str:
+        if self.exact:
+            return f"{self.estimate:.4g} ({self.method})"
         return f"{self.estimate:.4g} [{self.low:.4g}, {self.high:.4g}]"
 
 
-def _clean(values: Sequence[float], name: str) -> np.ndarray:
+def _clean(values: Sequence[float], name: str, minimum: int = 2) -> np.ndarray:
     x = np.asarray(values, dtype=float).ravel()
-    if x.size < 2:
-        raise ValueError(f"{name} needs at least 2 values (seeds) for an interval, got {x.size}; raise n_seeds")
+    if x.size < minimum:
+        raise ValueError(f"{name} needs at least {minimum} values (seeds) for an interval, got {x.size}; "
+                         "raise n_seeds")
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name} holds non-finite values {x[~np.isfinite(x)]}; decide what a diverged run counts "
-                         "as (for accuracy: chance, say) before computing an interval")
+                         "as (for accuracy: chance, say; for a spread: a rank statistic) before computing an interval")
     return x
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def _quantiles_t(boot_t: np.ndarray, confidence: float) -> tuple[float, float]:
+    alpha = 1.0 - confidence
+    boot_t = np.nan_to_num(boot_t, nan=0.0)  # a resample identical to the sample: no deviation
+    return float(np.quantile(boot_t, alpha / 2)), float(np.quantile(boot_t, 1 - alpha / 2))
+
+
+def _resample(x: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    return x[rng.integers(0, x.size, size=(n_resamples, x.size))]
+
+
+def _studentised(x: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap-t statistics (m* − m) / se* of the mean; a resample without spread gives ±inf (or 0)."""
+    xb = _resample(x, n_resamples, rng)
+    mb, seb = xb.mean(axis=1), xb.std(axis=1, ddof=1) / math.sqrt(x.size)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (mb - x.mean()) / seb
 
 
 def _bootstrap(data: tuple[np.ndarray, ...], statistic: Callable, confidence: float, method: str,
                n_resamples: int, seed: int) -> tuple[float, float]:
     from scipy import stats
 
-    if all(np.ptp(d) == 0 for d in data):  # no spread at all: the bootstrap has nothing to resample
-        value = float(statistic(*data, axis=-1))
-        return value, value
     res = stats.bootstrap(data, statistic, confidence_level=confidence, method=method, n_resamples=n_resamples,
                           vectorized=True, rng=np.random.default_rng(seed))
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
@@ -82,16 +134,31 @@ def _bootstrap(data: tuple[np.ndarray, ...], statistic: Callable, confidence: fl
     return low, high
 
 
-def mean_interval(values: Sequence[float], confidence: float = 0.95, method: str = "BCa",
+def mean_interval(values: Sequence[float], confidence: float = 0.95, method: str = "bootstrap-t",
                   n_resamples: int = 9999, seed: int = 0) -> Interval:
-    """The mean of ``values`` (one per seed) with its bootstrap interval."""
+    """The mean of ``values`` (one per seed) with its interval (bootstrap-t by default; see the module doc)."""
+    _check_method(method)
     x = _clean(values, "values")
+    n, m = x.size, float(x.mean())
+    if np.ptp(x) == 0:  # no spread at all (std may still round to 1e-19)
+        return Interval(m, m, m, n, confidence, "exact", 0.0)
+    se = float(x.std(ddof=1) / math.sqrt(n))
+    if method == "bootstrap-t" and n < MIN_BOOTSTRAP_T:
+        method = "t"
+    if method == "t":
+        from scipy import stats
+
+        c = float(stats.t.ppf(1 - (1 - confidence) / 2, n - 1))
+        return Interval(m, m - c * se, m + c * se, n, confidence, "t", se)
+    if method == "bootstrap-t":
+        q_low, q_high = _quantiles_t(_studentised(x, n_resamples, np.random.default_rng(seed)), confidence)
+        return Interval(m, m - q_high * se, m - q_low * se, n, confidence, method, se)
     low, high = _bootstrap((x,), np.mean, confidence, method, n_resamples, seed)
-    return Interval(float(x.mean()), low, high, x.size, confidence, method)
+    return Interval(m, low, high, n, confidence, method, se)
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, method: str = "BCa",
-                      n_resamples: int = 9999, seed: int = 0) -> Interval:
+def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95,
+                      method: str = "bootstrap-t", n_resamples: int = 9999, seed: int = 0) -> Interval:
     """Mean of the per-seed differences a_i − b_i (runs i of A and B share seed i), with its interval."""
     x, y = _clean(a, "a"), _clean(b, "b")
     if x.size != y.size:
@@ -99,54 +166,90 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     return mean_interval(x - y, confidence, method, n_resamples, seed)
 
 
-def unpaired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, method: str = "BCa",
-                        n_resamples: int = 9999, seed: int = 0) -> Interval:
-    """mean(a) − mean(b) for independent runs, with its bootstrap interval (each side resampled on its own)."""
+def unpaired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95,
+                        method: str = "bootstrap-t", n_resamples: int = 9999, seed: int = 0) -> Interval:
+    """mean(a) − mean(b) for independent runs, with its interval (Welch's standard error; each side resampled
+    on its own for the bootstrap)."""
+    _check_method(method)
     x, y = _clean(a, "a"), _clean(b, "b")
+    d = float(x.mean() - y.mean())
+    n = min(x.size, y.size)
+    se = float(math.sqrt(x.var(ddof=1) / x.size + y.var(ddof=1) / y.size))
+    if np.ptp(x) == 0 and np.ptp(y) == 0:
+        return Interval(d, d, d, n, confidence, "exact", 0.0)
+    if method == "bootstrap-t" and n < MIN_BOOTSTRAP_T:
+        method = "t"
+    if method == "t":
+        from scipy import stats
+
+        vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+        df = (vx + vy) ** 2 / (vx ** 2 / (x.size - 1) + vy ** 2 / (y.size - 1))  # Welch-Satterthwaite
+        c = float(stats.t.ppf(1 - (1 - confidence) / 2, df))
+        return Interval(d, d - c * se, d + c * se, n, confidence, "t", se)
+    if method == "bootstrap-t":
+        rng = np.random.default_rng(seed)
+        xb, yb = _resample(x, n_resamples, rng), _resample(y, n_resamples, rng)
+        seb = np.sqrt(xb.var(axis=1, ddof=1) / x.size + yb.var(axis=1, ddof=1) / y.size)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            boot_t = (xb.mean(axis=1) - yb.mean(axis=1) - d) / seb
+        q_low, q_high = _quantiles_t(boot_t, confidence)
+        return Interval(d, d - q_high * se, d - q_low * se, n, confidence, method, se)
 
     def diff(u, v, axis=-1):
         return np.mean(u, axis=axis) - np.mean(v, axis=axis)
 
     low, high = _bootstrap((x, y), diff, confidence, method, n_resamples, seed)
-    return Interval(float(x.mean() - y.mean()), low, high, min(x.size, y.size), confidence, method)
+    return Interval(d, low, high, n, confidence, method, se)
 
 
 @dataclass(frozen=True)
 class SignTest:
-    """"A beats B in most seeds": wins, informative pairs (ties dropped) and the exact one-sided p-value."""
+    """"A beats B in most seeds": wins, informative pairs (ties dropped) and the exact one-sided p-values."""
 
     wins: int
     n: int
-    p_value: float
+    p_value: float           # P(wins ≥ observed | n, 1/2): evidence that A beats B
+    p_reverse: float = 1.0   # P(wins ≤ observed | n, 1/2): evidence that B beats A
 
     def __str__(self) -> str:
         return f"{self.wins}/{self.n} seeds, p = {self.p_value:.3g}"
 
 
+def _binom_tails(wins: int, n: int) -> tuple[float, float]:
+    if n == 0:
+        return 1.0, 1.0
+    pmf = np.array([math.comb(n, k) for k in range(n + 1)], dtype=float) / 2.0 ** n
+    return float(pmf[wins:].sum()), float(pmf[:wins + 1].sum())
+
+
 def sign_test(a: Sequence[float], b: Sequence[float]) -> SignTest:
     """Exact binomial sign test of P(a_i > b_i) > 1/2 over paired seeds; P(wins ≥ k | n, 1/2)."""
-    from scipy import stats
-
     x, y = _clean(a, "a"), _clean(b, "b")
     if x.size != y.size:
         raise ValueError(f"a sign test pairs seeds: got {x.size} and {y.size} values")
     wins, n = int(np.sum(x > y)), int(np.sum(x != y))
-    p = float(stats.binomtest(wins, n, 0.5, alternative="greater").pvalue) if n else 1.0
-    return SignTest(wins, n, p)
+    return SignTest(wins, n, *_binom_tails(wins, n))
+
+
+def min_seeds_for_sign_test(alpha: float) -> int:
+    """The fewest informative seeds with which a sign test can reach p < ``alpha`` (all seeds won)."""
+    return max(1, math.ceil(math.log2(1.0 / alpha) + 1e-12))
 
 
 def verdict(interval: Interval, threshold: float, direction: str = ">") -> str:
     """holds / fails / inconclusive: does the whole interval clear ``threshold`` in ``direction``?
 
     ``direction="within"`` is an equivalence claim, |statistic| < threshold: it holds when the whole interval
-    lies inside (−threshold, threshold) and fails when the whole interval lies outside it on one side.
+    lies inside (−threshold, threshold) and fails when the whole interval lies outside it on one side. An
+    exact statistic (or a worst seed) is its own interval, so it either holds or fails.
     """
     if direction == "within":
         if not threshold > 0:
             raise ValueError(f"an equivalence claim needs a threshold > 0 (the margin), got {threshold}")
         if -threshold < interval.low and interval.high < threshold:
             return "holds"
-        return "fails" if interval.low >= threshold or interval.high <= -threshold else "inconclusive"
+        return "fails" if interval.low >= threshold or interval.high <= -threshold or interval.exact \
+            else "inconclusive"
     if direction == ">":
         return "holds" if interval.low > threshold else "fails" if interval.high <= threshold else "inconclusive"
     if direction == "<":
@@ -154,15 +257,38 @@ def verdict(interval: Interval, threshold: float, direction: str = ">") -> str:
     raise ValueError(f"direction must be '>', '<' or 'within', got {direction!r}")
 
 
+def satisfies(verdict_: str, expect: str) -> bool:
+    """Does a verdict meet a stated expectation ("not holds": fails or inconclusive, …)?"""
+    if expect == "not holds":
+        return verdict_ != "holds"
+    if expect == "not fails":
+        return verdict_ != "fails"
+    return verdict_ == expect
+
+
+def margin(interval: Interval, threshold: float, direction: str) -> float:
+    """How far the interval clears the threshold, in standard errors (negative: it does not clear it).
+
+    For '>' it is (low − threshold)/se, for '<' (threshold − high)/se, for 'within' the smaller of the two
+    sides. NaN where the interval has no standard error (exact values, worst seeds, sign tests)."""
+    if not (interval.se > 0):
+        return float("nan")
+    if direction == ">":
+        return (interval.low - threshold) / interval.se
+    if direction == "<":
+        return (threshold - interval.high) / interval.se
+    return min(threshold - interval.high, interval.low + threshold) / interval.se
+
+
 @dataclass(frozen=True)
 class Claim:
-    """One claim of a chapter: its text, the statistic and interval that test it, and the verdicts.
+    """One claim: its text, the statistic and interval (or test) that decide it, and what was stated.
 
-    ``expect`` is what the chapter's text commits to before the numbers are
-    seen ("holds", "fails" or "inconclusive", the last for "no significant
-    difference at this scale", "not holds" for "fails or inconclusive": the
-    claim is not established here, or "not fails" for "holds or
-    inconclusive": the data do not refute it); :func:`check` asserts it.
+    ``expect`` is what the claim commits to before the numbers are seen (see EXPECTATIONS). ``kind`` is one of
+    KINDS; ``data`` keeps the per-seed values the statistic came from (the differences for ``paired``, both
+    arms for ``unpaired``), so that :func:`flip_probability` can predict another build. ``sign`` holds the sign
+    test of a ``sign`` claim and ``alpha`` its one-sided level. Chapters build claims through the registry
+    (:mod:`elr.claims`), which fills ``id``, ``role`` and ``paper`` and sets the confidence of gate claims.
     """
 
     text: str
@@ -171,22 +297,39 @@ class Claim:
     threshold: float
     direction: str
     expect: str
+    kind: str = "mean"
+    data: tuple = field(default=(), repr=False, compare=False)
+    sign: SignTest | None = None
+    alpha: float = 0.025
+    id: str = ""
+    role: str = "gate"
+    paper: str = ""
 
     def __post_init__(self):
         if self.expect not in EXPECTATIONS:
             raise ValueError(f"expect must be one of {EXPECTATIONS}, got {self.expect!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "sign" and self.sign is None:
+            raise ValueError("a sign claim needs its SignTest")
 
     @property
     def verdict(self) -> str:
+        if self.kind == "sign":
+            return "holds" if self.sign.p_value < self.alpha else "fails" if self.sign.p_reverse < self.alpha \
+                else "inconclusive"
         return verdict(self.interval, self.threshold, self.direction)
 
     @property
     def ok(self) -> bool:
-        if self.expect == "not holds":
-            return self.verdict != "holds"
-        if self.expect == "not fails":
-            return self.verdict != "fails"
-        return self.verdict == self.expect
+        return satisfies(self.verdict, self.expect)
+
+    @property
+    def margin(self) -> float:
+        return margin(self.interval, self.threshold, self.direction) if self.kind in ("mean", "paired", "unpaired") \
+            else float("nan")
+
+    # ------------------------------------------------------------ constructors
 
     @classmethod
     def compare(cls, text: str, a: Sequence[float], b: Sequence[float], threshold: float = 0.0,
@@ -194,21 +337,140 @@ class Claim:
         """A claim about mean(A) − mean(B) (per-seed differences when ``paired``) against ``threshold``."""
         interval = (paired_difference if paired else unpaired_difference)(a, b, **kwargs)
         stat = "mean paired difference" if paired else "difference of means"
-        return cls(text, stat, interval, threshold, direction, expect)
+        data = (np.asarray(a, float) - np.asarray(b, float),) if paired else (np.asarray(a, float),
+                                                                               np.asarray(b, float))
+        return cls(text, stat, interval, threshold, direction, expect, "paired" if paired else "unpaired", data)
 
     @classmethod
     def within(cls, text: str, a: Sequence[float], b: Sequence[float], margin: float, paired: bool = True,
                expect: str = "holds", **kwargs) -> "Claim":
         """An equivalence claim: |mean(A) − mean(B)| < ``margin``, decided by the whole interval (see :func:`verdict`)."""
-        interval = (paired_difference if paired else unpaired_difference)(a, b, **kwargs)
-        stat = "mean paired difference" if paired else "difference of means"
-        return cls(text, stat, interval, margin, "within", expect)
+        claim = cls.compare(text, a, b, margin, ">", paired, expect, **kwargs)
+        return cls(text, claim.statistic, claim.interval, margin, "within", expect, claim.kind, claim.data)
 
     @classmethod
     def level(cls, text: str, values: Sequence[float], threshold: float, direction: str = ">",
               expect: str = "holds", statistic: str = "mean", **kwargs) -> "Claim":
         """A claim about the mean of one quantity over seeds against ``threshold``."""
-        return cls(text, statistic, mean_interval(values, **kwargs), threshold, direction, expect)
+        x = np.asarray(values, float)
+        return cls(text, statistic, mean_interval(x, **kwargs), threshold, direction, expect, "mean", (x,))
+
+    @classmethod
+    def sign_claim(cls, text: str, a: Sequence[float], b: Sequence[float], alpha: float = 0.025,
+                   expect: str = "holds", statistic: str = "seeds in which A > B") -> "Claim":
+        """"A > B in most seeds", by the exact sign test at one-sided level ``alpha`` (for discrete outcomes)."""
+        test = sign_test(a, b)
+        frac = test.wins / test.n if test.n else 0.5
+        return cls(text, statistic, Interval(frac, frac, frac, test.n, 1 - alpha, "sign test"), 0.5, ">", expect,
+                   "sign", (np.asarray(a, float), np.asarray(b, float)), test, alpha)
+
+    @classmethod
+    def worst(cls, text: str, values: Sequence[float], threshold: float, direction: str = "<",
+              expect: str = "holds", statistic: str = "worst seed") -> "Claim":
+        """An identity over seeds: every seed's value beyond ``threshold`` in ``direction`` ('<', '>' or 'within',
+        the last for |value| < threshold); decided by the worst seed."""
+        x = _clean(values, "values", minimum=1)
+        if direction not in ("<", ">", "within"):
+            raise ValueError(f"direction must be '>', '<' or 'within', got {direction!r}")
+        w = float(x.max() if direction == "<" else x.min() if direction == ">" else np.abs(x).max())
+        return cls(text, statistic, Interval(w, w, w, x.size, 1.0, "worst seed"), threshold, direction, expect,
+                   "worst", (x,))
+
+    @classmethod
+    def exact(cls, text: str, value: float, threshold: float, direction: str = ">", expect: str = "holds",
+              statistic: str = "value", n: int = 1) -> "Claim":
+        """A claim on a statistic without spread (a deterministic computation): shown as exact."""
+        v = float(value)
+        if not math.isfinite(v):
+            raise ValueError(f"an exact claim needs a finite value, got {v}")
+        return cls(text, statistic, Interval(v, v, v, n, 1.0, "exact", 0.0), threshold, direction, expect, "exact",
+                   (np.array([v]),))
+
+
+# --------------------------------------------------------------- prediction
+
+
+def _posterior_draws(x: np.ndarray, draws: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(μ, σ) from the posterior of a normal model of ``x`` under the flat prior on (μ, log σ)."""
+    n, m, s = x.size, x.mean(), x.std(ddof=1)
+    sigma = s * np.sqrt((n - 1) / rng.chisquare(n - 1, draws))
+    return rng.normal(m, sigma / np.sqrt(n)), sigma
+
+
+def _new_mean_se(x: np.ndarray, n_new: int, draws: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    mu, sigma = _posterior_draws(x, draws, rng)
+    mean = rng.normal(mu, sigma / np.sqrt(n_new))
+    s = sigma * np.sqrt(rng.chisquare(n_new - 1, draws) / (n_new - 1))
+    return mean, s
+
+
+def _codes(low: np.ndarray, high: np.ndarray, threshold: float, direction: str, exact: bool = False) -> np.ndarray:
+    """Vectorised :func:`verdict`: 0 holds, 1 fails, 2 inconclusive."""
+    if direction == ">":
+        return np.where(low > threshold, 0, np.where(high <= threshold, 1, 2))
+    if direction == "<":
+        return np.where(high < threshold, 0, np.where(low >= threshold, 1, 2))
+    inside = (-threshold < low) & (high < threshold)
+    outside = (low >= threshold) | (high <= -threshold)
+    return np.where(inside, 0, np.where(outside | exact, 1, 2))
+
+
+def predictive_verdicts(claim: Claim, n: int | None = None, draws: int = 20000, seed: int = 0) -> np.ndarray:
+    """Verdicts (as strings) of ``draws`` simulated builds at a new base seed with ``n`` seeds (default: the
+    claim's), from the posterior predictive of the claim's per-seed data (see the module doc)."""
+    rng = np.random.default_rng(seed)
+    names = np.array(VERDICTS)
+    iv = claim.interval
+    if claim.kind == "exact":
+        return np.full(draws, claim.verdict)
+    if claim.kind == "sign":
+        test = claim.sign
+        n_new = n or max(test.n, 1)
+        p = rng.beta(test.wins + 1, test.n - test.wins + 1, draws)
+        wins = rng.binomial(n_new, p)
+        tails = np.array([_binom_tails(k, n_new) for k in range(n_new + 1)])
+        out = np.where(tails[wins, 0] < claim.alpha, 0, np.where(tails[wins, 1] < claim.alpha, 1, 2))
+        return names[out]
+    if claim.kind == "worst":
+        x = claim.data[0]
+        n_new = n or x.size
+        if x.size < 2 or np.ptp(x) == 0:
+            return np.full(draws, claim.verdict)
+        mu, sigma = _posterior_draws(x, draws, rng)
+        values = rng.normal(mu[:, None], sigma[:, None], (draws, n_new))
+        w = values.max(1) if claim.direction == "<" else values.min(1) if claim.direction == ">" \
+            else np.abs(values).max(1)
+        return names[_codes(w, w, claim.threshold, claim.direction, exact=True)]
+    # mean, paired, unpaired: the claim's own critical values, scaled to the new number of seeds
+    if not iv.se > 0:
+        return np.full(draws, claim.verdict)
+    from scipy import stats
+
+    n0 = iv.n
+    n_new = n or n0
+    scale = float(stats.t.ppf(1 - (1 - iv.confidence) / 2, n_new - 1) / stats.t.ppf(1 - (1 - iv.confidence) / 2,
+                                                                                     n0 - 1))
+    c_low, c_high = (iv.estimate - iv.low) / iv.se * scale, (iv.high - iv.estimate) / iv.se * scale
+    if claim.kind == "unpaired":
+        (ma, sa), (mb, sb) = (_new_mean_se(x, n_new, draws, rng) for x in claim.data)
+        est, se = ma - mb, np.sqrt(sa ** 2 / n_new + sb ** 2 / n_new)
+    else:
+        est, s = _new_mean_se(claim.data[0], n_new, draws, rng)
+        se = s / np.sqrt(n_new)
+    return names[_codes(est - c_low * se, est + c_high * se, claim.threshold, claim.direction)]
+
+
+def flip_probability(claim: Claim, n: int | None = None, draws: int = 20000, seed: int = 0) -> float:
+    """Predicted probability that a build at a new base seed (another machine: new draws) gives a verdict
+    that breaks the claim's expectation (for a claim whose verdict breaks it now: that the verdict changes)."""
+    sims = predictive_verdicts(claim, n, draws, seed)
+    if claim.ok:
+        return float(np.mean([not satisfies(v, claim.expect) for v in sims])) if claim.expect in (
+            "not holds", "not fails") else float(np.mean(sims != claim.expect))
+    return float(np.mean(sims != claim.verdict))
+
+
+# ------------------------------------------------------------------ helpers
 
 
 def per_seed(runs: Mapping[K, Sequence], statistic: Callable) -> dict[K, np.ndarray]:
@@ -233,30 +495,45 @@ def intervals(values: Mapping[K, Sequence[float]], **kwargs) -> dict[K, Interval
 
 
 def cell(interval: Interval, scale: float = 1.0, digits: int = 2) -> str:
-    """``mean [low, high]`` of an interval, multiplied by ``scale`` (100 for percent), for a Markdown table."""
+    """``mean [low, high]`` of an interval, multiplied by ``scale`` (100 for percent), for a Markdown table;
+    an exact value is shown alone."""
     f = f"{{:.{digits}f}}"
+    if interval.exact:
+        return f"{f.format(scale * interval.estimate)} (exact)"
     return (f"{f.format(scale * interval.estimate)} [{f.format(scale * interval.low)}, "
             f"{f.format(scale * interval.high)}]")
 
 
-def _condition(c: Claim) -> str:
+def condition(c: Claim) -> str:
+    """The decision rule of a claim in words, e.g. ``mean paired difference > 0``."""
+    if c.kind == "sign":
+        return f"{c.statistic}: sign test, p < {c.alpha:.3g}"
     if c.direction == "within":
         return f"{c.statistic} within ±{c.threshold:g}"
     return f"{c.statistic} {c.direction} {c.threshold:g}"
 
 
+def shown(c: Claim) -> str:
+    """The estimate and its interval (or the sign test, or 'exact') as one table cell."""
+    if c.kind == "sign":
+        return str(c.sign)
+    if c.interval.exact:
+        return f"{c.interval.estimate:.4g} ({c.interval.method})"
+    return f"{c.interval.estimate:.4g} [{c.interval.low:.4g}, {c.interval.high:.4g}]"
+
+
 def table(claims: Sequence[Claim]) -> str:
-    """The claims table (Markdown): claim, statistic, 95 % interval, seeds, verdict, and what the text said."""
+    """A plain claims table (Markdown): claim, statistic, estimate and interval, seeds, verdict, stated.
+    Registered claims render through :func:`elr.claims.table`, which adds role, margin and flip probability."""
     esc = lambda text: text.replace("|", "\\|")  # noqa: E731 - "|x|" inside a cell would split the row
-    rows = [f"| {esc(c.text)} | {esc(_condition(c))} | {c.interval.estimate:.4g} | "
-            f"[{c.interval.low:.4g}, {c.interval.high:.4g}] | {c.interval.n} | **{c.verdict}** | {c.expect} |"
-            for c in claims]
-    return ("| claim | statistic | estimate | 95 % interval | seeds | verdict | stated |\n"
-            "|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+    rows = [f"| {esc(c.text)} | {esc(condition(c))} | {esc(shown(c))} | {c.interval.n} | **{c.verdict}** | "
+            f"{c.expect} |" for c in claims]
+    return ("| claim | statistic | estimate [95 % interval] | seeds | verdict | stated |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 def check(claims: Sequence[Claim]) -> None:
     """Assert every claim's verdict is the one its text stated; the message lists every mismatch."""
-    wrong = [f"{c.text}: stated {c.expect}, measured {c.verdict} ({c.statistic} {c.interval}, "
-             f"threshold: {_condition(c)}, {c.interval.n} seeds)" for c in claims if not c.ok]
+    wrong = [f"{c.text}: stated {c.expect}, measured {c.verdict} ({c.statistic} {shown(c)}, "
+             f"threshold: {condition(c)}, {c.interval.n} seeds)" for c in claims if not c.ok]
     assert not wrong, "claims whose verdict differs from the text:\n  " + "\n  ".join(wrong)

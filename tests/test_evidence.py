@@ -93,7 +93,7 @@ def test_the_claims_table_keeps_one_cell_per_column_when_a_statistic_has_bars():
     claim = evidence.Claim.level("|x| is small", [0.1, 0.2, 0.15], 1.0, "<", statistic="mean |ratio − 1|")
     row = evidence.table([claim]).splitlines()[-1]
     cells = [c for c in row.replace("\\|", "").split("|")[1:-1]]
-    assert len(cells) == 7 and "\\|ratio − 1\\|" in row
+    assert len(cells) == 6 and "\\|ratio − 1\\|" in row
 
 
 def test_an_equivalence_claim_needs_its_whole_interval_inside_the_margin():
@@ -121,3 +121,130 @@ def test_row_means_average_where_the_mask_holds_and_give_nan_for_an_empty_row():
     assert np.isnan(out[2]) and np.isnan(out[3])  # no entry; a NaN entry inside the mask stays NaN
     with pytest.raises(ValueError, match="one shape"):
         evidence.row_means(values, mask[:, :2])
+
+
+# ------------------------------------------------------------ coverage at the book's sample sizes
+
+_DRAWS = {
+    "normal": (lambda rng, n: rng.normal(3.0, 2.0, n), 3.0, 0.93),
+    "exponential": (lambda rng, n: rng.exponential(1.0, n), 1.0, 0.88),
+    "lognormal": (lambda rng, n: rng.lognormal(0.0, 1.0, n), math.exp(0.5), 0.88),
+}
+
+
+@pytest.mark.parametrize("n", [5, 6, 10])
+@pytest.mark.parametrize("dist", list(_DRAWS))
+def test_the_default_interval_keeps_its_coverage_at_the_books_numbers_of_seeds(n, dist):
+    """2,000 samples of n values: the default 95 % interval of the mean covers the true mean at least 93 % of
+    the time on normal data and 88 % on skewed data (exponential, lognormal with σ = 1). Scipy's BCa covers
+    81-85 % at n = 5 (measured when the default changed), Student's t 88 % on exponential and 82 % on this
+    lognormal; the bootstrap-t measured 0.89-0.95 here."""
+    draw, mean, required = _DRAWS[dist]
+    rng = np.random.default_rng(1000 * n + len(dist))
+    hits = sum(_covers(draw(rng, n), mean, i) for i in range(2000))
+    assert evidence.mean_interval(draw(rng, n)).method == "bootstrap-t"
+    assert hits / 2000 >= required, (dist, n, hits / 2000)
+
+
+def _covers(x, mean, seed):
+    iv = evidence.mean_interval(x, n_resamples=1999, seed=seed)
+    return iv.low <= mean <= iv.high
+
+
+def test_bca_is_not_the_default_because_it_undercovers_at_five_seeds():
+    rng = np.random.default_rng(3)
+    hits = sum(evidence.mean_interval(x, method="BCa", n_resamples=999, seed=i).low <= 1.0
+               <= evidence.mean_interval(x, method="BCa", n_resamples=999, seed=i).high
+               for i, x in enumerate(rng.exponential(1.0, (300, 5))))
+    assert hits / 300 < 0.88
+
+
+@pytest.mark.parametrize("n", [5, 10])
+def test_the_welch_bootstrap_t_difference_keeps_its_coverage(n):
+    rng = np.random.default_rng(n)
+    hits = 0
+    for i in range(1000):
+        a, b = rng.exponential(1.0, n) + 0.5, rng.normal(0.0, 2.0, n)
+        iv = evidence.unpaired_difference(a, b, n_resamples=1999, seed=i)
+        hits += iv.low <= 1.5 <= iv.high
+    assert hits / 1000 >= 0.88
+
+
+def test_fewer_than_five_values_use_students_t():
+    iv = evidence.mean_interval([1.0, 2.0, 4.0])
+    assert iv.method == "t"
+    assert math.isclose(iv.high - iv.estimate, 4.302652729911275 * np.std([1, 2, 4], ddof=1) / math.sqrt(3))
+
+
+# ------------------------------------------------------------ kinds of claims
+
+def test_a_statistic_without_spread_is_exact_not_a_zero_width_interval():
+    iv = evidence.mean_interval([0.0141] * 5)
+    assert iv.exact and iv.method == "exact" and "exact" in str(iv) and "[" not in str(iv)
+    c = evidence.Claim.exact("one number", 3.0, 2.0, ">")
+    assert c.verdict == "holds" and "exact" in evidence.table([c])
+    assert evidence.Claim.exact("one number", 1.0, 2.0, ">").verdict == "fails"
+    assert evidence.flip_probability(c) == 0.0
+
+
+def test_an_identity_is_decided_by_its_worst_seed():
+    ok = evidence.Claim.worst("every seed below 0.1", [0.01, 0.02, 0.09], 0.1, "<")
+    bad = evidence.Claim.worst("every seed below 0.1", [0.01, 0.02, 0.11], 0.1, "<")
+    assert ok.verdict == "holds" and ok.interval.estimate == 0.09
+    assert bad.verdict == "fails"            # a mean of 0.047 would have passed
+    assert evidence.Claim.worst("all within", [0.05, -0.12], 0.1, "within").verdict == "fails"
+    assert evidence.Claim.worst("all above", [0.5, 0.2], 0.3, ">").verdict == "fails"
+
+
+def test_a_discrete_outcome_is_decided_by_the_exact_sign_test():
+    a, b = np.arange(10.0) + 1, np.arange(10.0)
+    c = evidence.Claim.sign_claim("A beats B", a, b, alpha=0.005)
+    assert c.sign.wins == 10 and c.verdict == "holds"
+    assert evidence.Claim.sign_claim("B beats A", b, a, alpha=0.005).verdict == "fails"
+    nine = np.r_[a[:9], -1.0]
+    assert evidence.Claim.sign_claim("A beats B", nine, b, alpha=0.005).verdict == "inconclusive"  # p = 11/1024
+    assert evidence.min_seeds_for_sign_test(0.005) == 8 and 0.5 ** 8 < 0.005 < 0.5 ** 7
+    with pytest.raises(ValueError, match="SignTest"):
+        evidence.Claim("x", "s", evidence.Interval(0, 0, 0, 2), 0.0, ">", "holds", kind="sign")
+
+
+def test_the_margin_counts_standard_errors_past_the_threshold():
+    iv = evidence.Interval(1.0, 0.6, 1.4, 5, se=0.1)
+    assert math.isclose(evidence.margin(iv, 0.1, ">"), 5.0)
+    assert math.isclose(evidence.margin(iv, 1.0, "<"), -4.0)
+    assert math.isclose(evidence.margin(iv, 2.0, "within"), 6.0)
+
+
+# ------------------------------------------------------------ predicted flips
+
+def test_a_claim_far_from_its_threshold_is_predicted_stable_and_one_on_it_is_not():
+    rng = np.random.default_rng(5)
+    far = evidence.Claim.level("far", rng.normal(1.0, 0.1, 5), 0.0)
+    near = evidence.Claim.level("near", rng.normal(0.0, 1.0, 5), 0.0, expect="not fails")
+    assert far.ok and evidence.flip_probability(far) < 0.005   # ten sds of one seed clear: 0.0017 at n = 5
+    assert evidence.flip_probability(near) > 0.02
+
+
+def test_predicted_flip_probabilities_match_the_rate_of_real_flips():
+    """Builds of five seeds from a known normal law, whose effect sits 2.2 standard deviations of one seed above
+    the threshold: a new build fails the claim in a fraction of cases that the prediction, averaged over the
+    builds it is made from, matches within a loose band (it is a posterior predictive, so it averages over
+    what one build cannot know)."""
+    rng = np.random.default_rng(11)
+    claims = [evidence.Claim.level("x", rng.normal(2.2, 1.0, 5), 0.0, n_resamples=999) for _ in range(200)]
+    verdicts = np.array([c.verdict for c in claims])
+    observed = np.mean(verdicts != "holds")
+    held = [c for c in claims if c.ok]
+    predicted = np.mean([evidence.flip_probability(c, draws=4000) for c in held])
+    assert 0.2 < observed < 0.8                        # the case is a genuinely uncertain one
+    assert abs(predicted - observed) < 0.2, (predicted, observed)
+
+
+def test_sign_and_worst_claims_get_predictions_too():
+    rng = np.random.default_rng(2)
+    sure = evidence.Claim.worst("all below 1", rng.normal(0.0, 0.01, 5), 1.0, "<")
+    unsure = evidence.Claim.worst("all below 0.02", rng.normal(0.0, 0.01, 5), 0.02, "<")
+    assert evidence.flip_probability(sure) < 0.005
+    assert evidence.flip_probability(unsure) > 0.05
+    s = evidence.Claim.sign_claim("A beats B", np.ones(10), np.zeros(10), alpha=0.005)
+    assert 0.05 < evidence.flip_probability(s) < 0.9   # 10 of 10 is the only winning outcome
