@@ -79,7 +79,8 @@ class TrainConfig:
     data_root: str = "data"            # where cifar/imagenet live
     download: bool = False             # fetch CIFAR with torchvision if missing (needs network)
     n_train: int = 0                   # use only the first n training examples (0 = all)
-    flip: bool = True                  # random horizontal flips, the paper's only augmentation
+    flip: bool | None = None           # random horizontal flips, the paper's only augmentation; None: on for natural
+                                       # images (CIFAR, ImageNet), off for digits, whose mirror images are other glyphs
     batch_size: int = 128              # examples per step
     steps: int = 100                   # optimisation steps
     lr: float = 0.1                    # base / peak learning rate λ
@@ -143,6 +144,11 @@ class TrainConfig:
             raise ImportError("TrainConfig: optimizer='lars' uses timm's Lars, which is not installed; "
                               "pip install 'elr[lars]' (the pinned timm)")
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+
+    @property
+    def flips(self) -> bool:
+        """Whether training batches are flipped: ``flip``, or by default only for natural images."""
+        return self.dataset != "digits" if self.flip is None else bool(self.flip)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -524,7 +530,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
     for step in range(start_step, config.steps):
         tick = time.perf_counter()
         x, y = batches.get(step)
-        if config.flip and x.dim() == 4:
+        if config.flips and x.dim() == 4:
             x = data_mod.random_flip(x, _step_generator(config.seed, step, 2))
         if world > 1:
             x, y = x[rank::world], y[rank::world]  # this process's share of the global batch

@@ -239,3 +239,12 @@ def test_logging_more_often_does_not_change_training(tmp_path, transform):
     steps_dense, e_dense = dense.records.matrix("elr_grad")
     assert list(steps_sparse) == [0, 3, 6] and len(steps_dense) == 7
     np.testing.assert_array_equal(e_sparse, e_dense[[0, 3, 6]])
+
+
+def test_digits_are_not_mirrored_by_default_but_natural_images_are():
+    """A mirrored handwritten digit is not always the same digit (a mirrored 2 is no 2), so flips are off for
+    digits unless asked for; CIFAR and ImageNet keep the paper's random horizontal flips."""
+    from elr.train import TrainConfig
+
+    assert not TrainConfig().flips and TrainConfig(flip=True).flips
+    assert TrainConfig(dataset="cifar10").flips and not TrainConfig(dataset="cifar10", flip=False).flips

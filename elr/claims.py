@@ -1,0 +1,436 @@
+"""The claims registry: every measured claim of the book, registered before its data.
+
+``notebooks/claims.toml`` holds one ``[[claim]]`` table per claim::
+
+    [[claim]]
+    id = "13.spread-noshort-vs-short"      # <chapter number>.<slug>, unique
+    chapter = "13_trainability"
+    paper = "Table 1"                      # where the paper makes it, or "ours"
+    text = "without warm-up, NoShort's ELRs spread more than Short's"
+    kind = "paired"                        # mean | paired | unpaired | sign | worst | exact (elr.evidence)
+    statistic = "mean spread, NoShort − Short"
+    threshold = 0.0
+    direction = ">"                        # '>', '<' or 'within'
+    expect = "holds"                       # elr.evidence.EXPECTATIONS
+    role = "gate"                          # gate: asserted; report: shown, never asserted
+    set_by = [100]                         # the base seeds whose pilot set expect and role
+    confirmed_at = [0, 2000, 3000]         # base seeds never used to set it, at which it held
+    history = ["2026-12-02: registered ... (why)"]
+
+A chapter takes each claim's text, threshold, direction, expectation and
+role from here, never from its own source, so a claim cannot be reworded in a
+chapter alone::
+
+    claims = elr.claims.Chapter("13_trainability", seed=seed)
+    claims.paired("13.spread-noshort-vs-short", spread_noshort, spread_short)
+    display(Markdown(claims.table()))
+    claims.check()        # asserts the gate claims; every registered claim of the chapter must be evaluated
+
+**Gate claims share a family-wise error.** Within a chapter, the gate claims
+decided by an interval or a test (kinds mean, paired, unpaired, sign) are
+corrected together by Bonferroni: with m of them, each interval is at
+two-sided level 1 − 0.05/m and each sign test at one-sided level 0.025/m, so
+the chance of any false verdict among them is at most 5 %. Worst-seed and
+exact claims are statements about the runs themselves and carry no error
+rate. Report claims use plain 95 % intervals.
+
+**A claim may gate** only when its predicted flip probability
+(:func:`elr.evidence.flip_probability`, from the pilot) is below
+``MAX_FLIP`` = 0.5 %, the sum over the book's gate claims stays below
+``MAX_FLIP_SUM`` = 5 %, and it held at ``MIN_CONFIRMATIONS`` = 3 base seeds
+that never set it. ``elr claims`` reads the executed chapters' records and
+prints what each claim measured, its flip probability and the role the rule
+allows.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from elr import evidence
+
+ROOT = Path(os.environ.get("ELR_ROOT", Path(__file__).resolve().parent.parent))
+REGISTRY = ROOT / "notebooks" / "claims.toml"
+ROLES = ("gate", "report")
+MAX_FLIP = 0.005
+MAX_FLIP_SUM = 0.05
+MIN_CONFIRMATIONS = 3
+FWER = 0.05
+_FAMILY_KINDS = ("mean", "paired", "unpaired", "sign")
+_FIELDS = {"id": str, "chapter": str, "paper": str, "text": str, "kind": str, "statistic": str,
+           "threshold": (int, float), "direction": str, "expect": str, "role": str, "set_by": list,
+           "confirmed_at": list, "history": list}
+
+
+class RegistryError(ValueError):
+    """An entry of notebooks/claims.toml that is missing a field or holds a wrong value."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered claim (see the module doc for the fields)."""
+
+    id: str
+    chapter: str
+    paper: str
+    text: str
+    kind: str
+    statistic: str
+    threshold: float
+    direction: str
+    expect: str
+    role: str
+    set_by: tuple[int, ...]
+    confirmed_at: tuple[int, ...]
+    history: tuple[str, ...]
+
+    @property
+    def gate(self) -> bool:
+        return self.role == "gate"
+
+
+def _entry(raw: dict[str, Any], where: str) -> Entry:
+    missing = [k for k in _FIELDS if k not in raw]
+    unknown = [k for k in raw if k not in _FIELDS]
+    name = raw.get("id", "?")
+    if missing or unknown:
+        raise RegistryError(f"{where}: claim {name!r}: " + "; ".join(
+            ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unknown {', '.join(unknown)}"] if unknown
+                                                                        else [])))
+    for key, typ in _FIELDS.items():
+        if not isinstance(raw[key], typ) or isinstance(raw[key], bool):
+            raise RegistryError(f"{where}: claim {name!r}: {key} must be {typ}, got {raw[key]!r}")
+    checks = [("kind", evidence.KINDS), ("direction", (">", "<", "within")), ("expect", evidence.EXPECTATIONS),
+              ("role", ROLES)]
+    for key, allowed in checks:
+        if raw[key] not in allowed:
+            raise RegistryError(f"{where}: claim {name!r}: {key} must be one of {allowed}, got {raw[key]!r}")
+    if not raw["id"].startswith(raw["chapter"][:2] + "."):
+        raise RegistryError(f"{where}: claim {name!r}: its id must start with its chapter's number "
+                            f"({raw['chapter'][:2]}.)")
+    if raw["role"] == "gate" and raw["expect"] not in ("holds", "fails"):
+        raise RegistryError(f"{where}: claim {name!r}: a gate claim must expect 'holds' or 'fails', got "
+                            f"{raw['expect']!r}; make it a report claim")
+    if not raw["history"]:
+        raise RegistryError(f"{where}: claim {name!r}: history needs at least the entry that registered it")
+    if raw["direction"] == "within" and not raw["threshold"] > 0:
+        raise RegistryError(f"{where}: claim {name!r}: 'within' needs a threshold > 0")
+    return Entry(raw["id"], raw["chapter"], raw["paper"], raw["text"], raw["kind"], raw["statistic"],
+                 float(raw["threshold"]), raw["direction"], raw["expect"], raw["role"],
+                 tuple(int(s) for s in raw["set_by"]), tuple(int(s) for s in raw["confirmed_at"]),
+                 tuple(str(h) for h in raw["history"]))
+
+
+def load(path: str | Path | None = None) -> dict[str, Entry]:
+    """Every registered claim, by id, in file order; a malformed entry raises RegistryError naming it."""
+    path = Path(path or REGISTRY)
+    with open(path, "rb") as f:  # tomllib parses data only: nothing in the file can execute
+        raw = tomllib.load(f)
+    unknown = [k for k in raw if k != "claim"]
+    if unknown:
+        raise RegistryError(f"{path}: unknown top-level keys {unknown}; every entry is a [[claim]] table")
+    entries: dict[str, Entry] = {}
+    for i, item in enumerate(raw.get("claim", [])):
+        e = _entry(item, f"{path} (claim {i + 1})")
+        if e.id in entries:
+            raise RegistryError(f"{path}: claim id {e.id!r} is registered twice")
+        entries[e.id] = e
+    return entries
+
+
+@dataclass
+class _Pending:
+    entry: Entry
+    instance: str | None
+    data: tuple[np.ndarray, ...]
+
+
+class Chapter:
+    """The registered claims of one chapter, evaluated on its data (see the module doc).
+
+    Claims are recorded as the chapter computes them and decided together when first needed (``claims``,
+    ``table``, ``check``), because the Bonferroni level of a gate claim depends on how many there are.
+    """
+
+    def __init__(self, chapter: str, seed: int | None = None, registry: dict[str, Entry] | None = None,
+                 out_dir: str | Path | None = None):
+        self.chapter, self.seed = chapter, seed
+        reg = load() if registry is None else registry
+        self.entries = {k: e for k, e in reg.items() if e.chapter == chapter}
+        if not self.entries:
+            raise RegistryError(f"no claim of chapter {chapter!r} is registered in {REGISTRY}")
+        self.out_dir = Path(out_dir or os.environ.get("ELR_CLAIMS_DIR") or ROOT / "book" / "chapters" / "claims")
+        self._pending: list[_Pending] = []
+        self._claims: list[evidence.Claim] | None = None
+        self._flips: list[float] = []
+
+    # ----------------------------------------------------------- recording
+
+    def _add(self, claim_id: str, kind: str, data: tuple, instance: Any) -> None:
+        if self._claims is not None:
+            raise RuntimeError(f"claim {claim_id!r} recorded after the chapter's claims were decided; record every "
+                               "claim before the first table() or check()")
+        entry = self.entries.get(claim_id)
+        if entry is None:
+            raise RegistryError(f"chapter {self.chapter} evaluates claim {claim_id!r}, which {REGISTRY.name} does not "
+                                "register; add it there (with its expectation and history) before its data")
+        if entry.kind != kind:
+            raise RegistryError(f"claim {claim_id!r} is registered as kind {entry.kind!r} but evaluated as {kind!r}")
+        inst = None if instance is None else str(instance)
+        if any(p.entry.id == claim_id and p.instance == inst for p in self._pending):
+            raise RegistryError(f"claim {claim_id!r} ({inst}) evaluated twice")
+        self._pending.append(_Pending(entry, inst, tuple(np.asarray(d, dtype=float).ravel() for d in data)))
+
+    def mean(self, claim_id: str, values: Sequence[float], instance: Any = None) -> None:
+        self._add(claim_id, "mean", (values,), instance)
+
+    def paired(self, claim_id: str, a: Sequence[float], b: Sequence[float], instance: Any = None) -> None:
+        a, b = np.asarray(a, float), np.asarray(b, float)
+        if a.shape != b.shape:
+            raise ValueError(f"claim {claim_id!r}: paired runs need one value per seed on both sides, got "
+                             f"{a.size} and {b.size}")
+        self._add(claim_id, "paired", (a, b), instance)
+
+    def unpaired(self, claim_id: str, a: Sequence[float], b: Sequence[float], instance: Any = None) -> None:
+        self._add(claim_id, "unpaired", (a, b), instance)
+
+    def sign(self, claim_id: str, a: Sequence[float], b: Sequence[float], instance: Any = None) -> None:
+        self._add(claim_id, "sign", (a, b), instance)
+
+    def worst(self, claim_id: str, values: Sequence[float], instance: Any = None) -> None:
+        self._add(claim_id, "worst", (values,), instance)
+
+    def exact(self, claim_id: str, value: float, instance: Any = None) -> None:
+        self._add(claim_id, "exact", ([value],), instance)
+
+    # ------------------------------------------------------------- deciding
+
+    @property
+    def family(self) -> int:
+        """How many gate claims share the chapter's family-wise error (Bonferroni)."""
+        return sum(p.entry.gate and p.entry.kind in _FAMILY_KINDS for p in self._pending)
+
+    def _decide(self, p: _Pending, m: int) -> evidence.Claim:
+        e = p.entry
+        text = e.text.format(instance=p.instance) if "{instance}" in e.text else (
+            e.text if p.instance is None else f"{e.text} ({p.instance})")
+        gate = e.gate and e.kind in _FAMILY_KINDS
+        confidence = 1 - FWER / m if gate else 0.95
+        alpha = (1 - confidence) / 2
+        kw = dict(expect=e.expect)
+        if e.kind == "mean":
+            c = evidence.Claim.level(text, p.data[0], e.threshold, e.direction, statistic=e.statistic,
+                                     confidence=confidence, **kw)
+        elif e.kind in ("paired", "unpaired"):
+            paired = e.kind == "paired"
+            if e.direction == "within":
+                c = evidence.Claim.within(text, *p.data, margin=e.threshold, paired=paired, confidence=confidence,
+                                          **kw)
+            else:
+                c = evidence.Claim.compare(text, *p.data, threshold=e.threshold, direction=e.direction,
+                                           paired=paired, confidence=confidence, **kw)
+        elif e.kind == "sign":
+            c = evidence.Claim.sign_claim(text, *p.data, alpha=alpha, statistic=e.statistic, **kw)
+        elif e.kind == "worst":
+            c = evidence.Claim.worst(text, p.data[0], e.threshold, e.direction, statistic=e.statistic, **kw)
+        else:
+            c = evidence.Claim.exact(text, float(p.data[0][0]), e.threshold, e.direction, statistic=e.statistic,
+                                     **kw)
+        return evidence.Claim(c.text, e.statistic, c.interval, c.threshold, c.direction, c.expect, c.kind, c.data,
+                              c.sign, c.alpha, e.id, e.role, e.paper)
+
+    @property
+    def claims(self) -> list[evidence.Claim]:
+        if self._claims is None:
+            m = max(self.family, 1)
+            self._claims = [self._decide(p, m) for p in self._pending]
+            self._flips = [evidence.flip_probability(c) for c in self._claims]
+        return self._claims
+
+    def get(self, claim_id: str, instance: Any = None) -> evidence.Claim:
+        """The decided claim ``claim_id`` (and ``instance``), e.g. for a sentence glued into the prose."""
+        inst = None if instance is None else str(instance)
+        for p, c in zip(self._pending, self.claims):
+            if p.entry.id == claim_id and p.instance == inst:
+                return c
+        raise KeyError(f"claim {claim_id!r} ({inst}) was not evaluated in this chapter")
+
+    def flip(self, claim: evidence.Claim) -> float:
+        return self._flips[self.claims.index(claim)]
+
+    # ------------------------------------------------------------- showing
+
+    def table(self) -> str:
+        """The claims table: claim, paper, statistic, estimate and interval, seeds, verdict, expectation, role,
+        margin in standard errors and predicted flip probability; a note on the correction used."""
+        esc = lambda s: s.replace("|", "\\|")  # noqa: E731 - "|x|" inside a cell would split the row
+        rows = []
+        for c, flip in zip(self.claims, self._flips):
+            mark = "✔" if c.ok else "✘"
+            margin = "—" if math.isnan(c.margin) else f"{c.margin:+.1f}"
+            rows.append(f"| {esc(c.text)} | {esc(c.paper)} | {esc(evidence.condition(c))} | {esc(evidence.shown(c))}"
+                        f" | {c.interval.n} | **{c.verdict}** | {c.expect} {mark} | {c.role} | {margin} | "
+                        f"{_pct(flip)} |")
+        m = self.family
+        note = (f"\n\nGate claims are asserted when the book is built; report claims are shown, never asserted. "
+                f"The {m} gate claims decided by an interval or a test share a family-wise error of 5 % "
+                f"(Bonferroni: each interval at {100 * (1 - FWER / m):.4g} %, each sign test at one-sided "
+                f"{FWER / (2 * m):.3g}); report claims use 95 % intervals. "
+                if m else "\n\nGate claims are asserted when the book is built; report claims are shown, never "
+                          "asserted; report claims use 95 % intervals. ")
+        note += ("Margin: how many standard errors the interval clears its threshold by (negative: it does not). "
+                 "P(flip): the predicted chance that a build at another base seed breaks the expectation "
+                 "(elr.evidence.flip_probability).")
+        return ("| claim | paper | statistic | estimate | seeds | verdict | expected | role | margin (SE) | P(flip) |\n"
+                "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + note)
+
+    def summary(self) -> str:
+        """The chapter's verdicts in words (Markdown): what is confirmed, what is not, what is only reported."""
+        groups: dict[str, list[str]] = {"confirmed": [], "not confirmed": [], "reported": []}
+        for c in self.claims:
+            words = _words(c)
+            if c.role == "gate":
+                groups["confirmed" if c.ok else "not confirmed"].append(f"{c.text} ({words})")
+            else:
+                groups["reported"].append(f"{c.text}: {words}")
+        lines = []
+        if groups["confirmed"]:
+            lines.append("**Confirmed at this scale** (checked when the book is built): "
+                         + "; ".join(groups["confirmed"]) + ".")
+        if groups["not confirmed"]:
+            lines.append("**Not confirmed in this build**: " + "; ".join(groups["not confirmed"]) + ".")
+        if groups["reported"]:
+            lines.append("**Reported, not asserted** (too close to call at this scale): "
+                         + "; ".join(groups["reported"]) + ".")
+        return "\n\n".join(lines)
+
+    # ------------------------------------------------------------- checking
+
+    def record(self) -> dict[str, Any]:
+        rows = []
+        for c, flip in zip(self.claims, self._flips):
+            iv = c.interval
+            rows.append({"id": c.id, "text": c.text, "paper": c.paper, "kind": c.kind, "statistic": c.statistic,
+                         "estimate": iv.estimate, "low": iv.low, "high": iv.high, "n": iv.n, "method": iv.method,
+                         "confidence": iv.confidence, "se": iv.se, "threshold": c.threshold,
+                         "direction": c.direction, "verdict": c.verdict, "expect": c.expect, "ok": c.ok,
+                         "role": c.role, "margin": c.margin, "p_flip": flip,
+                         "sign": None if c.sign is None else [c.sign.wins, c.sign.n, c.sign.p_value],
+                         "data": [list(map(float, d)) for d in c.data]})
+        return {"chapter": self.chapter, "seed": self.seed, "family": self.family, "claims": rows}
+
+    def save(self) -> Path:
+        """Write the decided claims to ``<out_dir>/<chapter>.json`` (atomically)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"{self.chapter}.json"
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(_finite(self.record()), indent=1))
+        tmp.replace(path)
+        return path
+
+    def check(self) -> None:
+        """Save the record, then assert: every registered claim of the chapter was evaluated, and every gate
+        claim meets its expectation. Report claims are never asserted."""
+        self.save()
+        seen = {p.entry.id for p in self._pending}
+        missing = [k for k in self.entries if k not in seen]
+        assert not missing, (f"claims registered for {self.chapter} that the chapter did not evaluate: "
+                             f"{', '.join(missing)}")
+        wrong = [f"{c.text} [{c.id}]: expected {c.expect}, measured {c.verdict} ({evidence.condition(c)}: "
+                 f"{evidence.shown(c)}, {c.interval.n} seeds)" for c in self.claims if c.role == "gate" and not c.ok]
+        assert not wrong, "gate claims whose verdict differs from the registry:\n  " + "\n  ".join(wrong)
+
+
+def _pct(p: float) -> str:
+    return "0" if p == 0 else "< 0.01 %" if p < 1e-4 else f"{100 * p:.2g} %"
+
+
+def _words(c: evidence.Claim) -> str:
+    shown = evidence.shown(c)
+    if c.verdict == "holds":
+        return f"holds, {shown}"
+    if c.verdict == "fails":
+        return f"does not hold, {shown}"
+    return f"undecided at this number of seeds, {shown}"
+
+
+def _finite(obj: Any) -> Any:
+    """JSON without NaN/inf (they become null), so any reader can parse the records."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------- calibration
+
+
+def read_records(directory: str | Path) -> dict[str, dict[str, Any]]:
+    """The claims records (``<chapter>.json``) an executed build wrote, by chapter."""
+    out = {}
+    for path in sorted(Path(directory).glob("*.json")):
+        try:
+            out[path.stem] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read the claims record {path}: {err}") from None
+    return out
+
+
+def allowed_role(row: dict[str, Any], entry: Entry) -> tuple[str, str]:
+    """The role the gate rule allows a claim measured as ``row`` (from a pilot), and why."""
+    flip = row.get("p_flip")
+    if entry.expect not in ("holds", "fails"):
+        return "report", f"expects {entry.expect!r}, not a definite verdict"
+    if not row["ok"]:
+        return "report", f"measured {row['verdict']}, expected {entry.expect}"
+    if flip is None or flip >= MAX_FLIP:
+        return "report", f"P(flip) = {_pct(flip or 1.0)} ≥ {100 * MAX_FLIP:g} %"
+    return "gate", f"P(flip) = {_pct(flip)}"
+
+
+def calibrate(directories: Sequence[str | Path], registry: dict[str, Entry] | None = None) -> str:
+    """A report (plain text) over the claims records of one or more builds: per claim and build, the verdict,
+    margin and P(flip), the role the rule allows, and the sum of P(flip) over the registry's gate claims."""
+    reg = load() if registry is None else registry
+    builds = [(Path(d), read_records(d)) for d in directories]
+    lines = []
+    totals = [0.0] * len(builds)
+    for e in reg.values():
+        for b, (d, recs) in enumerate(builds):
+            rows = [r for r in recs.get(e.chapter, {}).get("claims", []) if r["id"] == e.id]
+            for r in rows:
+                role, why = allowed_role(r, e)
+                if e.gate:
+                    totals[b] += r.get("p_flip") or 0.0
+                lines.append(f"{e.id:40s} {d.name[:14]:14s} {r['verdict']:12s} exp {e.expect:9s} "
+                             f"{e.role:6s} margin {r['margin'] if r['margin'] is not None else float('nan'):+7.1f} "
+                             f"P(flip) {_pct(r.get('p_flip') or 0.0):>9s}  allows {role}: {why}  [{r['text'][:60]}]")
+            if not rows:
+                lines.append(f"{e.id:40s} {d.name[:14]:14s} not evaluated")
+    for (d, _), t in zip(builds, totals):
+        lines.append(f"sum of P(flip) over gate claims in {d}: {100 * t:.2f} % (must stay below "
+                     f"{100 * MAX_FLIP_SUM:g} %)")
+    return "\n".join(lines)
+
+
+def registered_in_sources(notebooks: str | Path | None = None) -> dict[str, tuple[str, str]]:
+    """Every claim id a chapter source evaluates, with its chapter and kind: ``{id: (chapter, kind)}``, read
+    from calls ``claims.<kind>("<id>", ...)`` in ``notebooks/NN_*.py``."""
+    import re
+
+    pattern = re.compile(r"\bclaims\.(mean|paired|unpaired|sign|worst|exact)\(\s*[\"']([0-9]{2}\.[^\"']+)[\"']")
+    found: dict[str, tuple[str, str]] = {}
+    for path in sorted(Path(notebooks or ROOT / "notebooks").glob("[0-9][0-9]_*.py")):
+        for kind, claim_id in pattern.findall(path.read_text()):
+            found[claim_id] = (path.stem, kind)
+    return found
