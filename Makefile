@@ -6,6 +6,9 @@ PY     := $(VENV)/bin/python
 ELR    := $(VENV)/bin/elr
 STAMP  := $(VENV)/.installed-stamp
 PROFILE ?= quick
+# base seed of every chapter that declares `seed` (empty: each chapter's default, 0). CI sets one derived from
+# the commit, so every landing tests a new draw as a reader's machine would (.ci/run).
+SEED ?=
 # training processes per sweep inside a chapter (one torch thread each); 1 = one process with all threads.
 # Claims are statistics over seeds and do not depend on bit-for-bit repetition, so the book uses the faster
 # pool of two (measured on the reproducibility page); `make robust` also builds with 1 and with one thread.
@@ -26,7 +29,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 book: $(STAMP)
-	ELR_WORKERS=$(ELR_WORKERS) $(ELR) book --profile $(PROFILE)
+	ELR_WORKERS=$(ELR_WORKERS) $(ELR) book --profile $(PROFILE) $(if $(SEED),-p seed=$(SEED),)
 
 # the book again with base seed 1000, in one process, and with one torch thread (book/robustness.md)
 robust: $(STAMP)

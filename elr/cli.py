@@ -18,11 +18,18 @@ def _fresh(args) -> None:
 def _cmd_book(args) -> int:
     _fresh(args)
     names = [book.find_chapter(c) for c in args.only] if args.only else book.chapters()
-    book.run_chapters(names, args.profile, book.parse_overrides(args.p or []) or None, timeout=args.timeout,
-                      where_declared=True)
+    overrides = book.parse_overrides(args.p or []) or None
+    failed = None
+    try:
+        book.run_chapters(names, args.profile, overrides, timeout=args.timeout, where_declared=True)
+    except book.ChapterFailed as err:
+        failed = err  # a reader still gets a book: every chapter ran, the failed ones carry a banner
     if not args.no_html:
         index = book.build_html()
-        print(f"elr: book built: {index}")
+        print(f"elr: book built: {index}" + (" (with failed chapters, each marked by a banner)" if failed else ""))
+    if failed:
+        print(f"elr: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -38,6 +45,14 @@ def _cmd_run(args) -> int:
     name = book.find_chapter(args.chapter)
     overrides = book.parse_overrides(args.p or [])
     book.run_chapters([name], args.profile, overrides, timeout=args.timeout)
+    return 0
+
+
+def _cmd_claims(args) -> int:
+    from elr import claims
+
+    dirs = args.dirs or [str(book.CHAPTERS_OUT / "claims")]
+    print(claims.calibrate(dirs))
     return 0
 
 
@@ -252,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stale", action="store_true", help="list only the stale runs")
     p.add_argument("--prune", action="store_true", help="delete the stale runs")
     p.set_defaults(func=_cmd_runs)
+
+    p = sub.add_parser("claims", help="what each registered claim measured in one or more builds, its predicted "
+                                      "flip probability, and the role the gate rule allows (notebooks/claims.toml)")
+    p.add_argument("dirs", nargs="*", help="claims records of executed builds (default: book/chapters/claims)")
+    p.set_defaults(func=_cmd_claims)
 
     p = sub.add_parser("data", help="download a data set (needs network access)")
     p.add_argument("name", choices=["cifar10", "cifar100"])

@@ -276,16 +276,19 @@ def test_robustness_builds_vary_seed_threads_and_run_root_and_record_the_outcome
         book.robust()
     assert os.environ.get("ELR_THREADS") is None  # restored
     by = {(n, Path(o).name): (v, runs, threads, workers) for n, v, runs, threads, workers, o in seen}
-    assert by[("01_fails", "seed1000")][0]["seed"] == 1000 and "seed" not in by[("02_sleeps", "seed1000")][0]
-    assert by[("01_fails", "one-process")][0]["seed"] == 0 and by[("01_fails", "one-process")][3] == "1"
+    assert by[("01_fails", "seed2000")][0]["seed"] == 2000 and "seed" not in by[("02_sleeps", "seed2000")][0]
+    # every variant moves the base seed, to one that never set an expectation (elr.claims)
+    assert by[("01_fails", "one-process")][0]["seed"] == 3000 and by[("01_fails", "one-process")][3] == "1"
+    assert by[("01_fails", "one-thread")][0]["seed"] == 4000
+    assert {v[0]["seed"] for (n, _), v in by.items() if n == "01_fails"} <= set(book.CONFIRMATION_SEEDS)
     assert by[("01_fails", "one-thread")][2] == "1"
     assert len({runs for _, runs, _, _ in by.values()}) == 3  # a run root per variant: nothing is reused
     record = (scratch_book.parent / "robustness.md").read_text()
-    assert "| seed1000 |" in record and "| one-thread |" in record and "01_fails" in record
+    assert "| seed2000 |" in record and "| one-thread |" in record and "01_fails" in record
     # a later build of one variant and one chapter keeps every other row, each with the revision it ran
     seen.clear()
-    book.robust(["seed1000"], names=["02_sleeps"])
-    assert [(n, Path(o).name) for n, _, _, _, _, o in seen] == [("02_sleeps", "seed1000")]
+    book.robust(["seed2000"], names=["02_sleeps"])
+    assert [(n, Path(o).name) for n, _, _, _, _, o in seen] == [("02_sleeps", "seed2000")]
     again = (scratch_book.parent / "robustness.md").read_text()
     rows = [line for line in again.splitlines() if line.startswith("| one-") or line.startswith("| seed")]
     assert len(rows) == 3 and f"| {book.git_revision()} |" in again
