@@ -103,6 +103,8 @@ def _check_method(method: str) -> None:
 
 def _quantiles_t(boot_t: np.ndarray, confidence: float) -> tuple[float, float]:
     alpha = 1.0 - confidence
+    if np.mean(np.isinf(boot_t)) >= alpha / 2:  # a quantile would be infinite: the caller falls back to t
+        return float("nan"), float("nan")
     boot_t = np.nan_to_num(boot_t, nan=0.0)  # a resample identical to the sample: no deviation
     return float(np.quantile(boot_t, alpha / 2)), float(np.quantile(boot_t, 1 - alpha / 2))
 
@@ -152,7 +154,10 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95, method: str
         return Interval(m, m - c * se, m + c * se, n, confidence, "t", se)
     if method == "bootstrap-t":
         q_low, q_high = _quantiles_t(_studentised(x, n_resamples, np.random.default_rng(seed)), confidence)
-        return Interval(m, m - q_high * se, m - q_low * se, n, confidence, method, se)
+        if np.isfinite(q_low) and np.isfinite(q_high):
+            return Interval(m, m - q_high * se, m - q_low * se, n, confidence, method, se)
+        # too lumpy for the bootstrap-t (many resamples without spread): Student's t
+        return mean_interval(x, confidence, "t")
     low, high = _bootstrap((x,), np.mean, confidence, method, n_resamples, seed)
     return Interval(m, low, high, n, confidence, method, se)
 
@@ -193,7 +198,9 @@ def unpaired_difference(a: Sequence[float], b: Sequence[float], confidence: floa
         with np.errstate(divide="ignore", invalid="ignore"):
             boot_t = (xb.mean(axis=1) - yb.mean(axis=1) - d) / seb
         q_low, q_high = _quantiles_t(boot_t, confidence)
-        return Interval(d, d - q_high * se, d - q_low * se, n, confidence, method, se)
+        if np.isfinite(q_low) and np.isfinite(q_high):
+            return Interval(d, d - q_high * se, d - q_low * se, n, confidence, method, se)
+        return unpaired_difference(x, y, confidence, "t")
 
     def diff(u, v, axis=-1):
         return np.mean(u, axis=axis) - np.mean(v, axis=axis)

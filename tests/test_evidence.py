@@ -248,3 +248,8 @@ def test_sign_and_worst_claims_get_predictions_too():
     assert evidence.flip_probability(unsure) > 0.05
     s = evidence.Claim.sign_claim("A beats B", np.ones(10), np.zeros(10), alpha=0.005)
     assert 0.05 < evidence.flip_probability(s) < 0.9   # 10 of 10 is the only winning outcome
+
+
+def test_a_sample_too_lumpy_for_the_bootstrap_t_gets_students_t_not_an_infinite_bound():
+    iv = evidence.mean_interval([1.0, 1.0, 1.0, 1.0, 0.5])     # a third of the resamples have no spread
+    assert iv.method == "t" and np.isfinite(iv.low) and np.isfinite(iv.high)

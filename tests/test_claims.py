@@ -1,0 +1,188 @@
+"""elr.claims: the registry of measured claims, its rules, and that chapters and registry agree."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from elr import book, claims, evidence
+
+ENTRY = dict(id="99.a", chapter="99_demo", paper="ours", text="A beats B", kind="paired", statistic="A − B",
+             threshold=0.0, direction=">", expect="holds", role="gate", set_by=[100], confirmed_at=[],
+             history=["registered"])
+
+
+def _toml(entries: list[dict]) -> str:
+    def value(v):
+        if isinstance(v, str):
+            return json.dumps(v, ensure_ascii=False)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v)
+    return "\n".join("[[claim]]\n" + "\n".join(f"{k} = {value(v)}" for k, v in e.items()) + "\n" for e in entries)
+
+
+def _registry(tmp_path, entries):
+    path = tmp_path / "claims.toml"
+    path.write_text(_toml(entries))
+    return claims.load(path)
+
+
+# ------------------------------------------------------------------ the registry file
+
+
+def test_the_books_registry_loads_and_every_gate_claim_expects_a_verdict():
+    reg = claims.load()
+    assert reg, "notebooks/claims.toml registers no claim"
+    for e in reg.values():
+        assert e.chapter in book.chapters(), e.id
+        if e.gate:
+            assert e.expect in ("holds", "fails"), e.id
+
+
+def test_every_claim_a_chapter_evaluates_is_registered_and_every_registered_claim_is_evaluated():
+    reg = claims.load()
+    used = claims.registered_in_sources()
+    assert sorted(set(used) - set(reg)) == [], "claims evaluated by a chapter but not registered"
+    assert sorted(set(reg) - set(used)) == [], "registered claims no chapter evaluates"
+    for claim_id, (chapter, kind) in used.items():
+        assert reg[claim_id].chapter == chapter, claim_id
+        assert reg[claim_id].kind == kind, claim_id
+
+
+def test_no_expectation_was_set_by_a_seed_a_build_uses():
+    """Pilots use base seeds of their own: the default build (0), the robustness builds and CI's seeds
+    (10000-99999) never set an expectation, so every build is a confirmation."""
+    for e in claims.load().values():
+        bad = [s for s in e.set_by if s in book.CONFIRMATION_SEEDS or 10000 <= s < 100000]
+        assert not bad, f"{e.id}: expectation set by build seeds {bad}"
+        assert not set(e.set_by) & set(e.confirmed_at), e.id
+
+
+def test_the_gate_claims_of_the_book_meet_the_flip_budget_of_their_pilot():
+    """The registry's history records each gate claim's predicted flip probability from its pilot; the book's
+    sum stays below 5 % and each below 0.5 % (elr.claims.MAX_FLIP, MAX_FLIP_SUM)."""
+    total = 0.0
+    for e in claims.load().values():
+        if not e.gate:
+            continue
+        flips = [h for h in e.history if "P(flip)" in h]
+        assert flips, f"{e.id}: a gate claim's history must record its pilot's P(flip)"
+        p = float(flips[-1].split("P(flip) = ")[1].split(" %")[0].replace("< ", "")) / 100
+        assert p < claims.MAX_FLIP, e.id
+        total += p
+    assert total < claims.MAX_FLIP_SUM
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(kind="bootstrap"), "kind must be one of"),
+    (dict(role="maybe"), "role must be one of"),
+    (dict(expect="not fails"), "a gate claim must expect 'holds' or 'fails'"),
+    (dict(id="12.a"), "must start with its chapter's number"),
+    (dict(history=[]), "history needs at least"),
+    (dict(threshold="0"), "threshold must be"),
+    (dict(direction="within", threshold=0.0), "'within' needs a threshold > 0"),
+])
+def test_a_malformed_entry_is_refused_with_its_id_and_field(tmp_path, change, message):
+    with pytest.raises(claims.RegistryError, match=message):
+        _registry(tmp_path, [dict(ENTRY, **change)])
+
+
+def test_missing_unknown_and_duplicate_entries_are_refused(tmp_path):
+    with pytest.raises(claims.RegistryError, match="missing history"):
+        _registry(tmp_path, [{k: v for k, v in ENTRY.items() if k != "history"}])
+    with pytest.raises(claims.RegistryError, match="unknown colour"):
+        _registry(tmp_path, [dict(ENTRY, colour="red")])
+    with pytest.raises(claims.RegistryError, match="registered twice"):
+        _registry(tmp_path, [ENTRY, ENTRY])
+
+
+# ------------------------------------------------------------------ a chapter's claims
+
+
+def test_a_chapter_takes_text_and_threshold_from_the_registry_and_asserts_only_gates(tmp_path):
+    reg = _registry(tmp_path, [ENTRY, dict(ENTRY, id="99.b", text="B beats A", role="report", expect="not fails")])
+    ch = claims.Chapter("99_demo", seed=0, registry=reg, out_dir=tmp_path / "out")
+    rng = np.random.default_rng(0)
+    a = rng.normal(1.0, 0.05, 6)
+    ch.paired("99.a", a, a - 0.5)
+    ch.paired("99.b", a - 0.5, a)           # fails, but it is a report claim: never asserted
+    ch.check()
+    c = ch.get("99.a")
+    assert c.text == "A beats B" and c.verdict == "holds" and c.role == "gate"
+    assert ch.get("99.b").verdict == "fails"
+    record = json.loads((tmp_path / "out" / "99_demo.json").read_text())
+    assert [r["id"] for r in record["claims"]] == ["99.a", "99.b"] and record["family"] == 1
+    table = ch.table()
+    assert "| gate |" in table and "| report |" in table and "Bonferroni" in table and "P(flip)" in table
+    assert "Confirmed at this scale" in ch.summary() and "Reported, not asserted" in ch.summary()
+
+
+def test_a_failing_gate_claim_fails_the_check_and_names_itself(tmp_path):
+    reg = _registry(tmp_path, [ENTRY])
+    ch = claims.Chapter("99_demo", registry=reg, out_dir=tmp_path)
+    a = np.linspace(0.0, 1.0, 6)
+    ch.paired("99.a", a, a + 0.5)
+    with pytest.raises(AssertionError, match=r"A beats B \[99.a\]: expected holds, measured fails"):
+        ch.check()
+    msg = book.failure_message("AssertionError", "gate claims whose verdict differs from the registry:\n  A beats "
+                               f"B [99.a]: expected holds, measured fails ({book.ROOT}/x)")
+    assert str(book.ROOT) not in msg and msg.splitlines()[-1].startswith("- A beats B")
+
+
+def test_a_claim_the_registry_lacks_or_a_registered_claim_left_out_fails(tmp_path):
+    reg = _registry(tmp_path, [ENTRY, dict(ENTRY, id="99.b")])
+    ch = claims.Chapter("99_demo", registry=reg, out_dir=tmp_path)
+    with pytest.raises(claims.RegistryError, match="does not register"):
+        ch.paired("99.zzz", [1, 2], [0, 1])
+    with pytest.raises(claims.RegistryError, match="registered as kind 'paired' but evaluated as 'mean'"):
+        ch.mean("99.a", [1, 2])
+    ch.paired("99.a", [1, 2, 3, 4, 5], [0, 1, 2, 3, 4.5])
+    with pytest.raises(AssertionError, match="did not evaluate: 99.b"):
+        ch.check()
+
+
+def test_gate_claims_share_a_bonferroni_family_and_report_claims_keep_95_percent(tmp_path):
+    entries = [dict(ENTRY, id=f"99.g{i}") for i in range(4)] + [
+        dict(ENTRY, id="99.w", kind="worst", direction="<", threshold=1.0),
+        dict(ENTRY, id="99.r", role="report")]
+    ch = claims.Chapter("99_demo", registry=_registry(tmp_path, entries), out_dir=tmp_path)
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        x, y = rng.normal(1.0, 0.3, 6), rng.normal(0.0, 0.3, 6)
+        ch.paired(f"99.g{i}", x, y)
+    ch.worst("99.w", [0.1, 0.2])
+    ch.paired("99.r", x, y)
+    assert ch.family == 4
+    levels = {c.id: c.interval.confidence for c in ch.claims}
+    assert all(math.isclose(levels[f"99.g{i}"], 1 - 0.05 / 4) for i in range(4))
+    assert levels["99.r"] == 0.95 and ch.get("99.w").interval.method == "worst seed"
+    wide, narrow = ch.get("99.g3").interval, ch.get("99.r").interval   # the same data, two levels
+    assert wide.high - wide.low > narrow.high - narrow.low
+
+
+def test_templated_claims_carry_their_instance(tmp_path):
+    reg = _registry(tmp_path, [dict(ENTRY, text="{instance}: A beats B", kind="worst", direction="<",
+                                    threshold=1.0)])
+    ch = claims.Chapter("99_demo", registry=reg, out_dir=tmp_path)
+    ch.worst("99.a", [0.1, 0.5], instance="λ = 0.1")
+    ch.worst("99.a", [0.1, 1.5], instance="λ = 0.2")
+    assert [c.text for c in ch.claims] == ["λ = 0.1: A beats B", "λ = 0.2: A beats B"]
+    assert [c.verdict for c in ch.claims] == ["holds", "fails"]
+    with pytest.raises(RuntimeError, match="after the chapter's claims were decided"):
+        ch.worst("99.a", [0.1], instance="λ = 0.4")
+
+
+def test_calibration_reports_the_role_the_rule_allows(tmp_path):
+    reg = _registry(tmp_path, [ENTRY, dict(ENTRY, id="99.b", role="report", expect="holds")])
+    ch = claims.Chapter("99_demo", seed=100, registry=reg, out_dir=tmp_path / "pilot")
+    rng = np.random.default_rng(2)
+    x = rng.normal(0.0, 1.0, 5)
+    ch.paired("99.a", x + 10, x)          # far from its threshold
+    ch.paired("99.b", x + 1.5, x + rng.normal(0, 1.0, 5))   # close
+    ch.save()
+    report = claims.calibrate([tmp_path / "pilot"], reg)
+    lines = {line.split()[0]: line for line in report.splitlines() if line.startswith("99.")}
+    assert "allows gate" in lines["99.a"] and "allows report" in lines["99.b"]
+    assert "sum of P(flip) over gate claims" in report
