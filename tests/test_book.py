@@ -122,17 +122,46 @@ assert n > 5, "n is too small"
 
 
 @pytest.mark.slow
-def test_a_failing_chapter_exits_nonzero_and_keeps_its_traceback(scratch_book, capsys):
-    (scratch_book / "01_fails.py").write_text(FAILING)
+def test_a_failing_chapter_exits_nonzero_and_shows_a_banner_instead_of_a_traceback(scratch_book, capsys):
+    """The failed chapter's notebook opens with one banner naming what failed; papermill's red error cell, the
+    traceback and every path of the build machine are gone (the terminal still names the notebook)."""
+    (scratch_book / "01_fails.py").write_text("# %% [markdown]\n# # Fails\n\n" + FAILING.replace(
+        '"n is too small"', 'f"n is too small in {__import__(\'os\').getcwd()}/somewhere"'))
     assert cli.main(["run", "01"]) == 1
     err = capsys.readouterr().err
     out = book.CHAPTERS_OUT / "01_fails.ipynb"
     assert "chapter 01_fails failed" in err and str(out) in err
     nb = nbformat.read(out, as_version=4)
-    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert errors and errors[0]["evalue"] == "n is too small"
+    assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    banners = [c for c in nb.cells if "elr-failure-banner" in c.metadata.get("tags", [])]
+    assert len(banners) == 1 and "n is too small in <repository>/somewhere" in banners[0].source
+    assert nb.cells.index(banners[0]) == 1          # right under the title
+    text = json.dumps(nb)
+    assert str(book.ROOT) not in text and "Traceback" not in text and "papermill-error-cell" not in text
     record = json.loads(book.RECORD_JSON.read_text())
     assert record["01_fails"]["status"] == "failed"
+
+
+def test_elr_book_builds_the_html_even_when_a_chapter_fails_and_exits_nonzero(monkeypatch, capsys):
+    built = []
+
+    def fails(*args, **kwargs):
+        raise book.ChapterFailed("13_x", Path("13_x.ipynb"), "AssertionError: a gate claim")
+
+    monkeypatch.setattr(book, "run_chapters", fails)
+    monkeypatch.setattr(book, "build_html", lambda: built.append(1) or Path("index.html"))
+    assert cli.main(["book"]) == 1
+    assert built == [1] and "with failed chapters" in capsys.readouterr().out
+    assert cli.main(["book", "--no-html"]) == 1 and built == [1]
+
+
+def test_the_failure_message_lists_failed_claims_without_paths():
+    msg = book.failure_message("AssertionError", "gate claims whose verdict differs from the registry:\n  A [13.a]: "
+                               "expected holds, measured fails (x: 1 [0, 2], 5 seeds)\n  B [13.b]: expected holds, "
+                               f"measured inconclusive ({Path.home()}/x)")
+    assert msg.splitlines()[-2:] == ["- A [13.a]: expected holds, measured fails (x: 1 [0, 2], 5 seeds)",
+                                     "- B [13.b]: expected holds, measured inconclusive (~/x)"]
+    assert book.failure_message("ValueError", "\x1b[31mbad\x1b[0m") == "ValueError: bad"
 
 
 @pytest.mark.slow
