@@ -15,6 +15,7 @@
     role = "gate"                          # gate: asserted; report: shown, never asserted
     set_by = [100]                         # the base seeds whose pilot set expect and role
     confirmed_at = [0, 2000, 3000]         # base seeds never used to set it, at which it held
+    pilot_p_flip = 0.0004                  # the pilot's predicted flip probability (required of a gate claim)
     history = ["2026-12-02: registered ... (why)"]
 
 A chapter takes each claim's text, threshold, direction, expectation and
@@ -68,6 +69,8 @@ _FAMILY_KINDS = ("mean", "paired", "unpaired", "sign")
 _FIELDS = {"id": str, "chapter": str, "paper": str, "text": str, "kind": str, "statistic": str,
            "threshold": (int, float), "direction": str, "expect": str, "role": str, "set_by": list,
            "confirmed_at": list, "history": list}
+#: optional fields: the pilot's predicted flip probability (required of a gate claim)
+_OPTIONAL = {"pilot_p_flip": (int, float)}
 
 
 class RegistryError(ValueError):
@@ -91,6 +94,7 @@ class Entry:
     set_by: tuple[int, ...]
     confirmed_at: tuple[int, ...]
     history: tuple[str, ...]
+    pilot_p_flip: float | None = None
 
     @property
     def gate(self) -> bool:
@@ -99,13 +103,13 @@ class Entry:
 
 def _entry(raw: dict[str, Any], where: str) -> Entry:
     missing = [k for k in _FIELDS if k not in raw]
-    unknown = [k for k in raw if k not in _FIELDS]
+    unknown = [k for k in raw if k not in _FIELDS and k not in _OPTIONAL]
     name = raw.get("id", "?")
     if missing or unknown:
         raise RegistryError(f"{where}: claim {name!r}: " + "; ".join(
             ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unknown {', '.join(unknown)}"] if unknown
                                                                         else [])))
-    for key, typ in _FIELDS.items():
+    for key, typ in list(_FIELDS.items()) + [(k, t) for k, t in _OPTIONAL.items() if k in raw]:
         if not isinstance(raw[key], typ) or isinstance(raw[key], bool):
             raise RegistryError(f"{where}: claim {name!r}: {key} must be {typ}, got {raw[key]!r}")
     checks = [("kind", evidence.KINDS), ("direction", (">", "<", "within")), ("expect", evidence.EXPECTATIONS),
@@ -119,6 +123,9 @@ def _entry(raw: dict[str, Any], where: str) -> Entry:
     if raw["role"] == "gate" and raw["expect"] not in ("holds", "fails"):
         raise RegistryError(f"{where}: claim {name!r}: a gate claim must expect 'holds' or 'fails', got "
                             f"{raw['expect']!r}; make it a report claim")
+    if raw["role"] == "gate" and "pilot_p_flip" not in raw:
+        raise RegistryError(f"{where}: claim {name!r}: a gate claim needs pilot_p_flip, the predicted flip "
+                            "probability of its pilot (elr claims)")
     if not raw["history"]:
         raise RegistryError(f"{where}: claim {name!r}: history needs at least the entry that registered it")
     if raw["direction"] == "within" and not raw["threshold"] > 0:
@@ -126,7 +133,8 @@ def _entry(raw: dict[str, Any], where: str) -> Entry:
     return Entry(raw["id"], raw["chapter"], raw["paper"], raw["text"], raw["kind"], raw["statistic"],
                  float(raw["threshold"]), raw["direction"], raw["expect"], raw["role"],
                  tuple(int(s) for s in raw["set_by"]), tuple(int(s) for s in raw["confirmed_at"]),
-                 tuple(str(h) for h in raw["history"]))
+                 tuple(str(h) for h in raw["history"]),
+                 float(raw["pilot_p_flip"]) if "pilot_p_flip" in raw else None)
 
 
 def load(path: str | Path | None = None) -> dict[str, Entry]:

@@ -10,7 +10,7 @@ from elr import book, claims, evidence
 
 ENTRY = dict(id="99.a", chapter="99_demo", paper="ours", text="A beats B", kind="paired", statistic="A − B",
              threshold=0.0, direction=">", expect="holds", role="gate", set_by=[100], confirmed_at=[],
-             history=["registered"])
+             pilot_p_flip=0.001, history=["registered"])
 
 
 def _toml(entries: list[dict]) -> str:
@@ -61,18 +61,13 @@ def test_no_expectation_was_set_by_a_seed_a_build_uses():
 
 
 def test_the_gate_claims_of_the_book_meet_the_flip_budget_of_their_pilot():
-    """The registry's history records each gate claim's predicted flip probability from its pilot; the book's
-    sum stays below 5 % and each below 0.5 % (elr.claims.MAX_FLIP, MAX_FLIP_SUM)."""
-    total = 0.0
-    for e in claims.load().values():
-        if not e.gate:
-            continue
-        flips = [h for h in e.history if "P(flip)" in h]
-        assert flips, f"{e.id}: a gate claim's history must record its pilot's P(flip)"
-        p = float(flips[-1].split("P(flip) = ")[1].split(" %")[0].replace("< ", "")) / 100
-        assert p < claims.MAX_FLIP, e.id
-        total += p
-    assert total < claims.MAX_FLIP_SUM
+    """Each gate claim's pilot predicted a flip probability below 0.5 %, the book's sum stays below 5 %, and it
+    held at three base seeds that never set it (elr.claims.MAX_FLIP, MAX_FLIP_SUM, MIN_CONFIRMATIONS)."""
+    gates = [e for e in claims.load().values() if e.gate]
+    for e in gates:
+        assert e.pilot_p_flip < claims.MAX_FLIP, e.id
+        assert len(set(e.confirmed_at)) >= claims.MIN_CONFIRMATIONS, e.id
+    assert sum(e.pilot_p_flip for e in gates) < claims.MAX_FLIP_SUM
 
 
 @pytest.mark.parametrize("change, message", [
@@ -83,6 +78,7 @@ def test_the_gate_claims_of_the_book_meet_the_flip_budget_of_their_pilot():
     (dict(history=[]), "history needs at least"),
     (dict(threshold="0"), "threshold must be"),
     (dict(direction="within", threshold=0.0), "'within' needs a threshold > 0"),
+    (dict(pilot_p_flip="low"), "pilot_p_flip must be"),
 ])
 def test_a_malformed_entry_is_refused_with_its_id_and_field(tmp_path, change, message):
     with pytest.raises(claims.RegistryError, match=message):
@@ -96,6 +92,8 @@ def test_missing_unknown_and_duplicate_entries_are_refused(tmp_path):
         _registry(tmp_path, [dict(ENTRY, colour="red")])
     with pytest.raises(claims.RegistryError, match="registered twice"):
         _registry(tmp_path, [ENTRY, ENTRY])
+    with pytest.raises(claims.RegistryError, match="a gate claim needs pilot_p_flip"):
+        _registry(tmp_path, [{k: v for k, v in ENTRY.items() if k != "pilot_p_flip"}])
 
 
 # ------------------------------------------------------------------ a chapter's claims
