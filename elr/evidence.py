@@ -85,11 +85,13 @@ class Interval:
         return f"{self.estimate:.4g} [{self.low:.4g}, {self.high:.4g}]"
 
 
-def _clean(values: Sequence[float], name: str, minimum: int = 2) -> np.ndarray:
+def _clean(values: Sequence[float], name: str, minimum: int = 2, ordinal: bool = False) -> np.ndarray:
     x = np.asarray(values, dtype=float).ravel()
     if x.size < minimum:
         raise ValueError(f"{name} needs at least {minimum} values (seeds) for an interval, got {x.size}; "
                          "raise n_seeds")
+    if ordinal and not np.any(np.isnan(x)):  # a rank statistic orders ±inf (a diverged run) like any value
+        return x
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name} holds non-finite values {x[~np.isfinite(x)]}; decide what a diverged run counts "
                          "as (for accuracy: chance, say; for a spread: a rank statistic) before computing an interval")
@@ -230,8 +232,10 @@ def _binom_tails(wins: int, n: int) -> tuple[float, float]:
 
 
 def sign_test(a: Sequence[float], b: Sequence[float]) -> SignTest:
-    """Exact binomial sign test of P(a_i > b_i) > 1/2 over paired seeds; P(wins ≥ k | n, 1/2)."""
-    x, y = _clean(a, "a"), _clean(b, "b")
+    """Exact binomial sign test of P(a_i > b_i) > 1/2 over paired seeds; P(wins ≥ k | n, 1/2).
+
+    A rank statistic: ±inf (a diverged run's spread, say) is ordered like any value; NaN is refused."""
+    x, y = _clean(a, "a", ordinal=True), _clean(b, "b", ordinal=True)
     if x.size != y.size:
         raise ValueError(f"a sign test pairs seeds: got {x.size} and {y.size} values")
     wins, n = int(np.sum(x > y)), int(np.sum(x != y))

@@ -253,3 +253,13 @@ def test_sign_and_worst_claims_get_predictions_too():
 def test_a_sample_too_lumpy_for_the_bootstrap_t_gets_students_t_not_an_infinite_bound():
     iv = evidence.mean_interval([1.0, 1.0, 1.0, 1.0, 0.5])     # a third of the resamples have no spread
     assert iv.method == "t" and np.isfinite(iv.low) and np.isfinite(iv.high)
+
+
+def test_the_sign_test_orders_a_diverged_run_but_refuses_nan():
+    inf = float("inf")
+    result = evidence.sign_test([inf, inf, 3.0, 4.0, 5.0], [1.0, 2.0, 1.0, 1.0, 1.0])
+    assert (result.wins, result.n) == (5, 5)
+    with pytest.raises(ValueError, match="non-finite"):
+        evidence.sign_test([float("nan"), 1.0], [0.0, 0.0])
+    with pytest.raises(ValueError, match="non-finite"):
+        evidence.mean_interval([inf, 1.0, 2.0])
