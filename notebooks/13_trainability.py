@@ -213,7 +213,7 @@ display(Markdown(claims.table()))
 plots.glue("ch13-verdicts", Markdown(claims.summary()))
 kappa0 = np.median([dynamics.critical_lr(r.records.matrix("elr_grad")[1][0]) for r in runs[(NS, "none")]])
 plots.glue("ch13-kappa0", f"{kappa0:.2f}")
-plots.glue("ch13-lr-kappa", f"{lr / kappa0:.1f}")
+plots.glue("ch13-lr-kappa", f"{lr / kappa0:.2g}")
 plots.glue("ch13-spread-sentence", "Lower spread with shortcuts (claim 1), after the subcritical warm-up (2), "
            "after OneCycle's (3) and under the constraint (5): " + ", ".join(
                f"{claims.get(i).verdict} ({evidence.shown(claims.get(i))})" for i in
