@@ -443,3 +443,80 @@ def registered_in_sources(notebooks: str | Path | None = None) -> dict[str, tupl
         for kind, claim_id in pattern.findall(path.read_text()):
             found[claim_id] = (path.stem, kind)
     return found
+
+
+def _reclaim(row: dict[str, Any], entry: Entry, confidence: float) -> evidence.Claim:
+    """A claim decided again from a record's per-seed data, at ``confidence`` (a gate's Bonferroni level)."""
+    data = [np.asarray(d, dtype=float) for d in row["data"]]
+    kw = dict(expect=entry.expect)
+    if entry.kind == "mean":
+        return evidence.Claim.level(row["text"], data[0], entry.threshold, entry.direction, confidence=confidence,
+                                    **kw)
+    if entry.kind == "paired":  # the record keeps the per-seed differences
+        zeros = np.zeros_like(data[0])
+        if entry.direction == "within":
+            return evidence.Claim.within(row["text"], data[0], zeros, entry.threshold, confidence=confidence, **kw)
+        return evidence.Claim.compare(row["text"], data[0], zeros, entry.threshold, entry.direction,
+                                      confidence=confidence, **kw)
+    if entry.kind == "unpaired":
+        if entry.direction == "within":
+            return evidence.Claim.within(row["text"], data[0], data[1], entry.threshold, paired=False,
+                                         confidence=confidence, **kw)
+        return evidence.Claim.compare(row["text"], data[0], data[1], entry.threshold, entry.direction, paired=False,
+                                      confidence=confidence, **kw)
+    if entry.kind == "sign":
+        return evidence.Claim.sign_claim(row["text"], data[0], data[1], alpha=(1 - confidence) / 2, **kw)
+    if entry.kind == "worst":
+        return evidence.Claim.worst(row["text"], data[0], entry.threshold, entry.direction, **kw)
+    return evidence.Claim.exact(row["text"], float(data[0][0]), entry.threshold, entry.direction, **kw)
+
+
+def propose_roles(directory: str | Path, registry: dict[str, Entry] | None = None) -> dict[str, dict[str, Any]]:
+    """From a pilot's claims records: the claims that may gate, by the rule of the module doc.
+
+    Starts from every claim whose expectation is a verdict that the pilot met, decides each again at the
+    Bonferroni level of its chapter's candidate gates (a gate's interval is wider than a report's), and drops
+    any whose predicted flip probability (the worst over its instances) reaches MAX_FLIP, until the set is
+    stable; then drops the least safe until the book's sum is below MAX_FLIP_SUM.
+    Returns ``{id: {"gate": bool, "p_flip": float, "why": str, "instances": int}}``.
+    """
+    reg = load() if registry is None else registry
+    records = read_records(directory)
+    rows = {e.id: [r for r in records.get(e.chapter, {}).get("claims", []) if r["id"] == e.id] for e in reg.values()}
+    out = {k: {"gate": False, "p_flip": float("nan"), "why": "not evaluated in the pilot", "instances": len(v)}
+           for k, v in rows.items()}
+    candidates = {k for k, e in reg.items() if rows[k] and e.expect in ("holds", "fails")}
+    for k in set(reg) - candidates:
+        if rows[k]:
+            out[k]["why"] = f"expects {reg[k].expect!r}, not a definite verdict"
+    while True:
+        family: dict[str, int] = {}
+        for k in candidates:
+            if reg[k].kind in _FAMILY_KINDS:
+                family[reg[k].chapter] = family.get(reg[k].chapter, 0) + len(rows[k])
+        dropped = set()
+        for k in candidates:
+            e = reg[k]
+            m = family.get(e.chapter, 1) if e.kind in _FAMILY_KINDS else 1
+            confidence = 1 - FWER / m if e.kind in _FAMILY_KINDS else 0.95
+            decided = [_reclaim(r, e, confidence) for r in rows[k]]
+            flips = [evidence.flip_probability(c) if c.ok else 1.0 for c in decided]
+            out[k]["p_flip"] = max(flips)
+            if not all(c.ok for c in decided):
+                out[k]["why"] = f"pilot verdict {[c.verdict for c in decided]}, expected {e.expect}"
+                dropped.add(k)
+            elif max(flips) >= MAX_FLIP:
+                out[k]["why"] = f"P(flip) = {_pct(max(flips))} at the gate's level {confidence:.4g}"
+                dropped.add(k)
+            else:
+                out[k]["why"] = f"P(flip) = {_pct(max(flips))} at level {confidence:.4g}"
+        if not dropped:
+            break
+        candidates -= dropped
+    while candidates and sum(out[k]["p_flip"] for k in candidates) >= MAX_FLIP_SUM:
+        worst = max(candidates, key=lambda k: out[k]["p_flip"])
+        out[worst]["why"] += "; dropped to keep the book's sum of P(flip) below 5 %"
+        candidates.remove(worst)
+    for k in candidates:
+        out[k]["gate"] = True
+    return out

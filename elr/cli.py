@@ -53,6 +53,13 @@ def _cmd_claims(args) -> int:
 
     dirs = args.dirs or [str(book.CHAPTERS_OUT / "claims")]
     print(claims.calibrate(dirs))
+    if args.propose:
+        proposal = claims.propose_roles(dirs[0])
+        print(f"\nroles the gate rule allows from the pilot in {dirs[0]}:")
+        for claim_id, p in proposal.items():
+            print(f"  {claim_id:40s} {'gate' if p['gate'] else 'report':6s} {p['why']}")
+        gates = [p["p_flip"] for p in proposal.values() if p["gate"]]
+        print(f"  {len(gates)} gate claims, sum of P(flip) {100 * sum(gates):.2f} %")
     return 0
 
 
@@ -271,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("claims", help="what each registered claim measured in one or more builds, its predicted "
                                       "flip probability, and the role the gate rule allows (notebooks/claims.toml)")
     p.add_argument("dirs", nargs="*", help="claims records of executed builds (default: book/chapters/claims)")
+    p.add_argument("--propose", action="store_true", help="the roles the gate rule allows, from the pilot "
+                   "records in the first directory (each candidate decided again at its gate's Bonferroni level)")
     p.set_defaults(func=_cmd_claims)
 
     p = sub.add_parser("data", help="download a data set (needs network access)")

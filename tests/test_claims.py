@@ -184,3 +184,20 @@ def test_calibration_reports_the_role_the_rule_allows(tmp_path):
     lines = {line.split()[0]: line for line in report.splitlines() if line.startswith("99.")}
     assert "allows gate" in lines["99.a"] and "allows report" in lines["99.b"]
     assert "sum of P(flip) over gate claims" in report
+
+
+def test_roles_are_proposed_at_the_gates_own_level_and_within_the_flip_budget(tmp_path):
+    entries = [dict(ENTRY, id="99.far", role="report"), dict(ENTRY, id="99.near", role="report"),
+               dict(ENTRY, id="99.vague", role="report", expect="not fails")]
+    reg = _registry(tmp_path, entries)
+    ch = claims.Chapter("99_demo", seed=100, registry=reg, out_dir=tmp_path / "pilot")
+    rng = np.random.default_rng(4)
+    x = rng.normal(0.0, 1.0, 6)
+    ch.paired("99.far", x + 20, x)
+    ch.paired("99.near", x + 2.5, x + rng.normal(0.0, 1.0, 6))
+    ch.paired("99.vague", x + 20, x)
+    ch.save()
+    proposal = claims.propose_roles(tmp_path / "pilot", reg)
+    assert proposal["99.far"]["gate"] and proposal["99.far"]["p_flip"] < claims.MAX_FLIP
+    assert not proposal["99.near"]["gate"] and "P(flip)" in proposal["99.near"]["why"]
+    assert not proposal["99.vague"]["gate"] and "not a definite verdict" in proposal["99.vague"]["why"]
