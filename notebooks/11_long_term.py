@@ -192,8 +192,9 @@ display(Markdown(
 # {glue:text}`ch11-walk-large-sentence` At the small rate, real training
 # leaves the lowest layers' ELRs at {glue:text}`ch11-real-small-low` of the
 # prediction (mean over seeds), against {glue:text}`ch11-walk-small-low` for
-# the random walk at that rate. The model's error with real gradients is
-# the constant $c$ it assumes ({doc}`10_short_term`).
+# the random walk at that rate. The model holds each layer's base gradient
+# $c$ constant; real training changes it, the random walk does not
+# ({doc}`10_short_term` measures this over the first steps).
 #
 # ## Checks
 
