@@ -61,8 +61,9 @@
 # {glue:text}`ch12-s-div`, which no finite float64 ELRs can reach (their
 # logarithms lie between −745 and 710, so their standard deviation is at
 # most 728). It therefore never lowers the spread, is never the best rate,
-# and always ends "more than twice the smallest spread"; the claims take it
-# as that value, so no claim is left undecided by a divergence.
+# and at the largest rate counts as more than twice the smallest spread of
+# its seed; the claims take it as that value, so a divergence never leaves a
+# claim without data.
 
 # %% tags=["parameters"]
 depth: int = 56  # depth of the NoShort CIFAR ResNet (6n+2); the paper uses ResNet110 {>= 8, %6==2}

@@ -49,12 +49,14 @@
 # 6. with weight decay the spread of ELRs ends below that of the same
 #    network trained without it.
 #
-# A pair that has not settled in a seed has no time to equilibrium; it is
-# counted at the run's length, a lower bound, so it moves claims 3 and 5
-# against the model. A run that diverges counts as failing claims 1 and 2 in
-# that seed (as a layer that does not move at all: $|\text{ratio} - 1| = 1$)
-# and as unsettled, and its spread counts as larger than any finite one
-# (claim 6: $S_{rel} = 745$, which no finite float64 ELRs reach).
+# A pair that has not settled in a seed has no time to equilibrium: it fails
+# claim 3 in that seed (its error counts as at least 100 %), and the slope
+# (claim 5) takes its time as the run's length, a lower bound, which
+# flattens the slope. A run that diverges counts as unsettled and as failing
+# claims 1 and 2 in its seed (as a layer that does not move at all:
+# $|\text{ratio} - 1| = 1$), and its spread counts as larger than any finite
+# one (claim 6: $S_{rel} = -\ln$ of the smallest positive float64, about
+# 744, which no finite float64 ELRs reach).
 #
 # ## The model with weight decay
 #
@@ -296,7 +298,9 @@ for r in rows:
     # a diverged run (non-finite values) counts as |ratio - 1| = 1, as if nothing turned: it fails the 10 %
     claims.worst("14.angular-within-10", np.nan_to_num(worst(r, "angular"), nan=1.0, posinf=1.0), instance=name)
     claims.worst("14.elr-within-10", np.nan_to_num(worst(r, "elr"), nan=1.0, posinf=1.0), instance=name)
-    claims.worst("14.t-eq-within-25", np.array([abs(x["t"] / x["t_pred"] - 1) for x in r["seeds"]]), instance=name)
+    # an unsettled seed fails: its error is at least 1, or the larger lower bound from the run's length
+    claims.worst("14.t-eq-within-25", np.array([abs(x["t"] / x["t_pred"] - 1) if x["ok"] else max(1.0, x["t"] / x["t_pred"] - 1)
+                                                for x in r["seeds"]]), instance=name)
 claims.worst("14.settled", np.array([sum(r["seeds"][i]["ok"] for r in rows) for i in range(n_seeds)]))
 claims.mean("14.slope", np.abs(seed_slopes + 1))
 claims.paired("14.spread-below-plain", spread_plain,

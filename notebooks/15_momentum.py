@@ -50,8 +50,9 @@
 #
 # A run that diverges counts as failing claim 1 in its seed (as a layer that
 # does not move at all: $|\text{ratio} - 1| = 1$), and its spread counts as
-# larger than any finite one (claims 2 and 3: $S_{rel} = 745$, which no
-# finite float64 ELRs reach): it is never the best rate.
+# larger than any finite one (claims 2 and 3: $S_{rel} = -\ln$ of the
+# smallest positive float64, about 744, which no finite float64 ELRs
+# reach): it is never the best rate.
 #
 # ## The model with momentum
 #
