@@ -73,6 +73,12 @@ def _gradient_off(simulate_sgd, sigma2_0, c, lr, n_steps, wd=0.0, momentum=0.0):
     return dataclasses.replace(tr, c=np.broadcast_to(np.asarray(c, float), tr.c.shape))
 
 
+def _angular_over_sigma2(simulate_sgd, *args, **kwargs):
+    """simulate_sgd that divides the update's norm by σ² instead of σ = ‖W‖ (a slip of the square root)."""
+    tr = simulate_sgd(*args, **kwargs)
+    return dataclasses.replace(tr, angular=tr.angular / np.sqrt(tr.sigma2[:-1]))
+
+
 def _two_fixed_point_steps(v, y_min):
     y = np.maximum(2.0 * v, y_min)
     for _ in range(2):
@@ -141,6 +147,8 @@ MUTATIONS = [
              _rewrap(lambda f, target=None, tol=1e-6, max_steps=None: f(None))),
     # weight decay and momentum
     Mutation(D + "simulate_sgd", "the gradient norm 1 % off in the buffer", _rewrap(_gradient_off)),
+    Mutation(D + "simulate_sgd", "angular update λ‖v‖/σ² instead of λ‖v‖/σ", _rewrap(_angular_over_sigma2),
+             refs=("Prop. III.1", "Prop. III.3")),  # the only statements about the angular update
     Mutation(D + "equilibrium", "E*² without its −λwd term (the small-λwd limit)",
              _rewrap(lambda f, lr, wd, momentum=0.0: dataclasses.replace(
                  f(lr, wd, momentum), elr=math.sqrt(2 * (1 - momentum) * wd / lr)))),
