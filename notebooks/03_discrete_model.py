@@ -56,7 +56,9 @@ plots.setup()
 #
 # These are the paper's Eqs. (1) and (2). `elr.symbolic` checks them with
 # SymPy on a batch of three samples and a layer of two weights, then in
-# floating point at a random $W$:
+# floating point at a random $W$, and then on every layer that `elr.nets`
+# calls scale-invariant in three small networks of its own, measured by
+# `elr.audit.scaling_checks` (chapter 8 measures the full-size ones):
 
 # %%
 invariance = symbolic.check_scale_invariance()
