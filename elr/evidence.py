@@ -16,10 +16,13 @@ Five kinds of statistic, each with the decision that fits it:
   studentised bootstrap (*bootstrap-t*), which keeps its coverage on skewed
   data at the 5 to 10 seeds the book uses, where BCa and percentile
   intervals do not (``tests/test_evidence.py`` measures it). Below 5 values
-  the bootstrap has too few distinct resamples and Student's t is used.
+  the bootstrap has too few distinct resamples and Student's t is used. Gate
+  claims, whose Bonferroni levels (99 % and beyond) lie where five seeds give
+  the bootstrap too few distinct resamples, use Student's t (Welch's for
+  unpaired runs), whose critical values are fixed by n.
 - **sign**: a discrete per-seed outcome (an argmin on a grid, a count, "A
   beats B") decided by the exact binomial sign test, never by a bootstrap of
-  a mean.
+  a mean; a tied seed counts against the claim.
 - **worst**: an identity ("every layer within 10 %") asserted on the worst
   seed, not on a mean.
 - **exact**: a statistic without spread (a deterministic computation), shown
@@ -34,8 +37,10 @@ otherwise; a point estimate never decides.
 that a build at a new base seed (on another machine: new draws) would give a
 verdict that breaks its expectation: a posterior predictive simulation under
 a normal model of the per-seed values (flat prior on mean and log-variance),
-with the claim's own critical values, a Beta posterior for a sign test's win
-rate, and a Student-t predictive for each seed of a worst-seed claim. It is
+with the claim's own critical values; a Dirichlet posterior on a sign test's
+win, loss and tie rates; for a worst-seed claim, a Student-t law (3 degrees of
+freedom) per seed, on a log scale for positive error measures, and the rule of
+succession when the seeds show no spread at all. It is
 what decides whether a claim may gate the build (:mod:`elr.claims`).
 """
 from __future__ import annotations
@@ -213,33 +218,45 @@ def unpaired_difference(a: Sequence[float], b: Sequence[float], confidence: floa
 
 @dataclass(frozen=True)
 class SignTest:
-    """"A beats B in most seeds": wins, informative pairs (ties dropped) and the exact one-sided p-values."""
+    """"A beats B in most seeds": wins, the seeds counted, and the exact one-sided p-values.
+
+    ``n`` is the number of seeds the test counts: the informative ones when ties are dropped, all of them when
+    ties count against the claim (then a tie is neither a win for "A > B" nor for "B > A")."""
 
     wins: int
     n: int
     p_value: float           # P(wins ≥ observed | n, 1/2): evidence that A beats B
-    p_reverse: float = 1.0   # P(wins ≤ observed | n, 1/2): evidence that B beats A
+    p_reverse: float = 1.0   # P(losses ≥ observed | n, 1/2): evidence that B beats A
+    losses: int = -1
+    ties: int = 0
 
     def __str__(self) -> str:
-        return f"{self.wins}/{self.n} seeds, p = {self.p_value:.3g}"
+        tied = f", {self.ties} tied" if self.ties else ""
+        return f"{self.wins}/{self.n} seeds{tied}, p = {self.p_value:.3g}"
 
 
-def _binom_tails(wins: int, n: int) -> tuple[float, float]:
+def _upper_tail(k: int, n: int) -> float:
+    """P(Binomial(n, 1/2) ≥ k), exactly."""
     if n == 0:
-        return 1.0, 1.0
-    pmf = np.array([math.comb(n, k) for k in range(n + 1)], dtype=float) / 2.0 ** n
-    return float(pmf[wins:].sum()), float(pmf[:wins + 1].sum())
+        return 1.0
+    return sum(math.comb(n, j) for j in range(max(k, 0), n + 1)) / 2.0 ** n
 
 
-def sign_test(a: Sequence[float], b: Sequence[float]) -> SignTest:
+def sign_test(a: Sequence[float], b: Sequence[float], ties: str = "drop") -> SignTest:
     """Exact binomial sign test of P(a_i > b_i) > 1/2 over paired seeds; P(wins ≥ k | n, 1/2).
 
-    A rank statistic: ±inf (a diverged run's spread, say) is ordered like any value; NaN is refused."""
+    ``ties="drop"`` leaves tied seeds out (the textbook test); ``ties="against"`` counts every seed, so a tie is
+    a loss for whichever direction is claimed (the conservative choice for an argmin on a grid, where ties are
+    common). A rank statistic: ±inf (a diverged run's spread, say) is ordered like any value; NaN is refused."""
+    if ties not in ("drop", "against"):
+        raise ValueError(f"ties must be 'drop' or 'against', got {ties!r}")
     x, y = _clean(a, "a", ordinal=True), _clean(b, "b", ordinal=True)
     if x.size != y.size:
         raise ValueError(f"a sign test pairs seeds: got {x.size} and {y.size} values")
-    wins, n = int(np.sum(x > y)), int(np.sum(x != y))
-    return SignTest(wins, n, *_binom_tails(wins, n))
+    wins, losses = int(np.sum(x > y)), int(np.sum(x < y))
+    tied = x.size - wins - losses
+    n = wins + losses if ties == "drop" else x.size
+    return SignTest(wins, n, _upper_tail(wins, n), _upper_tail(losses, n), losses, tied)
 
 
 def min_seeds_for_sign_test(alpha: float) -> int:
@@ -369,8 +386,9 @@ class Claim:
     @classmethod
     def sign_claim(cls, text: str, a: Sequence[float], b: Sequence[float], alpha: float = 0.025,
                    expect: str = "holds", statistic: str = "seeds in which A > B") -> "Claim":
-        """"A > B in most seeds", by the exact sign test at one-sided level ``alpha`` (for discrete outcomes)."""
-        test = sign_test(a, b)
+        """"A > B in most seeds", by the exact sign test at one-sided level ``alpha`` (for discrete outcomes); a
+        tied seed counts against the claim."""
+        test = sign_test(a, b, ties="against")
         frac = test.wins / test.n if test.n else 0.5
         return cls(text, statistic, Interval(frac, frac, frac, test.n, 1 - alpha, "sign test"), 0.5, ">", expect,
                    "sign", (np.asarray(a, float), np.asarray(b, float)), test, alpha)
@@ -437,21 +455,30 @@ def predictive_verdicts(claim: Claim, n: int | None = None, draws: int = 20000, 
     if claim.kind == "sign":
         test = claim.sign
         n_new = n or max(test.n, 1)
-        p = rng.beta(test.wins + 1, test.n - test.wins + 1, draws)
-        wins = rng.binomial(n_new, p)
-        tails = np.array([_binom_tails(k, n_new) for k in range(n_new + 1)])
-        out = np.where(tails[wins, 0] < claim.alpha, 0, np.where(tails[wins, 1] < claim.alpha, 1, 2))
+        # Dirichlet posterior on (win, loss, tie) rates under a uniform prior; ties count against both directions
+        rates = rng.dirichlet([test.wins + 1, max(test.losses, 0) + 1, test.ties + 1], draws)
+        counts = np.array([rng.multinomial(n_new, r) for r in rates])
+        tail = np.array([_upper_tail(k, n_new) for k in range(n_new + 1)])
+        out = np.where(tail[counts[:, 0]] < claim.alpha, 0, np.where(tail[counts[:, 1]] < claim.alpha, 1, 2))
         return names[out]
     if claim.kind == "worst":
         x = claim.data[0]
         n_new = n or x.size
         if x.size < 2 or np.ptp(x) == 0:
-            return np.full(draws, claim.verdict)
+            # no spread to model: the chance that all of n new seeds pass again, by the rule of succession
+            # (uniform prior on a seed's pass rate, n of n passed): (n + 1) / (2n + 1)
+            same = rng.random(draws) < (x.size + 1) / (2 * x.size + 1)
+            other = "fails" if claim.verdict == "holds" else "holds"
+            return np.where(same, claim.verdict, other)
+        threshold, direction = claim.threshold, claim.direction
+        positive = np.all(x > 0) and threshold > 0 and direction in ("<", ">")
+        if positive:  # positive error measures are skewed: model them on a log scale
+            x, threshold = np.log(x), math.log(threshold)
         mu, sigma = _posterior_draws(x, draws, rng)
-        values = rng.normal(mu[:, None], sigma[:, None], (draws, n_new))
-        w = values.max(1) if claim.direction == "<" else values.min(1) if claim.direction == ">" \
-            else np.abs(values).max(1)
-        return names[_codes(w, w, claim.threshold, claim.direction, exact=True)]
+        # a Student-t law per seed (3 degrees of freedom), not a normal one: heavier tails, a cautious prediction
+        values = mu[:, None] + sigma[:, None] * rng.standard_t(3, (draws, n_new)) / math.sqrt(3.0)
+        w = values.max(1) if direction == "<" else values.min(1) if direction == ">" else np.abs(values).max(1)
+        return names[_codes(w, w, threshold, direction, exact=True)]
     # mean, paired, unpaired: the claim's own critical values, scaled to the new number of seeds
     if not iv.se > 0:
         return np.full(draws, claim.verdict)

@@ -172,17 +172,17 @@ def test_templated_claims_carry_their_instance(tmp_path):
         ch.worst("99.a", [0.1], instance="λ = 0.4")
 
 
-def test_calibration_reports_the_role_the_rule_allows(tmp_path):
+def test_calibration_reports_each_build_and_the_gate_budget(tmp_path):
     reg = _registry(tmp_path, [ENTRY, dict(ENTRY, id="99.b", role="report", expect="holds")])
     ch = claims.Chapter("99_demo", seed=100, registry=reg, out_dir=tmp_path / "pilot")
     rng = np.random.default_rng(2)
     x = rng.normal(0.0, 1.0, 5)
-    ch.paired("99.a", x + 10, x)          # far from its threshold
-    ch.paired("99.b", x + 1.5, x + rng.normal(0, 1.0, 5))   # close
+    ch.paired("99.a", x + 10, x)
+    ch.paired("99.b", x - 1.5, x + rng.normal(0, 1.0, 5))
     ch.save()
     report = claims.calibrate([tmp_path / "pilot"], reg)
     lines = {line.split()[0]: line for line in report.splitlines() if line.startswith("99.")}
-    assert "allows gate" in lines["99.a"] and "allows report" in lines["99.b"]
+    assert " met " in lines["99.a"] and "NOT met" in lines["99.b"]
     assert "sum of P(flip) over gate claims" in report
 
 

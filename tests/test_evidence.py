@@ -225,19 +225,34 @@ def test_a_claim_far_from_its_threshold_is_predicted_stable_and_one_on_it_is_not
     assert near.ok and evidence.flip_probability(near) > 0.05
 
 
-def test_predicted_flip_probabilities_match_the_rate_of_real_flips():
-    """Builds of five seeds from a known normal law, whose effect sits 2.2 standard deviations of one seed above
-    the threshold: a new build fails the claim in a fraction of cases that the prediction, averaged over the
-    builds it is made from, matches within a loose band (it is a posterior predictive, so it averages over
-    what one build cannot know)."""
-    rng = np.random.default_rng(11)
-    claims = [evidence.Claim.level("x", rng.normal(2.2, 1.0, 5), 0.0, n_resamples=999) for _ in range(200)]
-    verdicts = np.array([c.verdict for c in claims])
-    observed = np.mean(verdicts != "holds")
-    held = [c for c in claims if c.ok]
-    predicted = np.mean([evidence.flip_probability(c, draws=4000) for c in held])
-    assert 0.2 < observed < 0.8                        # the case is a genuinely uncertain one
-    assert abs(predicted - observed) < 0.2, (predicted, observed)
+@pytest.mark.parametrize("dist", ["normal", "lognormal"])
+def test_claims_predicted_to_be_safe_gates_rarely_flip(dist):
+    """Pilots of five seeds at effects of 2 to 12 standard deviations of one seed, decided as a gate is (Student's
+    t at the Bonferroni level of four gates): among the pilots whose predicted flip probability is below 0.5 %,
+    the true chance that a new build breaks the claim (simulated from the known law) averages below 1 %, also
+    when the per-seed values are skewed (lognormal, σ = 0.8). Measured when written: 0.35 % and 0.53 %."""
+    from scipy import stats
+
+    n, confidence = 5, 1 - 0.05 / 4
+    crit = stats.t.ppf(1 - (1 - confidence) / 2, n - 1)
+    rng = np.random.default_rng(0)
+
+    def draw(effect, size):
+        if dist == "normal":
+            return effect + rng.normal(0.0, 1.0, size)
+        z = rng.lognormal(0.0, 0.8, size)
+        return effect + (z - math.exp(0.32)) / math.sqrt((math.exp(0.64) - 1) * math.exp(0.64))
+
+    selected = []
+    for effect in (2, 3, 4, 6, 8, 12):
+        builds = draw(effect, (20000, n))
+        true_flip = np.mean(builds.mean(1) - crit * builds.std(1, ddof=1) / math.sqrt(n) <= 0)
+        for i in range(60):
+            c = evidence.Claim.level("x", draw(effect, n), 0.0, confidence=confidence, method="t")
+            if c.ok and evidence.flip_probability(c, draws=4000, seed=i) < 0.005:
+                selected.append(true_flip)
+    assert len(selected) > 50
+    assert np.mean(selected) < 0.01, np.mean(selected)
 
 
 def test_sign_and_worst_claims_get_predictions_too():
@@ -263,3 +278,14 @@ def test_the_sign_test_orders_a_diverged_run_but_refuses_nan():
         evidence.sign_test([float("nan"), 1.0], [0.0, 0.0])
     with pytest.raises(ValueError, match="non-finite"):
         evidence.mean_interval([inf, 1.0, 2.0])
+
+
+def test_ties_count_against_a_sign_claim_and_seeds_without_spread_are_not_called_safe():
+    a = np.r_[np.ones(6), np.zeros(4)]          # six wins, four ties
+    b = np.zeros(10)
+    dropped, against = evidence.sign_test(a, b), evidence.sign_test(a, b, ties="against")
+    assert (dropped.n, against.n, against.ties) == (6, 10, 4)
+    assert dropped.p_value == 1 / 64 and math.isclose(against.p_value, 386 / 1024)
+    assert evidence.Claim.sign_claim("A beats B", a, b, alpha=0.025).verdict == "inconclusive"
+    zeros = evidence.Claim.worst("no warm-up in any seed", [0.0] * 5, 0.5, "<")
+    assert zeros.ok and math.isclose(evidence.flip_probability(zeros, draws=20000), 5 / 11, abs_tol=0.02)
