@@ -41,6 +41,7 @@ CONFIRMED = "confirmed"
 NOT_CONFIRMED = "not confirmed at this scale"
 UNDECIDED = "undecided at this number of seeds"
 NOT_BUILT = "not yet built"
+CORRECTED = "confirmed once corrected"
 _WORDS = {"holds": CONFIRMED, "fails": NOT_CONFIRMED, "inconclusive": UNDECIDED}
 _REPORT_WORDS = {"holds": "reported: holds", "fails": "reported: does not hold", "inconclusive": "reported: undecided"}
 
@@ -176,12 +177,13 @@ def verdict(item: Item, registry: dict[str, registry_mod.Entry], records: dict[s
             words.append(NOT_BUILT)
             lines.append(f"{NOT_BUILT}: {chapter} ({why_not or 'the chapter has not been built'})")
         elif entry.get("status") == "ok":
-            w = f"confirmed once corrected ({item.correction})" if item.correction else CONFIRMED
-            words.append(w)
+            words.append(CORRECTED if item.correction else CONFIRMED)
             lines.append(f"{CONFIRMED}: {chapter} derives and asserts it; it passed in this build")
         else:
             words.append("not confirmed in this build")
             lines.append(f"not confirmed in this build: {chapter} failed (see its banner)")
+    if item.correction:
+        lines.append(f"correction: {item.correction}")
     return _summarise(words), lines
 
 
@@ -231,7 +233,7 @@ def render(paper: str | Path | None = None, registry: str | Path | dict | None =
         summary, lines = verdict(item, reg, records, runs)
         key = ("not tested here" if item.untested else
                NOT_BUILT if summary == NOT_BUILT else
-               CONFIRMED if summary == CONFIRMED or summary.startswith("confirmed once corrected") else
+               CONFIRMED if summary in (CONFIRMED, CORRECTED) else
                "reported only" if all(w.startswith("reported:") for w in summary.split(", ")) else
                NOT_CONFIRMED if summary == NOT_CONFIRMED else "mixed")
         tally[key] += 1

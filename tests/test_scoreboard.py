@@ -113,7 +113,8 @@ def test_statements_take_the_chapter_status(setup):
                                for c in prop.chapters + thm.chapters}))
     page = scoreboard.render(registry=reg, records_dir=rec, run_record=run)
     assert "**confirmed**" in _page_row(page, prop.paper)
-    assert "**confirmed once corrected (" in _page_row(page, thm.paper)
+    assert "**confirmed once corrected**" in _page_row(page, thm.paper)
+    assert f"correction: {thm.correction}" in _page_row(page, thm.paper)
     run.write_text(json.dumps({prop.chapters[0]: {"profile": "quick", "status": "failed", "seconds": 1.0}}))
     assert "**not confirmed in this build**" in _page_row(
         scoreboard.render(registry=reg, records_dir=rec, run_record=run), prop.paper)
