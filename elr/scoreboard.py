@@ -35,7 +35,8 @@ CLAIMS_DIR = ROOT / "book" / "chapters" / "claims"
 RUN_RECORD = ROOT / "book" / "chapters" / "run_record.json"
 OUT = ROOT / "book" / "scoreboard.md"
 _FIELDS = {"id": str, "ref": str, "section": str, "paper": str, "paper_setting": str, "chapters": list,
-           "claims": list, "prove": list, "scale": str, "correction": str, "untested": str}
+           "claims": list, "against": list, "context": list, "prove": list, "scale": str, "correction": str,
+           "untested": str}
 
 CONFIRMED = "confirmed"
 NOT_CONFIRMED = "not confirmed at this scale"
@@ -61,6 +62,8 @@ class Item:
     paper_setting: str
     chapters: tuple[str, ...]
     claims: tuple[str, ...]
+    against: tuple[str, ...]
+    context: tuple[str, ...]
     prove: tuple[str, ...]
     scale: str
     correction: str
@@ -89,18 +92,26 @@ def load_paper(path: str | Path | None = None) -> list[Item]:
         if it["id"] in seen:
             raise PaperFileError(f"{where}: id {it['id']!r} appears twice")
         seen.add(it["id"])
-        if it["untested"] and (it["chapters"] or it["claims"]):
+        measured = it["claims"] + it["against"] + it["context"]
+        if it["untested"] and (it["chapters"] or measured):
             raise PaperFileError(f"{where}: an untested item names no chapters or claims; empty `untested` "
                                  "if a chapter tests it")
         if not it["untested"] and not it["chapters"]:
             raise PaperFileError(f"{where}: name the chapters that test it, or say in `untested` why none does")
         if not it["untested"] and not it["scale"]:
             raise PaperFileError(f"{where}: a tested item says at what scale (`scale`)")
-        stray = [c for c in it["claims"] if c[:2] not in {ch[:2] for ch in it["chapters"]}]
+        if it["context"] and not (it["claims"] or it["against"]):
+            raise PaperFileError(f"{where}: context claims are shown beside the claims that decide the item; "
+                                 "move them to `claims` or `against`")
+        twice = [c for c in set(measured) if measured.count(c) > 1]
+        if twice:
+            raise PaperFileError(f"{where}: {twice} listed more than once among claims, against and context")
+        stray = [c for c in measured if c[:2] not in {ch[:2] for ch in it["chapters"]}]
         if stray:
             raise PaperFileError(f"{where}: claims {stray} belong to no chapter listed in `chapters`")
         items.append(Item(it["id"], it["ref"], it["section"], it["paper"], it["paper_setting"],
-                          tuple(it["chapters"]), tuple(it["claims"]), tuple(it["prove"]), it["scale"],
+                          tuple(it["chapters"]), tuple(it["claims"]), tuple(it["against"]), tuple(it["context"]),
+                          tuple(it["prove"]), it["scale"],
                           it["correction"], it["untested"]))
     return items
 
@@ -124,13 +135,21 @@ def _measured(row: dict[str, Any]) -> str:
     return f"{_num(est)} [{_num(low)}, {_num(high)}], {n} seeds"
 
 
-def claim_words(row: dict[str, Any]) -> str:
-    """The verdict of one record row in words: confirmed / not confirmed at this scale / undecided …, with
-    'reported: …' for a report claim (shown, never asserted)."""
+def claim_words(row: dict[str, Any], against: bool = False) -> str:
+    """The verdict of one record row for the paper's claim, in words: confirmed / not confirmed at this scale /
+    undecided …, with 'reported: …' for a report claim (shown, never asserted). ``against``: the row states
+    the opposite of the paper's claim, so its holding contradicts the paper."""
     verdict = row["verdict"]
     if verdict not in _WORDS:
         raise ValueError(f"claim {row.get('id')!r}: verdict {verdict!r} is not one of {sorted(_WORDS)}")
+    if against:
+        verdict = {"holds": "fails", "fails": "holds"}.get(verdict, verdict)
     return (_REPORT_WORDS if row.get("role") == "report" else _WORDS)[verdict]
+
+
+def _plain(row: dict[str, Any]) -> str:
+    """What the measurement says about the registry claim's own text, in words."""
+    return {"holds": "holds", "fails": "does not hold", "inconclusive": "undecided"}[row["verdict"]]
 
 
 def _chapter_state(chapter: str, run_record: dict[str, dict]) -> str | None:
@@ -148,9 +167,10 @@ def verdict(item: Item, registry: dict[str, registry_mod.Entry], records: dict[s
     """The verdict of one item in words, and one line per claim (or chapter) it rests on."""
     if item.untested:
         return f"not tested here ({item.untested})", []
-    if item.claims:
+    if item.claims or item.against:
         words, lines = [], []
-        for claim_id in item.claims:
+        for claim_id, role in ([(c, "for") for c in item.claims] + [(c, "against") for c in item.against]
+                               + [(c, "context") for c in item.context]):
             entry = registry.get(claim_id)
             if entry is None:
                 raise registry_mod.RegistryError(
@@ -158,16 +178,21 @@ def verdict(item: Item, registry: dict[str, registry_mod.Entry], records: dict[s
                     "does not register; fix the id in notebooks/paper.toml or register the claim")
             why_not = _chapter_state(entry.chapter, run_record)
             rows = [r for r in records.get(entry.chapter, {}).get("claims", []) if r.get("id") == claim_id]
+            lead = {"for": "", "against": "against the paper: ", "context": "the book also measures: "}[role]
             if why_not or not rows:
                 reason = why_not or ("the chapter has not been built" if entry.chapter not in records
                                      else "the chapter's record does not evaluate it")
-                words.append(NOT_BUILT)
-                lines.append(f"{NOT_BUILT} ({reason}): {entry.text} [{claim_id}]")
+                if role != "context":
+                    words.append(NOT_BUILT)
+                lines.append(f"{lead}{NOT_BUILT} ({reason}): {entry.text} [{claim_id}]")
                 continue
             for r in rows:
-                w = claim_words(r)
+                if role == "context":
+                    lines.append(f"{lead}{r['text']}: {_plain(r)} ({_measured(r)}) [{claim_id}]")
+                    continue
+                w = claim_words(r, against=role == "against")
                 words.append(w)
-                lines.append(f"{w}: {r['text']} ({_measured(r)}) [{claim_id}]")
+                lines.append(f"{w}: {lead}{r['text']}: {_plain(r)} ({_measured(r)}) [{claim_id}]")
         return _summarise(words), lines
     words, lines = [], []
     for chapter in item.chapters:
@@ -237,7 +262,8 @@ def render(paper: str | Path | None = None, registry: str | Path | dict | None =
                "reported only" if all(w.startswith("reported:") for w in summary.split(", ")) else
                NOT_CONFIRMED if summary == NOT_CONFIRMED else "mixed")
         tally[key] += 1
-        detail = "".join(f"<br>• {_esc(line)}" for line in lines) if len(lines) > 1 or item.claims else ""
+        detail = "".join(f"<br>• {_esc(line)}" for line in lines) if len(lines) > 1 or item.claims or item.against \
+            else ""
         rows.append(f"| **{_esc(item.ref)}** (§{_esc(item.section)}) | {_esc(item.paper)}<br>*Paper: "
                     f"{_esc(item.paper_setting)}* | {_where(item)} | **{_esc(summary)}**{detail} |")
     order = [CONFIRMED, "mixed", NOT_CONFIRMED, "reported only", NOT_BUILT, "not tested here"]

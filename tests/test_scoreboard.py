@@ -16,7 +16,7 @@ def _registry(tmp_path, items):
     chapter_of = {c[:2]: c for it in items for c in it.chapters}
     blocks = {}
     for it in items:
-        for cid in it.claims:
+        for cid in it.claims + it.against + it.context:
             blocks.setdefault(cid, f'[[claim]]\nid = "{cid}"\nchapter = "{chapter_of[cid[:2]]}"\npaper = "{it.ref}"\n'
                           f'text = "text of {cid}"\nkind = "mean"\nstatistic = "mean"\nthreshold = 0.0\n'
                           f'direction = ">"\nexpect = "holds"\nrole = "gate"\nset_by = [100]\n'
@@ -95,6 +95,23 @@ def test_verdict_comes_from_the_records(setup):
     assert not re.search(r"\bnot holds\b|\bfails\b", row)
 
 
+def test_a_claim_against_the_paper_counts_the_other_way(setup):
+    items, reg, rec, run = setup
+    item = next(it for it in items if it.against and it.context)
+    chapter = item.chapters[0]
+    rows = [_row(c) for c in item.against] + [_row(c, verdict="fails", low=-0.9, high=-0.1) for c in item.context]
+    _write_records(rec, chapter, rows)
+    run.write_text(json.dumps({chapter: {"profile": "quick", "status": "ok", "seconds": 1.0}}))
+    row = _page_row(scoreboard.render(registry=reg, records_dir=rec, run_record=run), item.paper)
+    # the opposite of the paper's claim holds: not confirmed; the context claims do not count
+    assert "**not confirmed at this scale**" in row
+    assert f"against the paper: measured {item.against[0]}: holds" in row
+    assert f"the book also measures: measured {item.context[0]}: does not hold" in row
+    _write_records(rec, chapter, [_row(c, verdict="fails", low=-0.9, high=-0.1) for c in item.against])
+    row = _page_row(scoreboard.render(registry=reg, records_dir=rec, run_record=run), item.paper)
+    assert "**confirmed**" in row
+
+
 def test_smoke_build_does_not_count(setup):
     items, reg, rec, run = setup
     fig2 = next(it for it in items if it.id == "fig2-walk")
@@ -122,7 +139,7 @@ def test_statements_take_the_chapter_status(setup):
 
 def test_unknown_claim_id_is_refused(tmp_path, setup):
     items, reg, rec, run = setup
-    missing = items[[i for i, it in enumerate(items) if it.claims][0]].claims[0]
+    missing = next(it for it in items if it.against).against[0]
     smaller = {k: v for k, v in reg.items() if k != missing}
     with pytest.raises(claims.RegistryError, match=re.escape(missing)):
         scoreboard.render(registry=smaller, records_dir=rec, run_record=run)
@@ -131,7 +148,7 @@ def test_unknown_claim_id_is_refused(tmp_path, setup):
 def test_paper_file_checks(tmp_path):
     bad = tmp_path / "paper.toml"
     base = ('[[item]]\nid = "x"\nref = "Figure 1"\nsection = "3"\npaper = "p"\npaper_setting = "s"\n'
-            'chapters = {chapters}\nclaims = []\nprove = []\nscale = "{scale}"\ncorrection = ""\nuntested = "{why}"\n')
+            'chapters = {chapters}\nclaims = []\nagainst = []\ncontext = []\nprove = []\nscale = "{scale}"\ncorrection = ""\nuntested = "{why}"\n')
     bad.write_text(base.format(chapters="[]", scale="", why=""))
     with pytest.raises(scoreboard.PaperFileError, match="untested"):
         scoreboard.load_paper(bad)
@@ -159,7 +176,8 @@ def test_paper_file_claims_are_registered():
         pytest.skip(f"{claims.REGISTRY} is not in this checkout yet")
     reg = claims.load()
     for it in scoreboard.load_paper():
-        assert set(it.claims) <= set(reg), f"{it.id}: not registered: {set(it.claims) - set(reg)}"
+        ids = set(it.claims + it.against + it.context)
+        assert ids <= set(reg), f"{it.id}: not registered: {ids - set(reg)}"
 
 
 def test_write_is_atomic_and_complete(tmp_path, setup):
