@@ -58,7 +58,7 @@
 
 # %% tags=["parameters"]
 depth: int = 110  # depth of the NoShort CIFAR ResNet whose base gradients (Eq. 6) are used {>= 8, %6==2}
-n_steps: int = 10  # steps of each simulation (the paper's spread figure uses 10) {>= 1}
+n_steps: int = 10  # steps of each simulation (10, the horizon of the paper's Figure 2; its ICML text shows no spread after n steps) {>= 1}
 n_lrs: int = 81  # learning rates on the grid {>= 11}
 
 # %%
