@@ -66,7 +66,7 @@ print(elr_map.report())
 # $\lambda < \kappa_{jk} = 1/\sqrt{E_j E_k}$, the paper's *flipping ratio*
 # (Def. 3.8).
 
-# %%
+# %% tags=["hide-input"]
 fig, ax = plots.plt.subplots(figsize=(6.5, 3.0))
 lam_demo = 1.0
 grid = np.logspace(-2, 2, 400)
@@ -187,6 +187,8 @@ print(converge.report())
 x0 = np.array([0.1, 1.0, 10.0])
 seq = dynamics.normalised_sequence(x0, n_asymptotic)
 n = np.arange(1, n_asymptotic + 1)
+
+# %% tags=["hide-input"]
 fig, ax = plots.plt.subplots(figsize=(5.5, 3.0))
 for value, color, column in zip(x0, ["C0", "C1", "C3"], (seq[1:] ** 2 - x0**2 - 2 * n[:, None]).T):
     lower, upper = dynamics.normalised_sequence_bounds(value, n)
@@ -225,6 +227,7 @@ sweep = dynamics.simulate(np.broadcast_to(sigma2_start, (n_lrs, n_layers)), c,
 spread0, spread_n = sweep.spread[0], sweep.spread[-1]
 best = int(np.argmin(spread_n))
 
+# %% tags=["hide-input"]
 fig = plots.spread_against_lr(
     lr_grid, {f"after {n_steps} steps": spread_n, "at initialisation": spread0},
     {r"critical $\kappa_{\ell h}(0)$": kappa_crit, r"subcritical $\kappa_{hh'}(0)$": kappa_sub},

@@ -79,6 +79,7 @@ schedules = {
 runs = {name: dynamics.simulate(sigma2_start, c, lr, n_steps=n_steps) for name, lr in schedules.items()}
 pure = dynamics.simulate(sigma2_start, c, dynamics.subcritical_policy(), n_steps=n_layers)
 
+# %% tags=["hide-input"]
 fig = plots.schedule_grid(runs)
 plots.glue("ch06-schedules", fig)
 plots.glue("ch06-setting", f"L = {n_layers} layers with c_i = α^(L−i) and σ²(0) = 2, {n_steps} steps, "
@@ -93,7 +94,7 @@ plots.glue("ch06-setting", f"L = {n_layers} layers with c_i = α^(L−i) and σ�
 # Model only: {glue:text}`ch06-setting`. The subcritical warm-up hands over to the constant target.
 # ```
 
-# %%
+# %% tags=["hide-input"]
 rows = []
 for name, run in runs.items():
     supercritical = run.lr > run.critical_lr[:-1]
@@ -162,6 +163,8 @@ exp_steps = 8  # a ×3 exponential warm-up that reaches the peak rate in 8 steps
 exp_run = dynamics.simulate(sigma2_start, c, np.minimum(lr_max, dynamics.exponential(steps, lr_max * 3.0**-exp_steps, 3.0)))
 exp_reversals = reversal_steps(exp_run)
 late = exp_reversals[exp_reversals >= 1]
+
+# %% tags=["hide-input"]
 plots.glue("ch06-exp-sentence",
            f"an exponential warm-up that multiplies the rate by 3 per step, reaching the same peak in {exp_steps} "
            + (f"steps, reverses pairs of layers again at steps {', '.join(map(str, late))}." if late.size else
