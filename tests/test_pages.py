@@ -105,3 +105,53 @@ def test_reproducibility_page_holds_no_build_history():
     assert not re.findall(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b", page), \
         "the page names git revisions: past builds belong in git, the run record names this build's"
     assert not re.search(r"\b20\d\d-\d\d-\d\d\b", page), "the page names a date of a past build"
+
+
+# ------------------------------------------------------------------ on a page jupyter-book built
+
+TINY = '''# %% [markdown]
+# # Tiny
+
+# %% tags=["parameters"]
+n: int = 3  # how many {>= 1}
+
+# %%
+import warnings
+
+values = [n * i for i in range(4)]
+
+# %% tags=["hide-input"]
+print("values:", values)  # /tmp in a shown output is a leak, in hidden input code it is not: "/tmp/x"
+'''
+
+
+@pytest.mark.slow
+def test_check_html_on_a_book_jupyter_book_built(tmp_path, monkeypatch):
+    """A one-chapter book executed by elr and built by jupyter-book: clean, then with a warning on the page."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "book_root"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "book").mkdir()
+    (root / "book" / "intro.md").write_text("# Intro\n\n```bash\npapermill /tmp/ch.ipynb /tmp/out.ipynb\n```\n")
+    (root / "book" / "references.bib").write_text("")
+    (root / "_config.yml").write_text((book.ROOT / "_config.yml").read_text())
+    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/chapters/01_tiny\n")
+    monkeypatch.setattr(book, "ROOT", root)
+    monkeypatch.setattr(book, "NOTEBOOKS", root / "notebooks")
+    monkeypatch.setattr(book, "CHAPTERS_OUT", root / "book" / "chapters")
+    monkeypatch.setattr(book, "PROFILES_FILE", root / "notebooks" / "profiles.toml")
+    exe = Path(sys.executable).with_name("jupyter-book")
+
+    def build(source: str) -> list[str]:
+        (root / "notebooks" / "01_tiny.py").write_text(source)
+        book.execute("01_tiny", "quick")
+        proc = subprocess.run([str(exe), "build", str(root), "--keep-going"], cwd=root, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return pages.check_html(root / "_build" / "html", root=root)
+
+    assert build(TINY) == []
+    noisy = build(TINY + '\n# %%\nwarnings.warn("values are small", UserWarning)\n')
+    assert any(p.startswith("book/chapters/01_tiny.html: a warning") and "UserWarning" in p for p in noisy), noisy
