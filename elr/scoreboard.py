@@ -192,7 +192,9 @@ def verdict(item: Item, registry: dict[str, registry_mod.Entry], records: dict[s
                     continue
                 w = claim_words(r, against=role == "against")
                 words.append(w)
-                lines.append(f"{w}: {lead}{r['text']}: {_plain(r)} ({_measured(r)}) [{claim_id}]")
+                # a claim that states the paper's own claim needs no second verdict word; one against it does
+                said = f": {_plain(r)}" if role == "against" else ""
+                lines.append(f"{w}: {lead}{r['text']}{said} ({_measured(r)}) [{claim_id}]")
         return _summarise(words), lines
     words, lines = [], []
     for chapter in item.chapters:
