@@ -5,6 +5,7 @@ for the highest.
 """
 from __future__ import annotations
 
+import re
 from typing import Mapping, Sequence
 
 import matplotlib as mpl
@@ -61,12 +62,24 @@ def layer_profiles(profiles: Mapping[str, np.ndarray], ylabel: str, ax=None, log
     return fig
 
 
+def _split_format(style: str) -> tuple[str, str | None]:
+    """A matplotlib format string split into (line style and marker, colour or None): 'k--' -> ('--', 'k')."""
+    m = re.search(r"C[0-9]|[bgrcmykw]", style)  # no marker or line-style character is one of these letters
+    if m is None:
+        return style, None
+    return style[:m.start()] + style[m.end():], m.group(0)
+
+
 def layer_paths(x: np.ndarray, values: np.ndarray, ax=None, logx: bool = False, logy: bool = True,
                 style: str = "-", lw: float = 1.0, alpha: float = 1.0, xlabel: str = "step", ylabel: str = ""):
-    """One line per layer over time; ``values`` has shape (T, L), ``x`` shape (T,)."""
+    """One line per layer over time; ``values`` has shape (T, L), ``x`` shape (T,).
+
+    Lines are coloured by depth, unless ``style`` names a colour ('k--'): then every layer takes it."""
     fig, ax = _axes(ax)
+    # a colour in both the format string and color= makes matplotlib warn (a UserWarning on the page)
+    linestyle, fixed = _split_format(style)
     for color, column in zip(depth_colors(values.shape[-1]), values.T):
-        ax.plot(x, column, style, color=color, lw=lw, alpha=alpha)
+        ax.plot(x, column, linestyle, color=fixed or color, lw=lw, alpha=alpha)
     if logx:
         ax.set_xscale("log")
     if logy:

@@ -118,12 +118,13 @@ for depth in resnet_depths:
     for shortcut in (False, True):
         name = f"ResNet{depth} {'Short' if shortcut else 'NoShort'}"
         profiles[name] = dynamics.base_gradients_cifar_resnet(depth, shortcut=shortcut)
+kappa56 = float(dynamics.critical_lr(dynamics.elr(dynamics.SIGMA2_HE,
+                                                  dynamics.base_gradients_cifar_resnet(56, shortcut=False))))
 
+# %% tags=["hide-input"]
 fig = plots.layer_profiles(profiles, ylabel="initial base gradient $c_i$ (top layer = 1)")
 plots.glue("ch03-base-gradients", fig)
 plots.glue("ch03-depths", ", ".join(str(d) for d in resnet_depths))
-kappa56 = float(dynamics.critical_lr(dynamics.elr(dynamics.SIGMA2_HE,
-                                                  dynamics.base_gradients_cifar_resnet(56, shortcut=False))))
 plots.glue("ch03-kappa56", f"{kappa56:.3g}")  # κ_ℓh(0) of ResNet56 NoShort in model units (c_L = 1)
 
 # %% [markdown]
@@ -201,7 +202,10 @@ spread = {
 }
 n_layers = depths - 1
 closed_form = np.log(dynamics.ALPHA) * np.sqrt((n_layers**2 - 1) / 12)
+short_limit = symbolic.derive_short_spread_limit()
+far = {d: float(dynamics.relative_spread(dynamics.base_gradients_cifar_resnet(d, True))) for d in (110, 1004, 20000)}
 
+# %% tags=["hide-input"]
 fig, ax = plots.plt.subplots()
 for label, values in spread.items():
     ax.plot(depths, values, label=label)
@@ -210,9 +214,7 @@ ax.set(xlabel="network depth (6n+2)", ylabel="$S_{rel}$ at initialisation")
 ax.legend()
 plots.glue("ch03-spread-depth", fig)
 plots.glue("ch03-max-depth", f"{depths[-1]}")
-short_limit = symbolic.derive_short_spread_limit()
 plots.glue("ch03-short-limit", f"{short_limit}")
-far = {d: float(dynamics.relative_spread(dynamics.base_gradients_cifar_resnet(d, True))) for d in (110, 1004, 20000)}
 display(Markdown("| depth | S_rel with shortcuts, Eq. (7) |\n|---|---|\n"
                  + "\n".join(f"| {d} | {v:.4f} |" for d, v in far.items()) + "\n| ∞ | 1 |"))
 
@@ -236,6 +238,8 @@ display(Markdown("| depth | S_rel with shortcuts, Eq. (7) |\n|---|---|\n"
 c110 = dynamics.base_gradients_cifar_resnet(110, shortcut=False)
 sigma2_0 = np.full_like(c110, dynamics.SIGMA2_HE)
 one_step = dynamics.simulate(sigma2_0, c110, np.array([lr]))
+
+# %% tags=["hide-input"]
 fig, ax = plots.plt.subplots()
 layers = np.arange(1, c110.size + 1)
 ax.plot(layers, one_step.elr[0], label="before the step")

@@ -108,18 +108,20 @@ c = dynamics.base_gradients_feedforward(n_layers)
 sigma2_start = np.full(n_layers, dynamics.SIGMA2_HE)
 kappa0 = float(dynamics.critical_lr(dynamics.elr(sigma2_start, c)))
 runs = {lr: dynamics.simulate(sigma2_start, c, np.full(int(round(t_max / lr**2)), lr)) for lr in lrs}
+# the flow's ELRs at the discrete model's times, and the model's largest relative errors against it
+flows = {lr: dynamics.elr(dynamics.continuous_sigma2(run.time[1:, None], c, sigma2_start), c) for lr, run in runs.items()}
+path_error = {lr: float(np.max(np.abs(run.elr[1:] / flows[lr] - 1))) for lr, run in runs.items()}
+final_error = {lr: float(np.max(np.abs(run.sigma2[-1] / dynamics.continuous_sigma2(run.time[-1], c, sigma2_start) - 1)))
+               for lr, run in runs.items()}
 
+# %% tags=["hide-input"]
 fig, axes = plots.plt.subplots(1, len(lrs), figsize=(2.6 * len(lrs) + 0.8, 3.0), sharey=True, squeeze=False)
-final_error, path_error = {}, {}
 for ax, (lr, run) in zip(axes[0], runs.items()):
     t = run.time[1:]
-    flow = dynamics.elr(dynamics.continuous_sigma2(t[:, None], c, sigma2_start), c)
     plots.layer_paths(t, run.elr[1:], ax=ax, logx=True, xlabel="time $t = i\\lambda^2$",
                       ylabel="ELR $E_i$" if ax is axes[0, 0] else "")
-    plots.layer_paths(t, flow, ax=ax, logx=True, style="k--", lw=0.6, xlabel="time $t = i\\lambda^2$")
+    plots.layer_paths(t, flows[lr], ax=ax, logx=True, style="k--", lw=0.6, xlabel="time $t = i\\lambda^2$")
     ax.set_title(f"$\\lambda$ = {lr:g} ({run.lr.size:,} steps)")
-    path_error[lr] = float(np.max(np.abs(run.elr[1:] / flow - 1)))
-    final_error[lr] = float(np.max(np.abs(run.sigma2[-1] / dynamics.continuous_sigma2(t[-1], c, sigma2_start) - 1)))
 plots.add_depth_colorbar(fig, axes[0].tolist(), n_layers)
 plots.glue("ch04-discrete-vs-flow", fig)
 plots.glue("ch04-setting", f"L = {n_layers} layers, c_i = α^(L−i), σ²(0) = 2, t_max = {t_max:g}")
@@ -141,7 +143,7 @@ plots.glue("ch04-kappa", f"{kappa0:.3g}")
 # to rejoin it. Euler's method is first-order in its step $h = \lambda^2$,
 # so the error at a fixed time should shrink like $\lambda^2$:
 
-# %%
+# %% tags=["hide-input"]
 lr_sorted = sorted(lrs)
 fig, ax = plots.plt.subplots(figsize=(4.5, 3.0))
 ax.loglog(lr_sorted, [final_error[lr] for lr in lr_sorted], "o-", label="max over layers, at $t_{max}$")

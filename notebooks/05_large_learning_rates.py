@@ -24,7 +24,7 @@
 
 # %% tags=["parameters"]
 n_layers: int = 109  # layers of the feed-forward profile c_i = α^(L-i) (ResNet110 NoShort has 109) {>= 2}
-n_steps: int = 10  # steps after which the spread is measured (the paper uses 10) {>= 1}
+n_steps: int = 10  # steps after which the spread is measured (10, the horizon of the paper's Figure 2; its ICML text shows no spread after n steps) {>= 1}
 lr_decades: float = 3.0  # the λ grid spans κ_ℓh(0)·10^(±lr_decades) {> 0}
 n_lrs: int = 121  # points of the λ grid {>= 5}
 n_asymptotic: int = 100000  # steps of x_{n+1} = x_n + 1/x_n in the convergence figure {>= 100}
@@ -66,8 +66,8 @@ print(elr_map.report())
 # $\lambda < \kappa_{jk} = 1/\sqrt{E_j E_k}$, the paper's *flipping ratio*
 # (Def. 3.8).
 
-# %%
-fig, ax = plots.plt.subplots(figsize=(5.0, 3.0))
+# %% tags=["hide-input"]
+fig, ax = plots.plt.subplots(figsize=(6.5, 3.0))
 lam_demo = 1.0
 grid = np.logspace(-2, 2, 400)
 ax.loglog(grid, dynamics.elr_step(grid, lam_demo), "k", label=r"$f_\lambda(E)$, $\lambda = 1$")
@@ -77,7 +77,7 @@ for e_j, color in [(0.3, "C0"), (8.0, "C3")]:
     ax.plot(e_j, float(dynamics.elr_step(e_j, lam_demo)), "o", color=color, label=f"$E$ = {e_j:g}")
 ax.axvline(1 / lam_demo, color="C2", lw=1, ls="--", label=r"peak at $1/\lambda$")
 ax.set(xlabel="ELR before the step", ylabel="ELR after the step")
-ax.legend(loc="lower center")
+ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the axes: inside, it covers the curve
 plots.glue("ch05-elr-map", fig)
 
 # %% [markdown]
@@ -187,6 +187,8 @@ print(converge.report())
 x0 = np.array([0.1, 1.0, 10.0])
 seq = dynamics.normalised_sequence(x0, n_asymptotic)
 n = np.arange(1, n_asymptotic + 1)
+
+# %% tags=["hide-input"]
 fig, ax = plots.plt.subplots(figsize=(5.5, 3.0))
 for value, color, column in zip(x0, ["C0", "C1", "C3"], (seq[1:] ** 2 - x0**2 - 2 * n[:, None]).T):
     lower, upper = dynamics.normalised_sequence_bounds(value, n)
@@ -225,6 +227,7 @@ sweep = dynamics.simulate(np.broadcast_to(sigma2_start, (n_lrs, n_layers)), c,
 spread0, spread_n = sweep.spread[0], sweep.spread[-1]
 best = int(np.argmin(spread_n))
 
+# %% tags=["hide-input"]
 fig = plots.spread_against_lr(
     lr_grid, {f"after {n_steps} steps": spread_n, "at initialisation": spread0},
     {r"critical $\kappa_{\ell h}(0)$": kappa_crit, r"subcritical $\kappa_{hh'}(0)$": kappa_sub},

@@ -79,6 +79,7 @@ schedules = {
 runs = {name: dynamics.simulate(sigma2_start, c, lr, n_steps=n_steps) for name, lr in schedules.items()}
 pure = dynamics.simulate(sigma2_start, c, dynamics.subcritical_policy(), n_steps=n_layers)
 
+# %% tags=["hide-input"]
 fig = plots.schedule_grid(runs)
 plots.glue("ch06-schedules", fig)
 plots.glue("ch06-setting", f"L = {n_layers} layers with c_i = α^(L−i) and σ²(0) = 2, {n_steps} steps, "
@@ -93,7 +94,7 @@ plots.glue("ch06-setting", f"L = {n_layers} layers with c_i = α^(L−i) and σ�
 # Model only: {glue:text}`ch06-setting`. The subcritical warm-up hands over to the constant target.
 # ```
 
-# %%
+# %% tags=["hide-input"]
 rows = []
 for name, run in runs.items():
     supercritical = run.lr > run.critical_lr[:-1]
@@ -124,13 +125,54 @@ plots.glue("ch06-spread", fig)
 #
 # Every schedule that starts above $\kappa_{\ell h}(0)$ flips the extreme
 # layers in its first step, exactly when the bottom row of
-# {numref}`fig-ch06-schedules` shows $\lambda > \kappa_{\ell h}$; later steps
-# never flip, because one step lifts every flipping ratio to at least
-# $2\lambda$ (chapter {doc}`05_large_learning_rates`). Whether a warm-up
-# helps depends on its first value: starting at a fraction of the peak rate
-# is not enough when the critical rate is orders of magnitude smaller. The
-# subcritical schedule never crosses $\kappa_{\ell h}$, and the spread it
-# leaves is the smallest. Run without a hand-over, it equalises all layers:
+# {numref}`fig-ch06-schedules` shows $\lambda > \kappa_{\ell h}$. After the
+# first step none of these schedules reverses the order of any pair of
+# layers, and that needs a condition on the schedule. One step at rate
+# $\lambda_i$ lifts every flipping ratio to at least $2\lambda_i$: by Eq. (50)
+# of the paper's proof of Prop. A.1 and $E_j/E_k + E_k/E_j \ge 2$,
+# $\kappa_{jk}^2(t_{i+1}) \ge (\kappa_{jk} + \lambda_i^2/\kappa_{jk})^2 \ge
+# 4\lambda_i^2$ (chapter {doc}`05_large_learning_rates`). So a schedule that at most doubles from one step to the next,
+# $\lambda_{i+1} \le 2\lambda_i$, can reverse a pair only in its first step.
+# The four fixed schedules here meet it (the linear warm-up doubles exactly
+# once, from its first step to its second); the subcritical one never
+# reverses a pair by construction. A faster warm-up need not:
+# {glue:text}`ch06-exp-sentence`
+#
+# Whether a warm-up helps depends on its first value: starting at a fraction
+# of the peak rate is not enough when the critical rate is orders of
+# magnitude smaller. The subcritical schedule never crosses
+# $\kappa_{\ell h}$, and the spread it leaves is the smallest. Run without a
+# hand-over, it equalises all layers:
+
+# %%
+def reversal_steps(run: dynamics.Trajectory, rtol: float = 1e-9) -> np.ndarray:
+    """Steps i at which some pair of layers with distinct ELRs (to ``rtol``) swaps order by step i + 1."""
+    out = []
+    for i in range(run.lr.size):
+        order = np.argsort(run.elr[i], kind="stable")
+        before, after = run.elr[i][order], run.elr[i + 1][order]
+        # ties (groups the subcritical schedule merged) differ only by rounding and are not an order
+        if np.any((np.diff(before) > rtol * before[1:]) & (np.diff(after) < -rtol * after[1:])):
+            out.append(i)
+    return np.array(out, dtype=int)
+
+
+growth = {name: float(np.max(run.lr[1:] / run.lr[:-1])) for name, run in runs.items() if name != "subcritical"}
+reversals = {name: reversal_steps(run) for name, run in runs.items()}
+exp_steps = 8  # a ×3 exponential warm-up that reaches the peak rate in 8 steps
+exp_run = dynamics.simulate(sigma2_start, c, np.minimum(lr_max, dynamics.exponential(steps, lr_max * 3.0**-exp_steps, 3.0)))
+exp_reversals = reversal_steps(exp_run)
+late = exp_reversals[exp_reversals >= 1]
+
+# %% tags=["hide-input"]
+plots.glue("ch06-exp-sentence",
+           f"an exponential warm-up that multiplies the rate by 3 per step, reaching the same peak in {exp_steps} "
+           + (f"steps, reverses pairs of layers again at steps {', '.join(map(str, late))}." if late.size else
+              "steps, reverses no pair after its first step in this setting."))
+display(Markdown("| schedule | largest λ(i+1)/λ(i) | steps at which a pair of layers reverses order |\n|---|---|---|\n"
+                 + "\n".join(f"| {name} | {f'{growth[name]:.3g}' if name in growth else '— (set from the ELRs)'} | "
+                              f"{', '.join(map(str, reversals[name])) or 'none'} |" for name in runs)
+                 + f"\n| exponential ×3 | 3 | {', '.join(map(str, exp_reversals)) or 'none'} |"))
 
 # %%
 done = int(np.argmax(pure.spread < 1e-9))
@@ -153,6 +195,9 @@ for name, run in runs.items():
     supercritical = run.lr > run.critical_lr[:-1]
     assert np.array_equal(run.extreme_flips, supercritical), f"{name}: flips happen exactly when λ > κ_ℓh"
     assert not supercritical[1:].any(), f"{name}: at most the first step is super-critical"
+    assert not np.any(reversals[name] >= 1), f"{name}: no pair of layers reverses order after the first step"
+assert all(g <= 2 + 1e-12 for g in growth.values()), "the fixed schedules at most double from one step to the next"
+assert late.size > 0, "a ×3 exponential warm-up reverses pairs after its first step: λ(i+1) ≤ 2λ(i) is needed"
 sub = runs["subcritical"]
 assert np.all(sub.lr <= sub.critical_lr[:-1]), "the subcritical schedule never exceeds the critical rate"
 assert all(sub.spread[-1] <= run.spread[-1] + 1e-12 for run in runs.values()), \

@@ -141,14 +141,6 @@ display(Markdown(
     f"$x_j^2 \\ge 2(j-1)$ fails {squared_fails} times; the printed Eq. (42) fails {printed_fails} times; "
     f"our bound {{eq}}`ch05-bounds` fails {ours_fails} times."))
 
-fig, (ax_a, ax_b) = plots.plt.subplots(1, 2, figsize=(8.0, 3.0))
-first = seq[:40, np.argmin(np.abs(x1 - 1.0))]
-ax_a.plot(np.arange(1, 41), first, "k", label="$x_j$, $x_1 = 1$")
-ax_a.plot(np.arange(1, 41), 2 * (np.arange(1, 41) - 1), "C3--", label="$2(j-1)$ (printed bound)")
-ax_a.plot(np.arange(1, 41), np.sqrt(2 * (np.arange(1, 41) - 1)), "C2:", label=r"$\sqrt{2(j-1)}$ (meant)")
-ax_a.set(xlabel="j", ylabel="$x_j$")
-ax_a.legend()
-
 # %% [markdown]
 # ## Corollary 3.10: $L - 1$ steps, and ties
 #
@@ -173,6 +165,17 @@ literal = dynamics.simulate(start, c_rand, lambda i, e: dynamics.subcritical_lr(
                             n_steps=n_layers + 2)
 groups_distinct = [len(np.unique(np.round(np.log(e), 9))) for e in distinct.elr]
 groups_literal = [len(np.unique(np.round(np.log(e), 9))) for e in literal.elr]
+display(Markdown(f"Spread after L − 1 = {n_layers - 1} steps: {distinct.spread[n_layers - 1]:.1e} (ours), "
+                 f"{literal.spread[n_layers - 1]:.3f} (literal reading)."))
+
+# %% tags=["hide-input"]
+fig, (ax_a, ax_b) = plots.plt.subplots(1, 2, figsize=(8.0, 3.0))
+first = seq[:40, np.argmin(np.abs(x1 - 1.0))]
+ax_a.plot(np.arange(1, 41), first, "k", label="$x_j$, $x_1 = 1$")
+ax_a.plot(np.arange(1, 41), 2 * (np.arange(1, 41) - 1), "C3--", label="$2(j-1)$ (printed bound)")
+ax_a.plot(np.arange(1, 41), np.sqrt(2 * (np.arange(1, 41) - 1)), "C2:", label=r"$\sqrt{2(j-1)}$ (meant)")
+ax_a.set(xlabel="j", ylabel="$x_j$")
+ax_a.legend()
 ax_b.plot(groups_distinct, "o-", label="h' strictly below h (ours)")
 ax_b.plot(groups_literal, "s--", label="h' = second entry (literal)")
 ax_b.axvline(n_layers - 1, color="0.5", lw=0.8, ls=":", label="L − 1")
@@ -180,8 +183,6 @@ ax_b.set(xlabel="step", ylabel="distinct ELRs")
 ax_b.legend()
 plots.glue("ch07-checks", fig)
 plots.glue("ch07-layers", f"{n_layers}")
-display(Markdown(f"Spread after L − 1 = {n_layers - 1} steps: {distinct.spread[n_layers - 1]:.1e} (ours), "
-                 f"{literal.spread[n_layers - 1]:.3f} (literal reading)."))
 
 # %% [markdown]
 # ```{glue:figure} ch07-checks
@@ -231,6 +232,8 @@ display(Markdown(f"Mean squared norm over {n_draws} draws of a {shape} weight: p
 
 # %%
 table_3_1 = {r["between W and its normalisation"]: r for r in audit.section_3_1_table()}
+
+# %% tags=["hide-input"]
 display(Markdown("| between W and its normalisation | paper | after BatchNorm (max change) | "
                  "after LayerNorm (max change) |\n|---|---|---|---|\n" + "\n".join(
                      f"| {k} | {table_3_1[k]['paper']} | {table_3_1[k]['batchnorm']} ({table_3_1[k]['batchnorm change']:.0e}) | "

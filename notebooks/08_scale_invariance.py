@@ -71,6 +71,10 @@ for depth in depths:
 
 quantities = {"output change": "output_change", "inverse-scaling error (Eq. 1)": "inverse_scaling_error",
               "cosine of ∇W and W (Eq. 2)": "cosine", "other layers' gradients (Prop. 3.1)": "others_change"}
+worst_by_key = audit.worst_scaling_residuals(*checks.values())
+worst = {title: worst_by_key[key] for title, key in quantities.items()}
+
+# %% tags=["hide-input"]
 fig, axes = plots.plt.subplots(1, len(quantities), figsize=(10, 2.8), sharey=True)
 for ax, (title, key) in zip(axes, quantities.items()):
     for name, rows in checks.items():
@@ -81,9 +85,6 @@ axes[-1].legend(fontsize=6)
 plots.glue("ch08-checks", fig)
 plots.glue("ch08-setting", f"depths {', '.join(map(str, depths))}, γ = {gamma:g}, a batch of {batch_size} "
                            f"digits images (1x8x8)")
-
-worst_by_key = audit.worst_scaling_residuals(*checks.values())
-worst = {title: worst_by_key[key] for title, key in quantities.items()}
 display(Markdown("| quantity | worst over all layers and networks |\n|---|---|\n"
                  + "\n".join(f"| {t} | {v:.1e} |" for t, v in worst.items())))
 
@@ -200,6 +201,8 @@ plots.glue("ch08-single-grad", f"{max(single['inverse_scaling_error'], single['o
 
 # %%
 table = audit.section_3_1_table()
+
+# %% tags=["hide-input"]
 display(Markdown(
     "| between W and its normalisation | paper | BatchNorm | LayerNorm | reason (LayerNorm) |\n|---|---|---|---|---|\n"
     + "\n".join(f"| {r['between W and its normalisation']} | {r['paper']} | {r['batchnorm']} | {r['layernorm']} | "
@@ -234,6 +237,8 @@ for depth in depths:
         convs = [r for r in rows if r.name.endswith("weight") and not r.name.startswith("fc")]
         summaries.append((f"ResNet{depth} {'Short' if shortcut else 'NoShort'}", sum(r.invariant for r in convs),
                           len(convs), next(r for r in rows if r.name == "fc.weight")))
+
+# %% tags=["hide-input"]
 display(Markdown("| network | convolutions that auto-tune | final linear layer |\n|---|---|---|\n"
                  + "\n".join(f"| {n} | {k} of {t} | {fc.verdict}: {fc.reason} |" for n, k, t, fc in summaries)))
 

@@ -58,7 +58,7 @@
 
 # %% tags=["parameters"]
 depth: int = 110  # depth of the NoShort CIFAR ResNet whose base gradients (Eq. 6) are used {>= 8, %6==2}
-n_steps: int = 10  # steps of each simulation (the paper's spread figure uses 10) {>= 1}
+n_steps: int = 10  # steps of each simulation (10, the horizon of the paper's Figure 2; its ICML text shows no spread after n steps) {>= 1}
 n_lrs: int = 81  # learning rates on the grid {>= 11}
 
 # %%
@@ -83,7 +83,10 @@ for method in ("explicit", "implicit", "flow"):
     traj = dynamics.simulate_solver(sigma2_0[None, :].repeat(n_lrs, 0), c, np.tile(ratios * kappa, (n_steps, 1)), method)
     spread[method] = traj.spread[-1]
     order[method] = traj.elr[-1, :, 0] / traj.elr[-1, :, -1]  # lowest layer over highest, after n_steps
+display(Markdown(f"κ_ℓh(0) = {kappa:.3g}. Smallest spread after {n_steps} steps: "
+                 + ", ".join(f"{m}: {spread[m].min():.3g} at λ/κ = {ratios[np.argmin(spread[m])]:.3g}" for m in spread)))
 
+# %% tags=["hide-input"]
 fig, axes = plots.plt.subplots(1, 3, figsize=(10, 3.0))
 le = np.logspace(-1.5, 1.5, 300)  # λE
 for method, fn in {"explicit (Eq. 5)": lambda z: z / (1 + z**2), "implicit": lambda z: 2 * z / (1 + np.sqrt(1 + 4 * z**2)),
@@ -104,8 +107,6 @@ axes[2].set(yscale="log", ylabel=r"$E_{lowest}/E_{highest}$", title="order of th
 axes[2].axhline(1, color="k", ls=":", lw=1)
 plots.glue("ch16-solvers", fig)
 plots.glue("ch16-setting", f"ResNet{depth} without shortcuts, {len(c)} layers, He initialisation, {n_steps} steps")
-display(Markdown(f"κ_ℓh(0) = {kappa:.3g}. Smallest spread after {n_steps} steps: "
-                 + ", ".join(f"{m}: {spread[m].min():.3g} at λ/κ = {ratios[np.argmin(spread[m])]:.3g}" for m in spread)))
 
 # %% [markdown]
 # ```{glue:figure} ch16-solvers
