@@ -25,8 +25,16 @@ def _cmd_book(args) -> int:
     except book.ChapterFailed as err:
         failed = err  # a reader still gets a book: every chapter ran, the failed ones carry a banner
     if not args.no_html:
+        from elr import pages, scoreboard
+
+        print(f"elr: scoreboard of the paper written: {scoreboard.write()}")
         index = book.build_html()
         print(f"elr: book built: {index}" + (" (with failed chapters, each marked by a banner)" if failed else ""))
+        problems = pages.check_html(index.parent)
+        if problems:
+            print("elr: the built pages show what a reader should not see (tracebacks, warnings, paths of this "
+                  "machine):\n  " + "\n  ".join(problems), file=sys.stderr)
+            return 1
     if failed:
         print(f"elr: {failed}", file=sys.stderr)
         return 1

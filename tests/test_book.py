@@ -149,11 +149,19 @@ def test_elr_book_builds_the_html_even_when_a_chapter_fails_and_exits_nonzero(mo
     def fails(*args, **kwargs):
         raise book.ChapterFailed("13_x", Path("13_x.ipynb"), "AssertionError: a gate claim")
 
+    from elr import pages, scoreboard
+
     monkeypatch.setattr(book, "run_chapters", fails)
-    monkeypatch.setattr(book, "build_html", lambda: built.append(1) or Path("index.html"))
+    monkeypatch.setattr(book, "build_html", lambda: built.append(1) or Path("html/index.html"))
+    monkeypatch.setattr(scoreboard, "write", lambda: built.append("scoreboard") or Path("scoreboard.md"))
+    monkeypatch.setattr(pages, "check_html", lambda html: [])
     assert cli.main(["book"]) == 1
-    assert built == [1] and "with failed chapters" in capsys.readouterr().out
-    assert cli.main(["book", "--no-html"]) == 1 and built == [1]
+    assert built == ["scoreboard", 1] and "with failed chapters" in capsys.readouterr().out
+    assert cli.main(["book", "--no-html"]) == 1 and built == ["scoreboard", 1]
+    # a page that shows a traceback, a warning or a path of this machine fails the build too
+    monkeypatch.setattr(book, "run_chapters", lambda *a, **k: {})
+    monkeypatch.setattr(pages, "check_html", lambda html: ["chapters/x.html: a traceback"])
+    assert cli.main(["book"]) == 1 and "a traceback" in capsys.readouterr().err
 
 
 def test_the_failure_message_lists_failed_claims_without_paths():
