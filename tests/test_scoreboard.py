@@ -20,7 +20,7 @@ def _registry(tmp_path, items):
             blocks.setdefault(cid, f'[[claim]]\nid = "{cid}"\nchapter = "{chapter_of[cid[:2]]}"\npaper = "{it.ref}"\n'
                           f'text = "text of {cid}"\nkind = "mean"\nstatistic = "mean"\nthreshold = 0.0\n'
                           f'direction = ">"\nexpect = "holds"\nrole = "gate"\nset_by = [100]\n'
-                          f'confirmed_at = []\nhistory = ["registered for the test"]\n')
+                          f'confirmed_at = []\npilot_p_flip = 0.001\nhistory = ["registered for the test"]\n')
     path = tmp_path / "claims.toml"
     path.write_text("\n".join(blocks.values()))
     return claims.load(path)
