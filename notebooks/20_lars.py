@@ -232,7 +232,7 @@ c4, c5 = claims.get("20.same-accuracy"), claims.get("20.all-parameters-accuracy"
 m = 100 * c4.threshold
 plots.glue("ch20-claim4", (
     f"The mean paired difference of test accuracy, constraint − LARS, is {100 * c4.interval.estimate:+.1f} points, "
-    f"95 % interval {100 * c4.interval.low:+.1f} to {100 * c4.interval.high:+.1f}. " + {
+    f"{100 * c4.interval.confidence:.3g} % interval {100 * c4.interval.low:+.1f} to {100 * c4.interval.high:+.1f}. " + {
         "holds": f"The whole interval lies within ±{m:g} points: the two reach the same accuracy within {m:g} "
                  "points (claim 4 holds).",
         "fails": f"The whole interval lies beyond {m:g} points: the two differ by more than {m:g} points on "
