@@ -63,12 +63,12 @@
 # logarithms lie between −745 and 710, so their standard deviation is at
 # most 728). It therefore never lowers the spread, is never the best rate,
 # and at the largest rate counts as more than twice the smallest spread of
-# its seed; the claims take it as that value, so a divergence never leaves a
-# claim without data. In claims 1 and 2, which average a seed's fall over
-# rates, only the sign of that average enters (a sign test): a diverged run
-# counts as an infinite spread, so its seed's average fall is negative
-# whatever the other rates do, and the value given to it never enters a
-# mean. A seed with no rate below its $\kappa_{\ell h}(0)$ at which the
+# its seed; claims 3, 6 and 7 (worst seed and sign tests) take it as that
+# value, so a divergence never leaves a claim without data, and no claim
+# averages it over seeds. In claims 1 and 2, which average a seed's fall
+# over rates, only the sign of that average enters (a sign test), and a
+# diverged run counts there as an infinite spread, so its seed's average
+# fall is negative whatever the other rates do. A seed with no rate below its $\kappa_{\ell h}(0)$ at which the
 # model predicts a visible fall (more than 0.05) has nothing to average: it
 # counts as a tie. **Ties count against every sign claim**: a seed whose
 # mean fall is zero, or whose best rates with real and random-walk
@@ -80,7 +80,7 @@ dataset: str = "digits"  # digits (offline, quick), cifar10 or cifar100 {in digi
 data_root: str = "data"  # where CIFAR lives
 batch_size: int = 128  # examples per step; one pass over the data is len(train set) // batch_size steps {>= 2}
 lrs: list[float] = [0.001, 0.00316, 0.01, 0.0316, 0.1, 0.316, 1.0, 3.16, 10.0]  # constant learning rates, a geometric grid {> 0}
-n_seeds: int = 6  # runs per point, seeds seed ... seed + n_seeds - 1 (the paper: 10); 6 is the fewest with which a report sign claim can hold (p = 1/64 < 0.025, only if all 6 seeds win and none ties; a gate claim's level, 0.025/m, asks for more), and chapter 10 runs the same 6 at λ <= 1 {>= 2}
+n_seeds: int = 6  # runs per point, seeds seed ... seed + n_seeds - 1 (the paper: 10); 6 is the fewest with which a report sign claim can hold (p = 1/64 < 0.025, only if all 6 seeds win and none ties; a gate claim's level, 0.025/m, needs more seeds once m ≥ 2), and chapter 10 runs the same 6 at λ <= 1 {>= 2}
 seed: int = 0  # base seed of initialisation and data order {>= 0}
 check_claims: bool = True  # assert the claims (the smoke profile only checks that the chapter runs)
 
