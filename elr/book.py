@@ -239,10 +239,21 @@ def git_revision() -> str:
         return "unknown"
 
 
+_PLAIN = re.compile(r"[\w .,:;'\"+\-=()/]*")
+
+
+def _md_literal(text: str) -> str:
+    """``text`` shown as itself in a Markdown table cell: a code span when it holds nothing Markdown or HTML
+    could read, otherwise every character but letters and digits as a numeric entity (never markup)."""
+    if _PLAIN.fullmatch(text):
+        return f"`{text}`"
+    return "".join(c if c.isalnum() and c.isascii() else f"&#{ord(c)};" for c in text)
+
+
 def _banner(chapter: str, profile: str, values: dict[str, Any]) -> str:
     """The box under a chapter's title: how it ran, downloads, and the exact commands to rerun it."""
     declared = read_parameters(chapter)
-    rows = "\n".join(f"| `{k}` | `{v!r}` | {declared[k].help} |" for k, v in values.items())
+    rows = "\n".join(f"| `{k}` | {_md_literal(repr(v))} | {declared[k].help} |" for k, v in values.items())
     elr_cmd = f"elr run {chapter} --profile {profile}"
     params_json = json.dumps(values).replace("'", "'\\''")
     return (f"````{{admonition}} How this chapter ran, and how to rerun it\n:class: note rerun-box\n"
@@ -322,6 +333,8 @@ def execute(chapter: str, profile: str = "quick", overrides: dict[str, Any] | No
     timeout = chapter_timeout(timeout)
     import jupytext
     import papermill
+
+    from elr import runs
     from papermill.exceptions import PapermillExecutionError
 
     values = resolve(chapter, profile, overrides) if values is None else values
@@ -337,14 +350,16 @@ def execute(chapter: str, profile: str = "quick", overrides: dict[str, Any] | No
         jupytext.write(nb, source)
         env_backend = os.environ.get("MPLBACKEND")
         os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-        os.environ["ELR_CHAPTER"] = chapter  # elr.train notes which runs this chapter uses (`elr runs --stale`)
-        (ROOT / "runs" / ".used" / chapter).unlink(missing_ok=True)
+        # the kernel notes which runs this execution uses (`elr runs --stale`), under the root the runs live in
+        token = runs.begin_usage(chapter)
+        completed = False
         # one budget for the whole chapter: each cell may use what the cells before it left (nbclient's timeout_func)
         deadline = time.monotonic() + timeout
         try:
             papermill.execute_notebook(str(source), str(output), parameters=values, kernel_name="python3",
                                        cwd=str(ROOT), progress_bar=False, execution_timeout=timeout,
                                        timeout_func=lambda cell: max(1, int(deadline - time.monotonic()) + 1))
+            completed = True
         except PapermillExecutionError as err:
             _finish_notebook(output, chapter, profile, values)
             raise ChapterFailed(chapter, output, f"{err.ename}: {err.evalue}") from None
@@ -353,7 +368,8 @@ def execute(chapter: str, profile: str = "quick", overrides: dict[str, Any] | No
             raise ChapterFailed(chapter, output, f"timed out after {timeout:g} s in {where}; raise the limit with "
                                                  f"--timeout SECONDS or ELR_CHAPTER_TIMEOUT") from None
         finally:
-            os.environ.pop("ELR_CHAPTER", None)
+            # the kernel ran in ROOT, so a relative ELR_RUNS (or runs/) is relative to it
+            runs.end_usage(chapter, token, completed, roots=[ROOT / runs.default_root()])
             if env_backend is None:
                 os.environ.pop("MPLBACKEND", None)
             else:
@@ -376,23 +392,34 @@ def machine() -> str:
             f"Python {platform.python_version()}, torch {torch_version}, elr {elr.__version__}")
 
 
-def _record(entries: dict[str, dict[str, Any]], out_dir: Path | None = None) -> None:
-    """Write the run record (JSON and the Markdown page the reproducibility page includes)."""
+def _record(name: str, entry: dict[str, Any], out_dir: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Set one chapter's entry in the run record (JSON, and the Markdown page the reproducibility page includes).
+
+    Read, changed and written under a lock, each file replaced at once: builds of other chapters running at
+    the same time keep their entries. Returns the record as written.
+    """
+    from elr.runs import locked, write_atomic
+
     out_dir = Path(out_dir or CHAPTERS_OUT)
     out_dir.mkdir(parents=True, exist_ok=True)
     record_json, record_md = out_dir / RECORD_JSON.name, out_dir / RECORD_MD.name
-    tmp = record_json.with_suffix(".tmp")
-    tmp.write_text(json.dumps(entries, indent=2, sort_keys=True))
-    tmp.replace(record_json)
-    total = sum(e["seconds"] for e in entries.values())
-    rows = "\n".join(f"| {c} | {e['profile']} | {e['status']} | {e['seconds']:.1f} | {e['finished']} | {e['git']} |"
-                     for c, e in sorted(entries.items()))
-    md = (f"| chapter | profile | status | seconds | finished (UTC) | git |\n|---|---|---|---|---|---|\n{rows}\n"
-          f"| **total** | | | **{total:.1f}** | | |\n\n"
-          f"Machine: {machine()}.\n")
-    tmp = record_md.with_suffix(".tmp")
-    tmp.write_text(md)
-    tmp.replace(record_md)
+    with locked(out_dir / ".run_record.lock"):
+        try:
+            entries = json.loads(record_json.read_text()) if record_json.exists() else {}
+        except ValueError:
+            print(f"elr: {record_json} could not be read; it is started again", file=sys.stderr, flush=True)
+            entries = {}
+        known = set(chapters())
+        entries = {k: v for k, v in entries.items() if k in known}
+        entries[name] = entry
+        write_atomic(record_json, json.dumps(entries, indent=2, sort_keys=True))
+        total = sum(e["seconds"] for e in entries.values())
+        rows = "\n".join(f"| {c} | {e['profile']} | {e['status']} | {e['seconds']:.1f} | {e['finished']} | {e['git']} |"
+                         for c, e in sorted(entries.items()))
+        write_atomic(record_md, f"| chapter | profile | status | seconds | finished (UTC) | git |\n"
+                                f"|---|---|---|---|---|---|\n{rows}\n"
+                                f"| **total** | | | **{total:.1f}** | | |\n\nMachine: {machine()}.\n")
+    return entries
 
 
 def summary(entries: dict[str, dict[str, Any]], names: list[str] | None = None) -> str:
@@ -432,9 +459,7 @@ def run_chapters(names: list[str], profile: str, overrides: dict[str, Any] | Non
     else:
         plans = {name: resolve(name, profile, overrides) for name in names}  # fails before any compute
     out_dir = Path(out_dir or CHAPTERS_OUT)
-    record_json = out_dir / RECORD_JSON.name
-    entries = json.loads(record_json.read_text()) if record_json.exists() else {}
-    entries = {k: v for k, v in entries.items() if k in chapters()}
+    entries: dict[str, dict] = {}
     failures = []
     for name, values in plans.items():
         print(f"elr: running {name} at profile {profile} ...", flush=True)
@@ -447,10 +472,10 @@ def run_chapters(names: list[str], profile: str, overrides: dict[str, Any] | Non
             status = "failed"
             failures.append(err)
             print(f"elr:   FAILED in {time.perf_counter() - start:.1f} s\n{err}", file=sys.stderr, flush=True)
-        entries[name] = {"profile": profile, "status": status, "seconds": round(time.perf_counter() - start, 1),
-                         "finished": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "git": git_revision(),
-                         "notebook": str(out_dir / f"{name}.ipynb")}
-        _record(entries, out_dir)
+        entries = _record(name, {"profile": profile, "status": status,
+                                 "seconds": round(time.perf_counter() - start, 1),
+                                 "finished": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "git": git_revision(),
+                                 "notebook": str(out_dir / f"{name}.ipynb")}, out_dir)
     print(summary(entries, list(plans)), flush=True)
     if failures:
         raise failures[0] if len(failures) == 1 else ChapterFailed(

@@ -2,29 +2,21 @@
 
 ``train(config, run_dir)`` runs SGD (momentum, weight decay and Nesterov
 optional; or timm's LARS, :func:`build_optimizer`) with any schedule, an optional warm-up and gradient transform,
-the ELR monitor and evaluation, and leaves in ``run_dir``:
+the ELR monitor and evaluation, and leaves in ``run_dir`` the config, the code fingerprint, provenance,
+the ELR records, the metrics and a checkpoint (the layout, and when a run is reused, are :mod:`elr.runs`'s).
 
-==================  =============================================================
-``config.json``     the config, as given
-``provenance.json`` elr version, git revision, torch version, device, data set, wall time
-``records.npz``     the ELR monitor's tidy records (:class:`elr.measure.Records`)
-``metrics.json``    evaluations, final status (``completed`` or ``diverged`` and at which step)
-``checkpoint.pt``   the state to resume from, written atomically every ``checkpoint_every`` steps
-``fingerprint.json`` what the run's results depend on besides the config: a hash of the elr sources
-                    training runs through, and the torch version
-==================  =============================================================
+:func:`run` and :func:`sweep` name a run's directory by :func:`elr.runs.run_key`, a hash of the config,
+of the content of the ``elr`` modules that :mod:`elr.train` imports and of the torch version, so an edit to
+the training code retrains while an edit to a chapter's prose does not. One process at a time trains a run
+(it holds the run's lock); another that asks for the same run waits, then reuses it.
 
-A run is reused only when it is the same run: :func:`run` names its directory
-by :func:`run_key`, a hash of the config, of the content of the ``elr`` modules
-that :mod:`elr.train` imports (directly or through each other, see
-:func:`training_sources`) and of the torch version, so an edit to the training
-code retrains while an edit to a chapter's prose does not. A run counts as
-finished only when ``metrics.json`` says ``completed`` or ``diverged`` and
-every file it lists is present with the size and SHA-256 it lists.
+Every value of a :class:`TrainConfig` is checked when it is made: its type (``True`` is not a step count)
+and its range, with bounds from what this machine can build and hold; the error names the field.
 
 Checkpoints hold only tensors and plain containers and are loaded with
 ``torch.load(..., weights_only=True)``: a crafted ``checkpoint.pt`` is refused,
-never executed.
+never executed. A checkpoint names the config and the code it belongs to; one of another run, or a
+damaged one, is named in a warning and the run starts from step 0.
 
 Every random choice (data order, flips, random-walk directions) is derived
 from ``(seed, step)``, so a run is bit-for-bit reproducible on the CPU and a
@@ -34,9 +26,7 @@ as diverged with its step: at a super-critical rate that is a result, not a cras
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
 import hashlib
 import importlib.util
 import json
@@ -44,6 +34,7 @@ import os
 import platform
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -56,6 +47,9 @@ import torch.nn.functional as F
 import elr
 from elr import data as data_mod
 from elr import dynamics, gradients, measure, nets, schedules
+from elr.runs import (RUN_FILES, RunFileError, RunInfo, RunResult, code_fingerprint, default_root,  # noqa: F401
+                      finished, list_runs, load_run, made_by_current_code, prune_runs, run_key, training_sources)
+from elr import runs as run_cache
 
 if os.environ.get("ELR_THREADS"):  # `make robust` checks the book with one torch thread (ELR_THREADS=1)
     torch.set_num_threads(int(os.environ["ELR_THREADS"]))
@@ -176,89 +170,6 @@ class TrainConfig:
         return float(fn())
 
 
-# ------------------------------------------------------------ what a run depends on
-
-_PACKAGE = Path(__file__).resolve().parent
-
-
-def training_sources() -> list[Path]:
-    """The ``elr`` source files training runs through: ``train.py`` and the elr modules it imports.
-
-    Found by reading the module-level imports of ``train.py`` and, in turn, of
-    each elr module it reaches (plus ``elr/__init__.py``). Imports inside
-    functions are left out on purpose: ``train`` only reaches ``elr.book`` that
-    way, to record the git revision, which does not change results.
-    """
-    seen: set[str] = set()
-    todo = ["train", "__init__"]
-    while todo:
-        name = todo.pop()
-        if name in seen or not (_PACKAGE / f"{name}.py").exists():
-            continue
-        seen.add(name)
-        tree = ast.parse((_PACKAGE / f"{name}.py").read_text(encoding="utf-8"))
-        for node in tree.body:
-            if isinstance(node, ast.ImportFrom) and node.module == "elr":
-                todo += [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("elr."):
-                todo.append(node.module.split(".")[1])
-            elif isinstance(node, ast.Import):
-                todo += [a.name.split(".")[1] for a in node.names if a.name.startswith("elr.")]
-    return sorted(_PACKAGE / f"{name}.py" for name in seen)
-
-
-@functools.lru_cache(maxsize=1)
-def code_fingerprint() -> dict[str, str]:
-    """What a run's results depend on besides its config: the training sources' content and torch's version.
-
-    Computed once per process, like the imports it describes: the code a process runs is the code it imported.
-    Treat the returned dict as read-only.
-    """
-    digest = hashlib.sha256()
-    sources = training_sources()
-    for path in sources:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes().replace(b"\r\n", b"\n") + b"\0")
-    return {"code": digest.hexdigest()[:16], "torch": torch.__version__, "sources": ", ".join(p.name for p in sources)}
-
-
-def _made_by_current_code(run_dir: Path) -> bool:
-    """Was the run in ``run_dir`` made by the training code and torch version of this process?"""
-    try:
-        made_by = json.loads((run_dir / "fingerprint.json").read_text())
-    except (OSError, ValueError):
-        return False  # no fingerprint: an elr too old to say, or a run cut before it began
-    fp = code_fingerprint()
-    return made_by.get("code") == fp["code"] and made_by.get("torch") == fp["torch"]
-
-
-def run_key(config: "TrainConfig", fingerprint: dict[str, str] | None = None) -> str:
-    """The name of a run's directory: a hash of the config, the training code and the torch version."""
-    fp = fingerprint or code_fingerprint()
-    blob = json.dumps({"config": config.to_dict(), "code": fp["code"], "torch": fp["torch"]}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    status: str                     # completed | diverged
-    steps_done: int
-    diverged_at: int | None
-    metrics: dict[str, Any]
-    records: measure.Records = field(repr=False)
-
-    def accuracy(self, diverged: float) -> float:
-        """Final test accuracy; a diverged run counts as ``diverged`` (say chance, 1/classes), never as missing."""
-        if self.status != "completed":
-            return float(diverged)
-        return float(self.metrics["final"]["test_acc"])
-
-    def mean_spread(self, key: str = "elr_grad_max") -> float:
-        """S_rel of ``key`` averaged over the logged steps of the run (NaN steps after a divergence left out)."""
-        _, s_rel = self.records.spread(key)
-        return float(np.nanmean(s_rel))
-
-
 # --------------------------------------------------------------------- helpers
 
 
@@ -291,6 +202,42 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"refusing to load {path}: it holds objects other than tensors and plain containers, and loading "
             f"them could run code ({str(err).splitlines()[0]}). elr writes no such checkpoint; delete the file "
             f"to train this run from the start.") from None
+
+
+def _checkpoint_identity(config: TrainConfig) -> dict[str, str]:
+    """What a checkpoint says it belongs to: the run's config and the training code that wrote it."""
+    return {"config": json.dumps(config.to_dict(), sort_keys=True), "code": code_fingerprint()["code"]}
+
+
+_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "records", "step", "history")
+
+
+def _checkpoint_of(config: TrainConfig, path: Path) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if it is one of this run (its config, its code, a step within the run).
+
+    Otherwise (another run's checkpoint, one too old to name its run, a truncated or garbled file) a warning
+    names the file and why, the file is removed, and None is returned: the run starts from step 0, which is
+    always safe. A checkpoint that carries code still raises :class:`UnsafeCheckpoint`.
+    """
+    try:
+        ckpt = load_checkpoint(path)
+    except UnsafeCheckpoint:
+        raise
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... for a damaged file
+        why = f"it cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    else:
+        step = ckpt.get("step") if isinstance(ckpt, dict) else None
+        if not isinstance(ckpt, dict) or any(k not in ckpt for k in _CHECKPOINT_KEYS):
+            why = "it is not a checkpoint elr writes"
+        elif {k: ckpt.get(k) for k in ("config", "code")} != _checkpoint_identity(config):
+            why = "it belongs to another config or other training code"
+        elif isinstance(step, bool) or not isinstance(step, int) or not 0 < step <= config.steps:
+            why = f"its step {step!r} lies outside this run's 1..{config.steps}"
+        else:
+            return ckpt
+    warnings.warn(f"ignoring the checkpoint {path}: {why}; training this run from step 0", stacklevel=3)
+    path.unlink(missing_ok=True)
+    return None
 
 
 def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -391,61 +338,50 @@ def evaluate(model: torch.nn.Module, dataset, config: TrainConfig) -> dict[str, 
 # ------------------------------------------------------------------ the loop
 
 
-def train(config: TrainConfig, run_dir: str | Path, resume: bool = True) -> RunResult:
+def train(config: TrainConfig, run_dir: str | Path, resume: bool = True, *, retrain: bool = False) -> RunResult:
     """Run ``config`` into ``run_dir``; with ``resume``, continue from ``checkpoint.pt`` if present.
 
     A run directory that already holds a finished run of the same config, made
     by the same training code and torch version, is returned as it is (nothing
-    is retrained). One made by other code is cleared and retrained.
+    is retrained). One made by other code is cleared and retrained, and so is everything with ``retrain``.
+    The run's lock is held throughout: a second process asking for the same run waits, then reuses it.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     rank, world = _distributed(config)
     if rank > 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
         return _train(config, run_dir, resume, rank, world)
-    config_path = run_dir / "config.json"
-    if config_path.exists():
-        stored = json.loads(config_path.read_text())
-        if stored != config.to_dict():
-            raise ValueError(f"{run_dir} holds a run of a different config; use another run_dir")
-        if not _made_by_current_code(run_dir):
-            # results of other code (or of an elr too old to say): nothing here may be reused or resumed
-            for name in RUN_FILES + ("metrics.json", "checkpoint.pt"):
-                (run_dir / name).unlink(missing_ok=True)
-        elif finished(run_dir):
-            return load_run(run_dir)
-    _atomic_json(config_path, config.to_dict())
-    _atomic_json(run_dir / "fingerprint.json", code_fingerprint())
-    return _train(config, run_dir, resume, rank, world)
+    with run_cache.run_lock(run_dir):
+        config_path = run_dir / "config.json"
+        if retrain:
+            _clear(run_dir)
+        elif config_path.exists():
+            try:
+                stored = run_cache.read_json(config_path, "the run's config")
+            except RunFileError as err:
+                if run_dir.name != run_key(config):
+                    raise RunFileError(f"{err}; delete it (or the run directory) to train {run_dir} again") from None
+                # the directory is named by this config's key, so it can only have held this run: train it again
+                warnings.warn(f"{err}; the directory is this config's run, so it is trained again", stacklevel=2)
+                stored = config.to_dict()
+                _clear(run_dir)
+            if stored != config.to_dict():
+                raise ValueError(f"{run_dir} holds a run of a different config; use another run_dir")
+            if not made_by_current_code(run_dir):
+                # results of other code (or of an elr too old to say): nothing here may be reused or resumed
+                _clear(run_dir)
+            elif finished(run_dir):
+                return load_run(run_dir)
+        _atomic_json(config_path, config.to_dict())
+        _atomic_json(run_dir / "fingerprint.json", code_fingerprint())
+        return _train(config, run_dir, resume, rank, world)
 
 
-#: The files a finished run lists in metrics.json (with their sizes and SHA-256), besides metrics.json itself.
-RUN_FILES = ("records.npz", "provenance.json")
-
-
-def _file_entry(path: Path) -> dict[str, Any]:
-    return {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-
-
-def finished(run_dir: str | Path) -> bool:
-    """True when ``run_dir`` holds a complete run: status ``completed``/``diverged`` and every listed file intact.
-
-    A run cut while it wrote its results (a missing, truncated or altered file)
-    is not finished, and is resumed from its checkpoint or retrained.
-    """
-    path = Path(run_dir) / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    files = metrics.get("files")
-    if metrics.get("status") not in ("completed", "diverged") or not isinstance(files, dict) or not files:
-        return False
-    for name, entry in files.items():
-        f = Path(run_dir) / name
-        if not f.is_file() or _file_entry(f) != entry:
-            return False
-    return True
+def _clear(run_dir: Path) -> None:
+    """Remove a run's results and checkpoint (not its lock): it will be trained from step 0."""
+    run_cache.unseal(run_dir)
+    for name in RUN_FILES + ("checkpoint.pt",):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def _distributed(config: TrainConfig) -> tuple[int, int]:
@@ -461,7 +397,7 @@ def _distributed(config: TrainConfig) -> tuple[int, int]:
 
 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: int) -> RunResult:
-    metrics_path, ckpt_path = run_dir / "metrics.json", run_dir / "checkpoint.pt"
+    ckpt_path = run_dir / "checkpoint.pt"
     wall_start = time.time()
 
     torch.manual_seed(config.seed)
@@ -496,8 +432,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
     batches = _Batches(train_set, config.batch_size, config.seed)
 
     start_step, history, status, diverged_at = 0, [], "running", None
-    if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
+    ckpt = _checkpoint_of(config, ckpt_path) if resume and ckpt_path.exists() else None
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -511,7 +447,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
         records = torch.from_numpy(monitor.records.table.view(np.uint8).copy())
         _atomic_torch_save(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                        "scheduler": scheduler.state_dict(), "records": records,
-                                       "step": step, "history": history, "wall": time.time() - wall_start})
+                                       "step": step, "history": history, "wall": time.time() - wall_start,
+                                       **_checkpoint_identity(config)})
 
     bar = None
     if config.progress:
@@ -579,8 +516,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
         "python": platform.python_version(), "device": config.device, "machine": platform.machine(),
         "dataset": getattr(train_set, "description", config.dataset), "wall_seconds": round(time.time() - wall_start, 3),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    metrics["files"] = {name: _file_entry(run_dir / name) for name in RUN_FILES}
-    _atomic_json(metrics_path, metrics)  # written last: a run is finished once this file lists the others
+    metrics = run_cache.seal(run_dir, metrics)  # written last: a run is finished once its digests hold
     return RunResult(run_dir, status, metrics["steps_done"], diverged_at, metrics, monitor.records)
 
 
@@ -600,15 +536,6 @@ def _git_revision() -> str:
     return git_revision()
 
 
-def default_root() -> Path:
-    """Where runs live unless a caller says: ELR_RUNS, or ``runs`` (relative to the working directory).
-
-    ``make robust`` points each of its builds at its own root, so that a build with another thread
-    count retrains instead of reusing the runs of the default build.
-    """
-    return Path(os.environ.get("ELR_RUNS") or "runs")
-
-
 def run(config: TrainConfig, root: str | Path | None = None, fresh: bool | None = None) -> RunResult:
     """Train ``config`` into ``root/<run_key>``, reusing a finished run of the same config and code unless ``fresh``.
 
@@ -617,81 +544,14 @@ def run(config: TrainConfig, root: str | Path | None = None, fresh: bool | None 
     """
     root = default_root() if root is None else Path(root)
     run_dir = root / run_key(config)
-    _note_use(root, run_dir.name)
+    run_cache.note_use(root, run_dir.name)
     if fresh is None:
         fresh = os.environ.get("ELR_FRESH") == "1" and str(run_dir.resolve()) not in _RETRAINED
         _RETRAINED.add(str(run_dir.resolve()))
-    if fresh and run_dir.exists():
-        import shutil
-
-        shutil.rmtree(run_dir)
-    return train(config, run_dir)
+    return train(config, run_dir, retrain=bool(fresh))
 
 
 _RETRAINED: set[str] = set()
-
-
-def _note_use(root: Path, name: str) -> None:
-    """Under ``elr run``/``elr book`` (ELR_CHAPTER set), note that this chapter uses run ``name``."""
-    chapter = os.environ.get("ELR_CHAPTER")
-    if not chapter:
-        return
-    used = root / ".used"
-    used.mkdir(parents=True, exist_ok=True)
-    with open(used / chapter, "a", encoding="utf-8") as fh:  # one short append: safe from several processes
-        fh.write(name + "\n")
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """One directory under a runs root, as :func:`list_runs` sees it."""
-
-    name: str
-    status: str             # completed | diverged | unfinished
-    current: bool           # made by the training code and torch version installed now
-    chapters: tuple[str, ...]  # chapters whose last execution used it
-    summary: str            # model, lr, seed ... from its config.json
-    stale: bool             # can never be reused: other code, or no chapter uses it any more
-
-
-def list_runs(root: str | Path = "runs") -> list[RunInfo]:
-    """Every run directory under ``root``, with whether it is stale.
-
-    A run is stale when it was made by other training code or another torch
-    version (no chapter can reuse it), or, once chapters have recorded which
-    runs they use (``elr run``/``elr book`` do), when no chapter uses it.
-    """
-    root = Path(root)
-    used: dict[str, list[str]] = {}
-    tracked = (root / ".used").is_dir() and any((root / ".used").iterdir())
-    if tracked:
-        for f in sorted((root / ".used").iterdir()):
-            for name in set(f.read_text(encoding="utf-8").split()):
-                used.setdefault(name, []).append(f.name)
-    out = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))) \
-            if root.is_dir() else []:
-        current = _made_by_current_code(d)
-        try:
-            cfg = json.loads((d / "config.json").read_text())
-            summary = ", ".join(f"{k}={cfg[k]}" for k in ("model", "shortcut", "lr", "steps", "seed") if k in cfg)
-        except (OSError, ValueError):
-            summary = "no config"
-        status = json.loads((d / "metrics.json").read_text())["status"] if finished(d) else "unfinished"
-        chapters = tuple(sorted(used.get(d.name, [])))
-        out.append(RunInfo(d.name, status, current, chapters, summary,
-                           stale=not current or (tracked and not chapters)))
-    return out
-
-
-def prune_runs(root: str | Path = "runs") -> list[str]:
-    """Delete the stale run directories under ``root``; return their names."""
-    import shutil
-
-    stale = [r.name for r in list_runs(root) if r.stale]
-    for name in stale:
-        shutil.rmtree(Path(root) / name)
-    return stale
 
 
 ENGINES = ("pool", "submitit")
@@ -805,11 +665,3 @@ def _run_in_worker(job: tuple[dict, str], threads: int | None = 1) -> str:
         torch.set_num_threads(threads)
     values["milestones"] = tuple(values["milestones"])
     return str(run(TrainConfig(**values), root).run_dir)
-
-
-def load_run(run_dir: str | Path) -> RunResult:
-    """Read a finished run directory back: the one loader chapters use."""
-    run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    records = measure.Records.load(run_dir / "records.npz")
-    return RunResult(run_dir, metrics["status"], metrics["steps_done"], metrics["diverged_at"], metrics, records)
