@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -45,12 +46,22 @@ RECORD_MD = CHAPTERS_OUT / "run_record.md"
 DEFAULT_TIMEOUT = 3600.0
 
 
-def chapter_timeout(timeout: float | None = None) -> float:
-    value = timeout if timeout is not None else float(os.environ.get("ELR_CHAPTER_TIMEOUT", DEFAULT_TIMEOUT))
-    if not value > 0:
-        raise ParameterError(f"the chapter timeout must be > 0 seconds, got {value!r} "
+#: The longest timeout a chapter may be given: nbclient waits on the kernel in milliseconds as a 32-bit count
+#: (2**31 ms is 24.8 days); 2,000,000 s (23 days) stays below it.
+MAX_TIMEOUT = 2_000_000
+
+
+def chapter_timeout(timeout: float | None = None) -> int:
+    """The chapter timeout in whole seconds (rounded up; nbclient counts whole seconds), checked."""
+    raw = timeout if timeout is not None else os.environ.get("ELR_CHAPTER_TIMEOUT", DEFAULT_TIMEOUT)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0 < value <= MAX_TIMEOUT:  # NaN and inf fail here too
+        raise ParameterError(f"the chapter timeout must be a number of seconds in (0, {MAX_TIMEOUT:,}], got {raw!r} "
                              "(set it with --timeout or ELR_CHAPTER_TIMEOUT)")
-    return value
+    return math.ceil(value)
 
 
 class ParameterError(ValueError):
@@ -221,7 +232,51 @@ def resolve(chapter: str, profile: str = "quick", overrides: dict[str, Any] | No
                 raise ParameterError(f"chapter {chapter} has no parameter {name!r} (from {source}); "
                                      f"it declares: {', '.join(declared)}")
             values[name] = declared[name].check(value, source)
+    check_machine_bounds(chapter, values)
     return values
+
+
+def _ints(value: Any) -> list[int]:
+    items = value if isinstance(value, list) else [value]
+    return [v for v in items if isinstance(v, int) and not isinstance(v, bool)]
+
+
+def check_machine_bounds(chapter: str, values: dict[str, Any]) -> None:
+    """Refuse values no declared constraint bounds but this machine cannot run; raise ParameterError naming them.
+
+    Every integer must be a 64-bit one, and ``seed + n_seeds`` too (seeds are 64-bit); a parameter named like a
+    depth must give a network that can be built in this machine's memory; one named like a step count is at
+    most :data:`elr.train.MAX_STEPS`; and the runs the chapter trains (:func:`elr.compute.chapter_work`), with
+    the ELR records it keeps of each, must fit the memory (:func:`elr.train.check_fits`).
+    """
+    from elr import compute, train
+
+    for name, value in values.items():
+        for v in _ints(value):
+            if not -train.SEED_LIMIT <= v < train.SEED_LIMIT:
+                raise ParameterError(f"parameter {name!r} of chapter {chapter} must fit in 64 bits, got {v!r}")
+            if "depth" in name and v >= 1:
+                model = f"resnet{v}" if v >= 8 and (v - 2) % 6 == 0 else f"bnrelu{v}"
+                width = next((values[w] for w in ("width", "ff_width") if isinstance(values.get(w), int)), 64)
+                try:
+                    train.check_fits(model, width, 1, 1)
+                except ValueError as err:
+                    raise ParameterError(f"parameter {name!r} of chapter {chapter}: {err}") from None
+            if name == "steps" or name.endswith("_steps"):
+                if v > train.MAX_STEPS:
+                    raise ParameterError(f"parameter {name!r} of chapter {chapter} must be at most "
+                                         f"{train.MAX_STEPS:,} (elr.train.MAX_STEPS), got {v:,}")
+    seeds = max([v for k, v in values.items() if k in ("n_seeds", "spread_seeds") and isinstance(v, int)], default=0)
+    if isinstance(values.get("seed"), int) and values["seed"] + seeds >= train.SEED_LIMIT:
+        raise ParameterError(f"seed + n_seeds of chapter {chapter} must stay below 2**63, "
+                             f"got seed={values['seed']}, n_seeds={seeds}")
+    for work in compute.chapter_work(chapter, values):
+        try:
+            train.check_fits(work.model, work.width, work.steps, work.log_every, runs=work.runs,
+                             names=", ".join(f"{k}={values[k]}" for k in ("n_seeds", "spread_seeds") if k in values)
+                             or "the chapter's cases")
+        except ValueError as err:
+            raise ParameterError(f"chapter {chapter}: {err}") from None
 
 
 # ----------------------------------------------------------------- execution

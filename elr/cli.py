@@ -142,9 +142,7 @@ def _cmd_train(args) -> int:
     from elr import train
 
     values = json.loads(open(args.config).read()) if args.config else {}
-    values.update(book.parse_overrides(args.set or []))
-    if "milestones" in values:
-        values["milestones"] = tuple(values["milestones"])
+    values.update(book.parse_overrides(args.set or []))  # TrainConfig checks every value and names the key
     cfg = train.TrainConfig.from_dict(values)
     run_dir = args.run_dir or train.default_root() / train.run_key(cfg)
     result = train.train(cfg, run_dir, resume=not args.fresh)

@@ -30,6 +30,8 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import math
+import numbers
 import os
 import platform
 import tempfile
@@ -59,6 +61,56 @@ WARMUPS = ("none", "subcritical")
 TRANSFORMS = ("none", "random_walk", "constrain")
 OPTIMIZERS = ("sgd", "lars")
 LARS_SCOPES = ("invariant", "all")
+
+#: The longest run a config may ask for. ImageNet's 90 epochs at batch 256 are 450,000 steps; 10^7 leaves
+#: twenty times that, and a larger count is a typo (10**12 steps would run for years at any speed here).
+MAX_STEPS = 10_000_000
+#: Seeds go to torch.manual_seed and numpy's SeedSequence as 64-bit integers; seed + n_seeds must stay below.
+SEED_LIMIT = 2**63
+#: Copies of each parameter a training process holds at once: weights, gradients, the momentum buffer and
+#: the ELR monitor's snapshot of the weights before each update.
+PARAMETER_COPIES = 4
+#: Bytes one ELR record row takes (:class:`elr.measure.Records`: step, layer, channel, quantity, value) and
+#: rows per layer and logged step (its whole-layer quantities).
+RECORD_ROW_BYTES, RECORD_ROWS_PER_LAYER = 25, len(measure.LAYER_QUANTITIES)
+#: Memory a finished run takes when a chapter holds it besides its records (its RunResult, metrics and config):
+#: 3.5 kB measured with tracemalloc on the smallest run, rounded up.
+RUN_OVERHEAD_BYTES = 4096
+
+
+def machine_memory() -> int:
+    """Bytes of physical memory of this machine: what every bound on a run's size is derived from."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.3g} GB"
+
+
+def check_fits(model: str, width: int, steps: int, log_every: int, runs: int = 1, *, names: str = "") -> None:
+    """Refuse, before any compute, ``runs`` runs of ``model`` that this machine cannot hold.
+
+    A process trains one model at a time, holding :data:`PARAMETER_COPIES` float32 copies of its parameters
+    (:func:`elr.nets.size_of`), and keeps every finished run's ELR records (one row per layer, quantity and
+    logged step) plus :data:`RUN_OVERHEAD_BYTES`. ``names`` says which values set ``runs`` (for the message).
+    """
+    layers, params = nets.size_of(model, width)
+    memory = machine_memory()
+    model_bytes = PARAMETER_COPIES * 4 * params
+    if model_bytes > memory:
+        fix = ""
+        if model.startswith("resnet") and model != "resnet101":
+            n = (memory // (PARAMETER_COPIES * 4) + 23_040) // 96_768
+            fix = f"; the deepest CIFAR ResNet that fits is resnet{6 * n + 2}"
+        raise ValueError(f"model={model!r} (width={width}) cannot be built on this machine: {params:,} parameters need "
+                         f"{_gb(model_bytes)} ({PARAMETER_COPIES} float32 copies: weights, gradients, momentum, the "
+                         f"monitor's snapshot), more than its {_gb(memory)} of memory{fix}")
+    per_run = -(-steps // log_every) * layers * RECORD_ROWS_PER_LAYER * RECORD_ROW_BYTES + RUN_OVERHEAD_BYTES
+    if model_bytes + runs * per_run > memory:
+        what = f"{runs:,} runs ({names}) of " if runs > 1 else ""
+        raise ValueError(f"{what}steps={steps:,} logged every log_every={log_every} on {model} ({layers} layers) "
+                         f"would hold {_gb(runs * per_run)} of results, more than this machine's {_gb(memory)}; "
+                         f"lower {names + ', ' if names else ''}steps, or raise log_every")
 
 
 @dataclass(frozen=True)
@@ -108,8 +160,25 @@ class TrainConfig:
     progress: bool = False             # show a tqdm progress bar
 
     def __post_init__(self):
+        self._check_types()
         checks = [
-            (self.steps >= 1, "steps must be >= 1"),
+            (1 <= self.steps <= MAX_STEPS, f"steps must be in 1..{MAX_STEPS:,} (MAX_STEPS), got {self.steps!r}"),
+            (0 <= self.seed < SEED_LIMIT, f"seed must be in 0..2**63-1 (a 64-bit seed), got {self.seed!r}"),
+            (self.n_train == 0 or self.n_train >= self.batch_size,
+             f"n_train must be 0 (every example) or at least batch_size={self.batch_size}, got {self.n_train!r}"),
+            (self.eval_batches >= 0, f"eval_batches must be >= 0 (0 = the whole test set), got {self.eval_batches!r}"),
+            (self.eval_every >= 0, f"eval_every must be >= 0 (0 = only at the end), got {self.eval_every!r}"),
+            (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0 = never), got {self.checkpoint_every!r}"),
+            (self.width >= 1, f"width must be >= 1, got {self.width!r}"),
+            (0 < self.pct_start < 1, f"pct_start (the rising fraction of onecycle) must be in (0, 1), got {self.pct_start!r}"),
+            (self.div_factor > 0, f"div_factor must be > 0 (onecycle starts at lr / div_factor), got {self.div_factor!r}"),
+            (self.final_div_factor > 0, f"final_div_factor must be > 0, got {self.final_div_factor!r}"),
+            (self.gamma > 0, f"gamma must be > 0, got {self.gamma!r}"),
+            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps!r}"),
+            (self.warmup_tol > 0, f"warmup_tol must be > 0, got {self.warmup_tol!r}"),
+            (self.warmup_max_steps >= 1, f"warmup_max_steps must be >= 1, got {self.warmup_max_steps!r}"),
+            (all(m >= 0 for m in self.milestones) and list(self.milestones) == sorted(set(self.milestones)),
+             f"milestones must be increasing steps >= 0, got {self.milestones!r}"),
             (self.batch_size >= 2, "batch_size must be >= 2 (batch normalisation needs a batch)"),
             (self.lr > 0, "lr must be > 0"),
             (self.momentum >= 0 and self.wd >= 0, "momentum and wd must be >= 0"),
@@ -136,7 +205,36 @@ class TrainConfig:
         if self.optimizer == "lars" and importlib.util.find_spec("timm") is None:
             raise ImportError("TrainConfig: optimizer='lars' uses timm's Lars, which is not installed; "
                               "pip install 'elr[lars]' (the pinned timm)")
-        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        try:
+            check_fits(self.model, self.width, self.steps, self.log_every)
+        except ValueError as err:
+            raise ValueError(f"TrainConfig: {err}") from None
+
+    def _check_types(self) -> None:
+        """Each field of the type it declares (a bool is not a count, a string not a rate; floats finite),
+        numpy scalars taken as the Python numbers they are; raises naming the field."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), f.type
+            bad = isinstance(value, (bool, np.bool_)) and kind != "bool"
+            if kind == "bool":
+                ok = isinstance(value, (bool, np.bool_))
+                value = bool(value) if ok else value
+            elif kind == "int":
+                ok = isinstance(value, numbers.Integral) and not bad
+                value = int(value) if ok else value
+            elif kind == "float":
+                ok = isinstance(value, numbers.Real) and not bad and math.isfinite(value)
+                value = float(value) if ok else value
+            elif kind == "str":
+                ok = isinstance(value, str)
+            else:  # milestones: tuple[int, ...]
+                ok = isinstance(value, (list, tuple)) and all(
+                    isinstance(m, numbers.Integral) and not isinstance(m, (bool, np.bool_)) for m in value)
+                value = tuple(int(m) for m in value) if ok else value
+            if not ok:
+                what = {"tuple[int, ...]": "a list of step numbers (ints)"}.get(kind, f"{'a finite ' if kind == 'float' else ''}{kind}")
+                raise ValueError(f"TrainConfig: {f.name} must be {what}, got {value!r} ({type(value).__name__})")
+            object.__setattr__(self, f.name, value)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -622,7 +720,14 @@ def sweep_seeds(cases: Mapping[K, TrainConfig], seed: int, n_seeds: int, **kwarg
         raise ValueError(f"n_seeds must be >= 1, got {n_seeds}; a claim that compares runs needs at least 2")
     if seed < 0:
         raise ValueError(f"seed (the base seed) must be >= 0, got {seed}")
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, numbers.Integral):
+        raise ValueError(f"n_seeds must be an int, got {n_seeds!r}")
+    if seed + n_seeds > SEED_LIMIT:
+        raise ValueError(f"seed + n_seeds must stay below 2**63 (64-bit seeds), got seed={seed}, n_seeds={n_seeds}")
     keys = list(cases)
+    for k in keys:  # before a single config is made: 10**9 seeds would exhaust the memory in the list below
+        check_fits(cases[k].model, cases[k].width, cases[k].steps, cases[k].log_every, runs=n_seeds * len(keys),
+                   names=f"n_seeds={n_seeds} × {len(keys)} cases")
     configs = [dataclasses.replace(cases[k], seed=seed + i) for k in keys for i in range(n_seeds)]
     results = sweep(configs, **kwargs)
     return {k: results[j * n_seeds:(j + 1) * n_seeds] for j, k in enumerate(keys)}

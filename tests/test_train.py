@@ -100,13 +100,65 @@ def test_subcritical_warmup_and_constraint_run(tmp_path):
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"lr": -0.1}, "lr must be > 0"), ({"steps": 0}, "steps must be >= 1"),
+    ({"lr": -0.1}, "lr must be > 0"), ({"steps": 0}, "steps must be in 1\\.\\."),
     ({"schedule": "warmcos"}, "schedule must be one of"), ({"dataset": "mnist"}, "dataset must be one of"),
     ({"nesterov": True}, "nesterov needs momentum"),
 ])
 def test_bad_configs_are_refused(bad, message):
     with pytest.raises(ValueError, match=message):
         train.TrainConfig(**bad)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"eval_batches": -1}, "eval_batches must be >= 0"),
+    ({"n_train": -1000}, "n_train must be 0 .* or at least batch_size"),
+    ({"n_train": 5, "batch_size": 16}, "n_train must be 0 .* or at least batch_size=16"),
+    ({"pct_start": 5}, r"pct_start .* must be in \(0, 1\)"),
+    ({"steps": True}, r"steps must be int, got True \(bool\)"),
+    ({"lr": "abc"}, "lr must be a finite float, got 'abc'"),
+    ({"lr": float("nan")}, "lr must be a finite float"),
+    ({"wd": float("inf")}, "wd must be a finite float"),
+    ({"milestones": 5}, "milestones must be a list of step numbers"),
+    ({"milestones": (30, 10)}, "milestones must be increasing"),
+    ({"div_factor": 0}, "div_factor must be > 0"),
+    ({"final_div_factor": -1}, "final_div_factor must be > 0"),
+    ({"seed": 2**64}, r"seed must be in 0\.\.2\*\*63-1"),
+    ({"seed": -1}, r"seed must be in 0\.\.2\*\*63-1"),
+    ({"steps": 10**12}, "steps must be in 1..10,000,000"),
+    ({"model": "resnet1000004"}, "model='resnet1000004' .*cannot be built on this machine.*the deepest CIFAR ResNet"),
+    ({"model": "bnrelu4", "width": 10**6}, "cannot be built on this machine"),
+    ({"steps": 10**7, "model": "resnet56"}, "steps=10,000,000 .* results, more than this machine's"),
+    ({"shortcut": 1}, "shortcut must be bool"),
+    ({"model": 20}, "model must be str"),
+])
+def test_every_value_is_bounded_and_named_before_any_compute(bad, message):
+    with pytest.raises(ValueError, match=message):
+        train.TrainConfig(**bad)
+
+
+def test_numpy_scalars_are_the_numbers_they_hold():
+    cfg = train.TrainConfig(lr=np.float32(0.5), steps=np.int64(5), milestones=[np.int64(2)], flip=np.bool_(False))
+    assert cfg.to_dict()["lr"] == 0.5 and type(cfg.steps) is int and cfg.milestones == (2,) and cfg.flip is False
+    json.dumps(cfg.to_dict())  # plain Python values: the config hashes and saves
+
+
+def test_elr_train_set_refuses_bad_values_with_the_key(tmp_path, capsys):
+    from elr import cli
+
+    for pair, message in (("eval_batches=-1", "eval_batches must be >= 0"), ("steps=True", "steps must be int"),
+                          ("lr=abc", "lr must be a finite float, got 'abc'"), ("div_factor=0", "div_factor"),
+                          ("milestones=5", "milestones must be a list")):
+        assert cli.main(["train", "--set", pair, "--run-dir", str(tmp_path / "r")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before anything was made
+
+
+def test_sweep_seeds_refuses_seeds_that_cannot_fit_before_making_a_config():
+    cfg = train.TrainConfig(**SMALL)
+    with pytest.raises(ValueError, match=r"n_seeds=1000000000 × 2 cases.*more than this machine's"):
+        train.sweep_seeds({"a": cfg, "b": cfg}, 0, 10**9)
+    with pytest.raises(ValueError, match="seed \\+ n_seeds must stay below 2\\*\\*63"):
+        train.sweep_seeds({"a": cfg}, 2**63 - 2, 5)
 
 
 def test_unknown_fields_are_named():
