@@ -34,6 +34,7 @@ import math
 import numbers
 import os
 import platform
+import sys
 import tempfile
 import time
 import warnings
@@ -697,7 +698,8 @@ def sweep(configs: list[TrainConfig], root: str | Path | None = None, workers: i
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
             list(pool.map(_run_in_worker, jobs))
     else:
         todo = []  # run below, in this process
@@ -761,6 +763,25 @@ def _submitit(jobs: list[tuple[dict, str]], root: Path, workers: int, cluster: s
             running.remove(job)
         if not done:
             time.sleep(poll_seconds)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool worker initializer: the worker is killed when the process that started it dies, however it dies.
+
+    A ``kill -9`` of ``elr run`` (or of the kernel sweeping) runs no clean-up, so the pool cannot stop its
+    workers itself; on Linux the kernel does, through the parent-death signal (``prctl(PR_SET_PDEATHSIG)``).
+    Killing a worker mid-run loses nothing: its checkpoint and results are only ever replaced atomically.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed in a sweep worker")
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
 
 
 def _run_in_worker(job: tuple[dict, str], threads: int | None = 1) -> str:
