@@ -66,6 +66,7 @@ LARS_SCOPES = ("invariant", "all")
 #: The longest run a config may ask for. ImageNet's 90 epochs at batch 256 are 450,000 steps; 10^7 leaves
 #: twenty times that, and a larger count is a typo (10**12 steps would run for years at any speed here).
 MAX_STEPS = 10_000_000
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: Seeds go to torch.manual_seed and numpy's SeedSequence as 64-bit integers; seed + n_seeds must stay below.
 SEED_LIMIT = 2**63
 #: Copies of each parameter a training process holds at once: weights, gradients, the momentum buffer and
@@ -182,6 +183,10 @@ class TrainConfig:
              f"milestones must be increasing steps >= 0, got {self.milestones!r}"),
             (self.batch_size >= 2, "batch_size must be >= 2 (batch normalisation needs a batch)"),
             (self.lr > 0, "lr must be > 0"),
+            # SGD scales float32 tensors by lr (and momentum, wd): a factor beyond float32's range is an error there
+            (max(self.lr, self.momentum, self.wd) <= FLOAT32_MAX,
+             f"lr, momentum and wd must be at most {FLOAT32_MAX:.3g} (float32's largest), got lr={self.lr!r}, "
+             f"momentum={self.momentum!r}, wd={self.wd!r}"),
             (self.momentum >= 0 and self.wd >= 0, "momentum and wd must be >= 0"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
             (self.warmup in WARMUPS, f"warmup must be one of {WARMUPS}"),

@@ -314,3 +314,65 @@ def test_chapters_built_side_by_side_keep_every_record_entry(tmp_path):
     assert sorted(record) == names
     md = (tmp_path / "book" / "chapters" / "run_record.md").read_text()
     assert all(f"| {n} |" in md for n in names)
+
+
+SWEEPS = '''# %% tags=["parameters"]
+steps: int = 400  # steps per run {>= 1}
+
+# %%
+from elr import train
+train.sweep([train.TrainConfig(model="resnet20", steps=steps, batch_size=32, n_train=256, eval_batches=1, seed=s)
+             for s in range(4)], workers=2)
+'''
+
+
+def _descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as fh:
+                        fields = fh.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[1]) == parent and int(entry) not in found:
+                    found.add(int(entry))
+                    todo.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and the parent-death signal")
+def test_kill_9_of_elr_run_mid_sweep_leaves_no_process_behind(tmp_path):
+    """`elr run` starts a kernel, whose sweep starts a pool of two: a kill -9 of `elr run` ends all of them."""
+    import signal
+
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "01_sweeps.py").write_text(SWEEPS)
+    proc = subprocess.Popen([sys.executable, "-m", "elr.cli", "run", "01", "--timeout", "600"], cwd=tmp_path,
+                            env=_env(ELR_ROOT=str(tmp_path)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while len(list(tmp_path.glob("runs/*/config.json"))) < 2:  # both workers are training
+        assert proc.poll() is None and time.time() < deadline, "elr run ended before its workers trained"
+        time.sleep(0.2)
+    family = _descendants(proc.pid)
+    assert len(family) >= 3  # the kernel and two workers (and the pool's resource tracker)
+    os.kill(proc.pid, signal.SIGKILL)  # `elr run` only, as a user's kill -9 does
+    proc.wait()
+    deadline = time.time() + 15
+    while any(_alive(p) for p in family) and time.time() < deadline:
+        time.sleep(0.2)
+    survivors = [p for p in family if _alive(p)]
+    for p in survivors:  # do not leave them to the rest of the session
+        os.kill(p, signal.SIGKILL)
+    assert not survivors, f"processes of the killed `elr run` still running: {survivors}"

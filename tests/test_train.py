@@ -129,6 +129,7 @@ def test_bad_configs_are_refused(bad, message):
     ({"model": "bnrelu4", "width": 10**6}, "cannot be built on this machine"),
     ({"steps": 10**7, "model": "resnet56"}, "steps=10,000,000 .* results, more than this machine's"),
     ({"shortcut": 1}, "shortcut must be bool"),
+    ({"lr": 1e300}, "lr, momentum and wd must be at most 3.4e\\+38"),
     ({"model": 20}, "model must be str"),
 ])
 def test_every_value_is_bounded_and_named_before_any_compute(bad, message):
