@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -45,12 +46,22 @@ RECORD_MD = CHAPTERS_OUT / "run_record.md"
 DEFAULT_TIMEOUT = 3600.0
 
 
-def chapter_timeout(timeout: float | None = None) -> float:
-    value = timeout if timeout is not None else float(os.environ.get("ELR_CHAPTER_TIMEOUT", DEFAULT_TIMEOUT))
-    if not value > 0:
-        raise ParameterError(f"the chapter timeout must be > 0 seconds, got {value!r} "
+#: The longest timeout a chapter may be given: nbclient waits on the kernel in milliseconds as a 32-bit count
+#: (2**31 ms is 24.8 days); 2,000,000 s (23 days) stays below it.
+MAX_TIMEOUT = 2_000_000
+
+
+def chapter_timeout(timeout: float | None = None) -> int:
+    """The chapter timeout in whole seconds (rounded up; nbclient counts whole seconds), checked."""
+    raw = timeout if timeout is not None else os.environ.get("ELR_CHAPTER_TIMEOUT", DEFAULT_TIMEOUT)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0 < value <= MAX_TIMEOUT:  # NaN and inf fail here too
+        raise ParameterError(f"the chapter timeout must be a number of seconds in (0, {MAX_TIMEOUT:,}], got {raw!r} "
                              "(set it with --timeout or ELR_CHAPTER_TIMEOUT)")
-    return value
+    return math.ceil(value)
 
 
 class ParameterError(ValueError):
@@ -221,7 +232,51 @@ def resolve(chapter: str, profile: str = "quick", overrides: dict[str, Any] | No
                 raise ParameterError(f"chapter {chapter} has no parameter {name!r} (from {source}); "
                                      f"it declares: {', '.join(declared)}")
             values[name] = declared[name].check(value, source)
+    check_machine_bounds(chapter, values)
     return values
+
+
+def _ints(value: Any) -> list[int]:
+    items = value if isinstance(value, list) else [value]
+    return [v for v in items if isinstance(v, int) and not isinstance(v, bool)]
+
+
+def check_machine_bounds(chapter: str, values: dict[str, Any]) -> None:
+    """Refuse values no declared constraint bounds but this machine cannot run; raise ParameterError naming them.
+
+    Every integer must be a 64-bit one, and ``seed + n_seeds`` too (seeds are 64-bit); a parameter named like a
+    depth must give a network that can be built in this machine's memory; one named like a step count is at
+    most :data:`elr.train.MAX_STEPS`; and the runs the chapter trains (:func:`elr.compute.chapter_work`), with
+    the ELR records it keeps of each, must fit the memory (:func:`elr.train.check_fits`).
+    """
+    from elr import compute, train
+
+    for name, value in values.items():
+        for v in _ints(value):
+            if not -train.SEED_LIMIT <= v < train.SEED_LIMIT:
+                raise ParameterError(f"parameter {name!r} of chapter {chapter} must fit in 64 bits, got {v!r}")
+            if "depth" in name and v >= 1:
+                model = f"resnet{v}" if v >= 8 and (v - 2) % 6 == 0 else f"bnrelu{v}"
+                width = next((values[w] for w in ("width", "ff_width") if isinstance(values.get(w), int)), 64)
+                try:
+                    train.check_fits(model, width, 1, 1)
+                except ValueError as err:
+                    raise ParameterError(f"parameter {name!r} of chapter {chapter}: {err}") from None
+            if name == "steps" or name.endswith("_steps"):
+                if v > train.MAX_STEPS:
+                    raise ParameterError(f"parameter {name!r} of chapter {chapter} must be at most "
+                                         f"{train.MAX_STEPS:,} (elr.train.MAX_STEPS), got {v:,}")
+    seeds = max([v for k, v in values.items() if k in ("n_seeds", "spread_seeds") and isinstance(v, int)], default=0)
+    if isinstance(values.get("seed"), int) and values["seed"] + seeds >= train.SEED_LIMIT:
+        raise ParameterError(f"seed + n_seeds of chapter {chapter} must stay below 2**63, "
+                             f"got seed={values['seed']}, n_seeds={seeds}")
+    for work in compute.chapter_work(chapter, values):
+        try:
+            train.check_fits(work.model, work.width, work.steps, work.log_every, runs=work.runs,
+                             names=", ".join(f"{k}={values[k]}" for k in ("n_seeds", "spread_seeds") if k in values)
+                             or "the chapter's cases")
+        except ValueError as err:
+            raise ParameterError(f"chapter {chapter}: {err}") from None
 
 
 # ----------------------------------------------------------------- execution
@@ -239,10 +294,21 @@ def git_revision() -> str:
         return "unknown"
 
 
+_PLAIN = re.compile(r"[\w .,:;'\"+\-=()/]*")
+
+
+def _md_literal(text: str) -> str:
+    """``text`` shown as itself in a Markdown table cell: a code span when it holds nothing Markdown or HTML
+    could read, otherwise every character but letters and digits as a numeric entity (never markup)."""
+    if _PLAIN.fullmatch(text):
+        return f"`{text}`"
+    return "".join(c if c.isalnum() and c.isascii() else f"&#{ord(c)};" for c in text)
+
+
 def _banner(chapter: str, profile: str, values: dict[str, Any]) -> str:
     """The box under a chapter's title: how it ran, downloads, and the exact commands to rerun it."""
     declared = read_parameters(chapter)
-    rows = "\n".join(f"| `{k}` | `{v!r}` | {declared[k].help} |" for k, v in values.items())
+    rows = "\n".join(f"| `{k}` | {_md_literal(repr(v))} | {declared[k].help} |" for k, v in values.items())
     elr_cmd = f"elr run {chapter} --profile {profile}"
     params_json = json.dumps(values).replace("'", "'\\''")
     return (f"````{{admonition}} How this chapter ran, and how to rerun it\n:class: note rerun-box\n"
@@ -364,6 +430,8 @@ def execute(chapter: str, profile: str = "quick", overrides: dict[str, Any] | No
     timeout = chapter_timeout(timeout)
     import jupytext
     import papermill
+
+    from elr import runs
     from papermill.exceptions import PapermillExecutionError
 
     values = resolve(chapter, profile, overrides) if values is None else values
@@ -379,15 +447,17 @@ def execute(chapter: str, profile: str = "quick", overrides: dict[str, Any] | No
         jupytext.write(nb, source)
         env_backend = os.environ.get("MPLBACKEND")
         os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-        os.environ["ELR_CHAPTER"] = chapter  # elr.train notes which runs this chapter uses (`elr runs --stale`)
+        # the kernel notes which runs this execution uses (`elr runs --stale`), under the root the runs live in
+        token = runs.begin_usage(chapter)
+        completed = False
         os.environ["ELR_CLAIMS_DIR"] = str(out_dir / "claims")  # where elr.claims writes the chapter's claims record
-        (ROOT / "runs" / ".used" / chapter).unlink(missing_ok=True)
         # one budget for the whole chapter: each cell may use what the cells before it left (nbclient's timeout_func)
         deadline = time.monotonic() + timeout
         try:
             papermill.execute_notebook(str(source), str(output), parameters=values, kernel_name="python3",
                                        cwd=str(ROOT), progress_bar=False, execution_timeout=timeout,
                                        timeout_func=lambda cell: max(1, int(deadline - time.monotonic()) + 1))
+            completed = True
         except PapermillExecutionError as err:
             _finish_notebook(output, chapter, profile, values)
             _failure_banner(output, err.ename, err.evalue)
@@ -397,7 +467,8 @@ def execute(chapter: str, profile: str = "quick", overrides: dict[str, Any] | No
             raise ChapterFailed(chapter, output, f"timed out after {timeout:g} s in {where}; raise the limit with "
                                                  f"--timeout SECONDS or ELR_CHAPTER_TIMEOUT") from None
         finally:
-            os.environ.pop("ELR_CHAPTER", None)
+            # the kernel ran in ROOT, so a relative ELR_RUNS (or runs/) is relative to it
+            runs.end_usage(chapter, token, completed, roots=[ROOT / runs.default_root()])
             os.environ.pop("ELR_CLAIMS_DIR", None)
             if env_backend is None:
                 os.environ.pop("MPLBACKEND", None)
@@ -421,23 +492,34 @@ def machine() -> str:
             f"Python {platform.python_version()}, torch {torch_version}, elr {elr.__version__}")
 
 
-def _record(entries: dict[str, dict[str, Any]], out_dir: Path | None = None) -> None:
-    """Write the run record (JSON and the Markdown page the reproducibility page includes)."""
+def _record(name: str, entry: dict[str, Any], out_dir: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Set one chapter's entry in the run record (JSON, and the Markdown page the reproducibility page includes).
+
+    Read, changed and written under a lock, each file replaced at once: builds of other chapters running at
+    the same time keep their entries. Returns the record as written.
+    """
+    from elr.runs import locked, write_atomic
+
     out_dir = Path(out_dir or CHAPTERS_OUT)
     out_dir.mkdir(parents=True, exist_ok=True)
     record_json, record_md = out_dir / RECORD_JSON.name, out_dir / RECORD_MD.name
-    tmp = record_json.with_suffix(".tmp")
-    tmp.write_text(json.dumps(entries, indent=2, sort_keys=True))
-    tmp.replace(record_json)
-    total = sum(e["seconds"] for e in entries.values())
-    rows = "\n".join(f"| {c} | {e['profile']} | {e['status']} | {e['seconds']:.1f} | {e['finished']} | {e['git']} |"
-                     for c, e in sorted(entries.items()))
-    md = (f"| chapter | profile | status | seconds | finished (UTC) | git |\n|---|---|---|---|---|---|\n{rows}\n"
-          f"| **total** | | | **{total:.1f}** | | |\n\n"
-          f"Machine: {machine()}.\n")
-    tmp = record_md.with_suffix(".tmp")
-    tmp.write_text(md)
-    tmp.replace(record_md)
+    with locked(out_dir / ".run_record.lock"):
+        try:
+            entries = json.loads(record_json.read_text()) if record_json.exists() else {}
+        except ValueError:
+            print(f"elr: {record_json} could not be read; it is started again", file=sys.stderr, flush=True)
+            entries = {}
+        known = set(chapters())
+        entries = {k: v for k, v in entries.items() if k in known}
+        entries[name] = entry
+        write_atomic(record_json, json.dumps(entries, indent=2, sort_keys=True))
+        total = sum(e["seconds"] for e in entries.values())
+        rows = "\n".join(f"| {c} | {e['profile']} | {e['status']} | {e['seconds']:.1f} | {e['finished']} | {e['git']} |"
+                         for c, e in sorted(entries.items()))
+        write_atomic(record_md, f"| chapter | profile | status | seconds | finished (UTC) | git |\n"
+                                f"|---|---|---|---|---|---|\n{rows}\n"
+                                f"| **total** | | | **{total:.1f}** | | |\n\nMachine: {machine()}.\n")
+    return entries
 
 
 def summary(entries: dict[str, dict[str, Any]], names: list[str] | None = None) -> str:
@@ -477,9 +559,7 @@ def run_chapters(names: list[str], profile: str, overrides: dict[str, Any] | Non
     else:
         plans = {name: resolve(name, profile, overrides) for name in names}  # fails before any compute
     out_dir = Path(out_dir or CHAPTERS_OUT)
-    record_json = out_dir / RECORD_JSON.name
-    entries = json.loads(record_json.read_text()) if record_json.exists() else {}
-    entries = {k: v for k, v in entries.items() if k in chapters()}
+    entries: dict[str, dict] = {}
     failures = []
     for name, values in plans.items():
         print(f"elr: running {name} at profile {profile} ...", flush=True)
@@ -492,10 +572,10 @@ def run_chapters(names: list[str], profile: str, overrides: dict[str, Any] | Non
             status = "failed"
             failures.append(err)
             print(f"elr:   FAILED in {time.perf_counter() - start:.1f} s\n{err}", file=sys.stderr, flush=True)
-        entries[name] = {"profile": profile, "status": status, "seconds": round(time.perf_counter() - start, 1),
-                         "finished": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "git": git_revision(),
-                         "notebook": str(out_dir / f"{name}.ipynb")}
-        _record(entries, out_dir)
+        entries = _record(name, {"profile": profile, "status": status,
+                                 "seconds": round(time.perf_counter() - start, 1),
+                                 "finished": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "git": git_revision(),
+                                 "notebook": str(out_dir / f"{name}.ipynb")}, out_dir)
     print(summary(entries, list(plans)), flush=True)
     if failures:
         raise failures[0] if len(failures) == 1 else ChapterFailed(

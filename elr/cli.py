@@ -172,11 +172,9 @@ def _cmd_train(args) -> int:
     from elr import train
 
     values = json.loads(open(args.config).read()) if args.config else {}
-    values.update(book.parse_overrides(args.set or []))
-    if "milestones" in values:
-        values["milestones"] = tuple(values["milestones"])
+    values.update(book.parse_overrides(args.set or []))  # TrainConfig checks every value and names the key
     cfg = train.TrainConfig.from_dict(values)
-    run_dir = args.run_dir or f"runs/{train.run_key(cfg)}"
+    run_dir = args.run_dir or train.default_root() / train.run_key(cfg)
     result = train.train(cfg, run_dir, resume=not args.fresh)
     if "final" in result.metrics:  # rank 0 (or a single process) reports
         print(json.dumps({"run_dir": str(result.run_dir), "status": result.status, "diverged_at": result.diverged_at,
@@ -185,19 +183,38 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_runs(args) -> int:
-    from elr import train
+    from pathlib import Path
 
-    runs = train.list_runs(args.root)
-    shown = [r for r in runs if r.stale] if args.stale or args.prune else runs
+    from elr import runs as run_cache
+
+    if args.yes and not args.prune:
+        raise ValueError("--yes confirms --prune; use `elr runs --prune --yes`")
+    root = run_cache.default_root() if args.root is None else Path(args.root)
+    if args.prune:
+        run_cache.check_runs_root(root)  # before listing anything: a source tree is refused outright
+    listed = run_cache.list_runs(root)
+    shown = [r for r in listed if r.stale] if args.stale or args.prune else listed
     for r in shown:
         why = "" if not r.stale else ("  STALE: other code or torch" if not r.current else "  STALE: no chapter uses it")
         print(f"{r.name}  {r.status:10s}  {','.join(r.chapters) or '-':30s}  {r.summary}{why}")
-    if args.prune:
-        removed = train.prune_runs(args.root)
-        print(f"elr runs: removed {len(removed)} stale run(s) from {args.root}")
+    others = run_cache.not_runs(root)
+    if others:
+        print(f"elr runs: not runs, never touched: {', '.join(others)}")
+    if args.prune and args.yes:
+        removed = run_cache.prune_runs(root)
+        for name in removed:
+            print(f"deleted {root / name}")
+        kept = sorted({r.name for r in shown} - set(removed))
+        print(f"elr runs: deleted {len(removed)} stale run(s) from {root}"
+              + (f"; kept {len(kept)} another process holds: {', '.join(kept)}" if kept else ""))
+    elif args.prune:
+        for r in shown:
+            print(f"would delete {root / r.name}")
+        print(f"elr runs: would delete {len(shown)} stale run(s) from {root}; nothing deleted. "
+              "Run `elr runs --prune --yes` to delete them")
     else:
-        print(f"elr runs: {len(runs)} run(s) under {args.root}, {sum(r.stale for r in runs)} stale"
-              + ("; `elr runs --prune` removes them" if any(r.stale for r in runs) else ""))
+        print(f"elr runs: {len(listed)} run(s) under {root}, {sum(r.stale for r in listed)} stale"
+              + ("; `elr runs --prune` shows what it would delete" if any(r.stale for r in listed) else ""))
     return 0
 
 
@@ -278,9 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("runs", help="list the runs under runs/ and which are stale (other code, or unused)")
-    p.add_argument("--root", default="runs")
+    p.add_argument("--root", default=None, help="where the runs live (default: ELR_RUNS or runs)")
     p.add_argument("--stale", action="store_true", help="list only the stale runs")
-    p.add_argument("--prune", action="store_true", help="delete the stale runs")
+    p.add_argument("--prune", action="store_true",
+                   help="show the stale runs that would be deleted (nothing else is ever touched)")
+    p.add_argument("--yes", action="store_true", help="with --prune: delete them")
     p.set_defaults(func=_cmd_runs)
 
     p = sub.add_parser("claims", help="what each registered claim measured in one or more builds, its predicted "

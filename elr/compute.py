@@ -37,6 +37,7 @@ class Work:
     runs: int
     steps: int
     width: int = 64    # hidden width of bnrelu models (the chapters use 64)
+    log_every: int = 1  # steps between ELR records (what a run keeps in memory, elr.train.check_fits)
 
 
 @lru_cache(maxsize=None)
@@ -66,19 +67,20 @@ def chapter_work(chapter: str, values: dict) -> list[Work]:
     if chapter == "10_short_term":
         return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], 2 * len(v["lrs"]) * n, v["steps"] + 1)]
     if chapter == "11_long_term":
-        return [Work(v["model"], v["dataset"], v["batch_size"], 5 * n, v["steps"])]
+        return [Work(v["model"], v["dataset"], v["batch_size"], 5 * n, v["steps"], log_every=v["log_every"])]
     if chapter == "12_criticality":
         epoch = max(TRAIN_SIZE[v["dataset"]] // v["batch_size"], 1)
         return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], 2 * len(v["lrs"]) * n, epoch + 1)]
     if chapter == "13_trainability":  # every protocol without shortcuts, the unconstrained ones also with them
         protocols = v["protocols"]
         cases = len(protocols) + sum(not p.startswith("constrained") for p in protocols)
-        return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], cases * n, v["steps"])]
+        return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], cases * n, v["steps"], log_every=5)]
     if chapter == "14_weight_decay":
-        return [Work(v["model"], v["dataset"], v["batch_size"], (len(v["grid"]) + 1) * n, v["steps"], v["width"])]
+        return [Work(v["model"], v["dataset"], v["batch_size"], (len(v["grid"]) + 1) * n, v["steps"], v["width"],
+                     v["log_every"])]
     if chapter == "15_momentum":
         return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"],
-                     len(v["lrs"]) * len(v["momenta"]) * v["spread_seeds"], v["steps"]),
+                     len(v["lrs"]) * len(v["momenta"]) * v["spread_seeds"], v["steps"], log_every=max(v["steps"] // 5, 1)),
                 Work(v["eq_model"], v["dataset"], v["eq_batch_size"], len(v["eq_grid"]) * n, v["eq_steps"])]
     if chapter == "18_transformers":  # the ResNet runs compared with; the Transformer runs are not counted
         return [Work(f"resnet{v['resnet_depth']}", "digits", v["batch_size"], 2 * n, v["steps"])]

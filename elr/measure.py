@@ -450,15 +450,25 @@ def compare_with_model(records: "Records", lr: float, steps: int, quantity: str 
     the ELR ratio of the lowest to the highest layer at the start (``order_init``), at the end
     (``order_meas``) and predicted at the end (``order_pred``): a ratio that starts above 1 and ends below
     it is a flip of the two layers' order.
+
+    ``diverged`` says whether the run stopped before its last logging interval of ``steps`` or logged an
+    ELR that is not finite and positive (weights that overflowed give ELRs of exactly 0); then ``gap``, ``low_ratio`` and ``order_meas`` are NaN: a
+    run cut at its first step would otherwise match the model perfectly, since both start from its state.
     """
     sigma2_0, c = records.model_state(0)
     logged, measured = records.matrix(quantity)
     predicted = dynamics.simulate(sigma2_0, c, np.full(steps, lr)).elr[logged]
     low = max(1, int(round(measured.shape[1] * low_fraction)))
-    s_meas, s_pred = dynamics.relative_spread(measured), dynamics.relative_spread(predicted)
+    interval = int(logged[1] - logged[0]) if len(logged) > 1 else steps
+    diverged = bool(len(logged) < 2 and steps > 1 or logged[-1] + interval < steps
+                    or not np.all(np.isfinite(measured)) or not np.all(measured > 0))
+    with np.errstate(divide="ignore", invalid="ignore"):  # a diverged run's zeros: flagged above, NaN below
+        s_meas, s_pred = dynamics.relative_spread(measured), dynamics.relative_spread(predicted)
+    nan = float("nan")
     return {"steps": logged, "measured": measured, "predicted": predicted, "s_meas": s_meas, "s_pred": s_pred,
-            "gap": float(np.nanmax(np.abs(s_meas - s_pred))),
-            "low_ratio": float(np.mean(measured[-1, :low] / predicted[-1, :low])),
+            "diverged": diverged,
+            "gap": nan if diverged else float(np.nanmax(np.abs(s_meas - s_pred))),
+            "low_ratio": nan if diverged else float(np.mean(measured[-1, :low] / predicted[-1, :low])),
             "order_init": float(measured[0, 0] / measured[0, -1]),
-            "order_meas": float(measured[-1, 0] / measured[-1, -1]),
+            "order_meas": nan if diverged else float(measured[-1, 0] / measured[-1, -1]),
             "order_pred": float(predicted[-1, 0] / predicted[-1, -1])}

@@ -261,5 +261,29 @@ def build(name: str, **kwargs) -> nn.Module:
     raise ValueError(f"unknown model {name!r}; use one of {', '.join(MODELS)}, resnet<6n+2>, bnrelu<depth> or resmlp<depth>")
 
 
+def size_of(name: str, width: int = 64) -> tuple[int, int]:
+    """(scale-invariant layers, parameters) of the model ``name`` in closed form, without building it.
+
+    The parameter count leaves out the input layer and the classifier, which depend on the data
+    (a lower bound, exact up to those): CIFAR ResNet of depth 6n+2: 96,768·n − 23,040 (the counts above
+    minus 1,082); ``bnrelu``/``resmlp`` of depth d: (d − 1)·width². Raises ValueError as :func:`build` does.
+    """
+    if name == "resnet101":
+        return 104, 44_443_816 - 2_049_000  # 1 stem conv, 3·33 block convs, 4 downsample convs; fc left out
+    for family in ("bnrelu", "resmlp"):
+        if name.startswith(family) and name[len(family):].isdigit():
+            depth = int(name[len(family):])
+            if depth < 1 or width < 1:
+                raise ValueError(f"depth and width must be >= 1, got depth={depth}, width={width}")
+            return depth, (depth - 1) * width * width
+    digits = {"resnet20": "20", "resnet56": "56", "resnet110": "110"}.get(name, name[6:])
+    if name.startswith("resnet") and digits.isdigit():
+        depth = int(digits)
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"a CIFAR ResNet has depth 6n+2 >= 8 (20, 56, 110, ...), got {depth}")
+        return depth - 1, 96_768 * ((depth - 2) // 6) - 23_040
+    raise ValueError(f"unknown model {name!r}; use one of {', '.join(MODELS)}, resnet<6n+2>, bnrelu<depth> or resmlp<depth>")
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -2,29 +2,21 @@
 
 ``train(config, run_dir)`` runs SGD (momentum, weight decay and Nesterov
 optional; or timm's LARS, :func:`build_optimizer`) with any schedule, an optional warm-up and gradient transform,
-the ELR monitor and evaluation, and leaves in ``run_dir``:
+the ELR monitor and evaluation, and leaves in ``run_dir`` the config, the code fingerprint, provenance,
+the ELR records, the metrics and a checkpoint (the layout, and when a run is reused, are :mod:`elr.runs`'s).
 
-==================  =============================================================
-``config.json``     the config, as given
-``provenance.json`` elr version, git revision, torch version, device, data set, wall time
-``records.npz``     the ELR monitor's tidy records (:class:`elr.measure.Records`)
-``metrics.json``    evaluations, final status (``completed`` or ``diverged`` and at which step)
-``checkpoint.pt``   the state to resume from, written atomically every ``checkpoint_every`` steps
-``fingerprint.json`` what the run's results depend on besides the config: a hash of the elr sources
-                    training runs through, and the torch version
-==================  =============================================================
+:func:`run` and :func:`sweep` name a run's directory by :func:`elr.runs.run_key`, a hash of the config,
+of the content of the ``elr`` modules that :mod:`elr.train` imports and of the torch version, so an edit to
+the training code retrains while an edit to a chapter's prose does not. One process at a time trains a run
+(it holds the run's lock); another that asks for the same run waits, then reuses it.
 
-A run is reused only when it is the same run: :func:`run` names its directory
-by :func:`run_key`, a hash of the config, of the content of the ``elr`` modules
-that :mod:`elr.train` imports (directly or through each other, see
-:func:`training_sources`) and of the torch version, so an edit to the training
-code retrains while an edit to a chapter's prose does not. A run counts as
-finished only when ``metrics.json`` says ``completed`` or ``diverged`` and
-every file it lists is present with the size and SHA-256 it lists.
+Every value of a :class:`TrainConfig` is checked when it is made: its type (``True`` is not a step count)
+and its range, with bounds from what this machine can build and hold; the error names the field.
 
 Checkpoints hold only tensors and plain containers and are loaded with
 ``torch.load(..., weights_only=True)``: a crafted ``checkpoint.pt`` is refused,
-never executed.
+never executed. A checkpoint names the config and the code it belongs to; one of another run, or a
+damaged one, is named in a warning and the run starts from step 0.
 
 Every random choice (data order, flips, random-walk directions) is derived
 from ``(seed, step)``, so a run is bit-for-bit reproducible on the CPU and a
@@ -34,16 +26,18 @@ as diverged with its step: at a super-critical rate that is a result, not a cras
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
 import hashlib
 import importlib.util
 import json
+import math
+import numbers
 import os
 import platform
+import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -56,6 +50,9 @@ import torch.nn.functional as F
 import elr
 from elr import data as data_mod
 from elr import dynamics, gradients, measure, nets, schedules
+from elr.runs import (RUN_FILES, RunFileError, RunInfo, RunResult, code_fingerprint, default_root,  # noqa: F401
+                      finished, list_runs, load_run, made_by_current_code, prune_runs, run_key, training_sources)
+from elr import runs as run_cache
 
 if os.environ.get("ELR_THREADS"):  # `make robust` checks the book with one torch thread (ELR_THREADS=1)
     torch.set_num_threads(int(os.environ["ELR_THREADS"]))
@@ -65,6 +62,57 @@ WARMUPS = ("none", "subcritical")
 TRANSFORMS = ("none", "random_walk", "constrain")
 OPTIMIZERS = ("sgd", "lars")
 LARS_SCOPES = ("invariant", "all")
+
+#: The longest run a config may ask for. ImageNet's 90 epochs at batch 256 are 450,000 steps; 10^7 leaves
+#: twenty times that, and a larger count is a typo (10**12 steps would run for years at any speed here).
+MAX_STEPS = 10_000_000
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: Seeds go to torch.manual_seed and numpy's SeedSequence as 64-bit integers; seed + n_seeds must stay below.
+SEED_LIMIT = 2**63
+#: Copies of each parameter a training process holds at once: weights, gradients, the momentum buffer and
+#: the ELR monitor's snapshot of the weights before each update.
+PARAMETER_COPIES = 4
+#: Bytes one ELR record row takes (:class:`elr.measure.Records`: step, layer, channel, quantity, value) and
+#: rows per layer and logged step (its whole-layer quantities).
+RECORD_ROW_BYTES, RECORD_ROWS_PER_LAYER = 25, len(measure.LAYER_QUANTITIES)
+#: Memory a finished run takes when a chapter holds it besides its records (its RunResult, metrics and config):
+#: 3.5 kB measured with tracemalloc on the smallest run, rounded up.
+RUN_OVERHEAD_BYTES = 4096
+
+
+def machine_memory() -> int:
+    """Bytes of physical memory of this machine: what every bound on a run's size is derived from."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.3g} GB"
+
+
+def check_fits(model: str, width: int, steps: int, log_every: int, runs: int = 1, *, names: str = "") -> None:
+    """Refuse, before any compute, ``runs`` runs of ``model`` that this machine cannot hold.
+
+    A process trains one model at a time, holding :data:`PARAMETER_COPIES` float32 copies of its parameters
+    (:func:`elr.nets.size_of`), and keeps every finished run's ELR records (one row per layer, quantity and
+    logged step) plus :data:`RUN_OVERHEAD_BYTES`. ``names`` says which values set ``runs`` (for the message).
+    """
+    layers, params = nets.size_of(model, width)
+    memory = machine_memory()
+    model_bytes = PARAMETER_COPIES * 4 * params
+    if model_bytes > memory:
+        fix = ""
+        if model.startswith("resnet") and model != "resnet101":
+            n = (memory // (PARAMETER_COPIES * 4) + 23_040) // 96_768
+            fix = f"; the deepest CIFAR ResNet that fits is resnet{6 * n + 2}"
+        raise ValueError(f"model={model!r} (width={width}) cannot be built on this machine: {params:,} parameters need "
+                         f"{_gb(model_bytes)} ({PARAMETER_COPIES} float32 copies: weights, gradients, momentum, the "
+                         f"monitor's snapshot), more than its {_gb(memory)} of memory{fix}")
+    per_run = -(-steps // log_every) * layers * RECORD_ROWS_PER_LAYER * RECORD_ROW_BYTES + RUN_OVERHEAD_BYTES
+    if model_bytes + runs * per_run > memory:
+        what = f"{runs:,} runs ({names}) of " if runs > 1 else ""
+        raise ValueError(f"{what}steps={steps:,} logged every log_every={log_every} on {model} ({layers} layers) "
+                         f"would hold {_gb(runs * per_run)} of results, more than this machine's {_gb(memory)}; "
+                         f"lower {names + ', ' if names else ''}steps, or raise log_every")
 
 
 @dataclass(frozen=True)
@@ -115,10 +163,31 @@ class TrainConfig:
     progress: bool = False             # show a tqdm progress bar
 
     def __post_init__(self):
+        self._check_types()
         checks = [
-            (self.steps >= 1, "steps must be >= 1"),
+            (1 <= self.steps <= MAX_STEPS, f"steps must be in 1..{MAX_STEPS:,} (MAX_STEPS), got {self.steps!r}"),
+            (0 <= self.seed < SEED_LIMIT, f"seed must be in 0..2**63-1 (a 64-bit seed), got {self.seed!r}"),
+            (self.n_train == 0 or self.n_train >= self.batch_size,
+             f"n_train must be 0 (every example) or at least batch_size={self.batch_size}, got {self.n_train!r}"),
+            (self.eval_batches >= 0, f"eval_batches must be >= 0 (0 = the whole test set), got {self.eval_batches!r}"),
+            (self.eval_every >= 0, f"eval_every must be >= 0 (0 = only at the end), got {self.eval_every!r}"),
+            (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0 = never), got {self.checkpoint_every!r}"),
+            (self.width >= 1, f"width must be >= 1, got {self.width!r}"),
+            (0 < self.pct_start < 1, f"pct_start (the rising fraction of onecycle) must be in (0, 1), got {self.pct_start!r}"),
+            (self.div_factor > 0, f"div_factor must be > 0 (onecycle starts at lr / div_factor), got {self.div_factor!r}"),
+            (self.final_div_factor > 0, f"final_div_factor must be > 0, got {self.final_div_factor!r}"),
+            (self.gamma > 0, f"gamma must be > 0, got {self.gamma!r}"),
+            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps!r}"),
+            (self.warmup_tol > 0, f"warmup_tol must be > 0, got {self.warmup_tol!r}"),
+            (self.warmup_max_steps >= 1, f"warmup_max_steps must be >= 1, got {self.warmup_max_steps!r}"),
+            (all(m >= 0 for m in self.milestones) and list(self.milestones) == sorted(set(self.milestones)),
+             f"milestones must be increasing steps >= 0, got {self.milestones!r}"),
             (self.batch_size >= 2, "batch_size must be >= 2 (batch normalisation needs a batch)"),
             (self.lr > 0, "lr must be > 0"),
+            # SGD scales float32 tensors by lr (and momentum, wd): a factor beyond float32's range is an error there
+            (max(self.lr, self.momentum, self.wd) <= FLOAT32_MAX,
+             f"lr, momentum and wd must be at most {FLOAT32_MAX:.3g} (float32's largest), got lr={self.lr!r}, "
+             f"momentum={self.momentum!r}, wd={self.wd!r}"),
             (self.momentum >= 0 and self.wd >= 0, "momentum and wd must be >= 0"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
             (self.warmup in WARMUPS, f"warmup must be one of {WARMUPS}"),
@@ -143,7 +212,36 @@ class TrainConfig:
         if self.optimizer == "lars" and importlib.util.find_spec("timm") is None:
             raise ImportError("TrainConfig: optimizer='lars' uses timm's Lars, which is not installed; "
                               "pip install 'elr[lars]' (the pinned timm)")
-        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        try:
+            check_fits(self.model, self.width, self.steps, self.log_every)
+        except ValueError as err:
+            raise ValueError(f"TrainConfig: {err}") from None
+
+    def _check_types(self) -> None:
+        """Each field of the type it declares (a bool is not a count, a string not a rate; floats finite),
+        numpy scalars taken as the Python numbers they are; raises naming the field."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), f.type
+            bad = isinstance(value, (bool, np.bool_)) and kind not in ("bool", "bool | None")
+            if kind in ("bool", "bool | None"):
+                ok = isinstance(value, (bool, np.bool_)) or (value is None and kind == "bool | None")
+                value = bool(value) if ok and value is not None else value
+            elif kind == "int":
+                ok = isinstance(value, numbers.Integral) and not bad
+                value = int(value) if ok else value
+            elif kind == "float":
+                ok = isinstance(value, numbers.Real) and not bad and math.isfinite(value)
+                value = float(value) if ok else value
+            elif kind == "str":
+                ok = isinstance(value, str)
+            else:  # milestones: tuple[int, ...]
+                ok = isinstance(value, (list, tuple)) and all(
+                    isinstance(m, numbers.Integral) and not isinstance(m, (bool, np.bool_)) for m in value)
+                value = tuple(int(m) for m in value) if ok else value
+            if not ok:
+                what = {"tuple[int, ...]": "a list of step numbers (ints)"}.get(kind, f"{'a finite ' if kind == 'float' else ''}{kind}")
+                raise ValueError(f"TrainConfig: {f.name} must be {what}, got {value!r} ({type(value).__name__})")
+            object.__setattr__(self, f.name, value)
 
     @property
     def flips(self) -> bool:
@@ -182,89 +280,6 @@ class TrainConfig:
         return float(fn())
 
 
-# ------------------------------------------------------------ what a run depends on
-
-_PACKAGE = Path(__file__).resolve().parent
-
-
-def training_sources() -> list[Path]:
-    """The ``elr`` source files training runs through: ``train.py`` and the elr modules it imports.
-
-    Found by reading the module-level imports of ``train.py`` and, in turn, of
-    each elr module it reaches (plus ``elr/__init__.py``). Imports inside
-    functions are left out on purpose: ``train`` only reaches ``elr.book`` that
-    way, to record the git revision, which does not change results.
-    """
-    seen: set[str] = set()
-    todo = ["train", "__init__"]
-    while todo:
-        name = todo.pop()
-        if name in seen or not (_PACKAGE / f"{name}.py").exists():
-            continue
-        seen.add(name)
-        tree = ast.parse((_PACKAGE / f"{name}.py").read_text(encoding="utf-8"))
-        for node in tree.body:
-            if isinstance(node, ast.ImportFrom) and node.module == "elr":
-                todo += [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("elr."):
-                todo.append(node.module.split(".")[1])
-            elif isinstance(node, ast.Import):
-                todo += [a.name.split(".")[1] for a in node.names if a.name.startswith("elr.")]
-    return sorted(_PACKAGE / f"{name}.py" for name in seen)
-
-
-@functools.lru_cache(maxsize=1)
-def code_fingerprint() -> dict[str, str]:
-    """What a run's results depend on besides its config: the training sources' content and torch's version.
-
-    Computed once per process, like the imports it describes: the code a process runs is the code it imported.
-    Treat the returned dict as read-only.
-    """
-    digest = hashlib.sha256()
-    sources = training_sources()
-    for path in sources:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes().replace(b"\r\n", b"\n") + b"\0")
-    return {"code": digest.hexdigest()[:16], "torch": torch.__version__, "sources": ", ".join(p.name for p in sources)}
-
-
-def _made_by_current_code(run_dir: Path) -> bool:
-    """Was the run in ``run_dir`` made by the training code and torch version of this process?"""
-    try:
-        made_by = json.loads((run_dir / "fingerprint.json").read_text())
-    except (OSError, ValueError):
-        return False  # no fingerprint: an elr too old to say, or a run cut before it began
-    fp = code_fingerprint()
-    return made_by.get("code") == fp["code"] and made_by.get("torch") == fp["torch"]
-
-
-def run_key(config: "TrainConfig", fingerprint: dict[str, str] | None = None) -> str:
-    """The name of a run's directory: a hash of the config, the training code and the torch version."""
-    fp = fingerprint or code_fingerprint()
-    blob = json.dumps({"config": config.to_dict(), "code": fp["code"], "torch": fp["torch"]}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    status: str                     # completed | diverged
-    steps_done: int
-    diverged_at: int | None
-    metrics: dict[str, Any]
-    records: measure.Records = field(repr=False)
-
-    def accuracy(self, diverged: float) -> float:
-        """Final test accuracy; a diverged run counts as ``diverged`` (say chance, 1/classes), never as missing."""
-        if self.status != "completed":
-            return float(diverged)
-        return float(self.metrics["final"]["test_acc"])
-
-    def mean_spread(self, key: str = "elr_grad_max") -> float:
-        """S_rel of ``key`` averaged over the logged steps of the run (NaN steps after a divergence left out)."""
-        _, s_rel = self.records.spread(key)
-        return float(np.nanmean(s_rel))
-
-
 # --------------------------------------------------------------------- helpers
 
 
@@ -297,6 +312,42 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"refusing to load {path}: it holds objects other than tensors and plain containers, and loading "
             f"them could run code ({str(err).splitlines()[0]}). elr writes no such checkpoint; delete the file "
             f"to train this run from the start.") from None
+
+
+def _checkpoint_identity(config: TrainConfig) -> dict[str, str]:
+    """What a checkpoint says it belongs to: the run's config and the training code that wrote it."""
+    return {"config": json.dumps(config.to_dict(), sort_keys=True), "code": code_fingerprint()["code"]}
+
+
+_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "records", "step", "history")
+
+
+def _checkpoint_of(config: TrainConfig, path: Path) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if it is one of this run (its config, its code, a step within the run).
+
+    Otherwise (another run's checkpoint, one too old to name its run, a truncated or garbled file) a warning
+    names the file and why, the file is removed, and None is returned: the run starts from step 0, which is
+    always safe. A checkpoint that carries code still raises :class:`UnsafeCheckpoint`.
+    """
+    try:
+        ckpt = load_checkpoint(path)
+    except UnsafeCheckpoint:
+        raise
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... for a damaged file
+        why = f"it cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    else:
+        step = ckpt.get("step") if isinstance(ckpt, dict) else None
+        if not isinstance(ckpt, dict) or any(k not in ckpt for k in _CHECKPOINT_KEYS):
+            why = "it is not a checkpoint elr writes"
+        elif {k: ckpt.get(k) for k in ("config", "code")} != _checkpoint_identity(config):
+            why = "it belongs to another config or other training code"
+        elif isinstance(step, bool) or not isinstance(step, int) or not 0 < step <= config.steps:
+            why = f"its step {step!r} lies outside this run's 1..{config.steps}"
+        else:
+            return ckpt
+    warnings.warn(f"ignoring the checkpoint {path}: {why}; training this run from step 0", stacklevel=3)
+    path.unlink(missing_ok=True)
+    return None
 
 
 def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -397,61 +448,50 @@ def evaluate(model: torch.nn.Module, dataset, config: TrainConfig) -> dict[str, 
 # ------------------------------------------------------------------ the loop
 
 
-def train(config: TrainConfig, run_dir: str | Path, resume: bool = True) -> RunResult:
+def train(config: TrainConfig, run_dir: str | Path, resume: bool = True, *, retrain: bool = False) -> RunResult:
     """Run ``config`` into ``run_dir``; with ``resume``, continue from ``checkpoint.pt`` if present.
 
     A run directory that already holds a finished run of the same config, made
     by the same training code and torch version, is returned as it is (nothing
-    is retrained). One made by other code is cleared and retrained.
+    is retrained). One made by other code is cleared and retrained, and so is everything with ``retrain``.
+    The run's lock is held throughout: a second process asking for the same run waits, then reuses it.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     rank, world = _distributed(config)
     if rank > 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
         return _train(config, run_dir, resume, rank, world)
-    config_path = run_dir / "config.json"
-    if config_path.exists():
-        stored = json.loads(config_path.read_text())
-        if stored != config.to_dict():
-            raise ValueError(f"{run_dir} holds a run of a different config; use another run_dir")
-        if not _made_by_current_code(run_dir):
-            # results of other code (or of an elr too old to say): nothing here may be reused or resumed
-            for name in RUN_FILES + ("metrics.json", "checkpoint.pt"):
-                (run_dir / name).unlink(missing_ok=True)
-        elif finished(run_dir):
-            return load_run(run_dir)
-    _atomic_json(config_path, config.to_dict())
-    _atomic_json(run_dir / "fingerprint.json", code_fingerprint())
-    return _train(config, run_dir, resume, rank, world)
+    with run_cache.run_lock(run_dir):
+        config_path = run_dir / "config.json"
+        if retrain:
+            _clear(run_dir)
+        elif config_path.exists():
+            try:
+                stored = run_cache.read_json(config_path, "the run's config")
+            except RunFileError as err:
+                if run_dir.name != run_key(config):
+                    raise RunFileError(f"{err}; delete it (or the run directory) to train {run_dir} again") from None
+                # the directory is named by this config's key, so it can only have held this run: train it again
+                warnings.warn(f"{err}; the directory is this config's run, so it is trained again", stacklevel=2)
+                stored = config.to_dict()
+                _clear(run_dir)
+            if stored != config.to_dict():
+                raise ValueError(f"{run_dir} holds a run of a different config; use another run_dir")
+            if not made_by_current_code(run_dir):
+                # results of other code (or of an elr too old to say): nothing here may be reused or resumed
+                _clear(run_dir)
+            elif finished(run_dir):
+                return load_run(run_dir)
+        _atomic_json(config_path, config.to_dict())
+        _atomic_json(run_dir / "fingerprint.json", code_fingerprint())
+        return _train(config, run_dir, resume, rank, world)
 
 
-#: The files a finished run lists in metrics.json (with their sizes and SHA-256), besides metrics.json itself.
-RUN_FILES = ("records.npz", "provenance.json")
-
-
-def _file_entry(path: Path) -> dict[str, Any]:
-    return {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-
-
-def finished(run_dir: str | Path) -> bool:
-    """True when ``run_dir`` holds a complete run: status ``completed``/``diverged`` and every listed file intact.
-
-    A run cut while it wrote its results (a missing, truncated or altered file)
-    is not finished, and is resumed from its checkpoint or retrained.
-    """
-    path = Path(run_dir) / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    files = metrics.get("files")
-    if metrics.get("status") not in ("completed", "diverged") or not isinstance(files, dict) or not files:
-        return False
-    for name, entry in files.items():
-        f = Path(run_dir) / name
-        if not f.is_file() or _file_entry(f) != entry:
-            return False
-    return True
+def _clear(run_dir: Path) -> None:
+    """Remove a run's results and checkpoint (not its lock): it will be trained from step 0."""
+    run_cache.unseal(run_dir)
+    for name in RUN_FILES + ("checkpoint.pt",):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def _distributed(config: TrainConfig) -> tuple[int, int]:
@@ -467,7 +507,7 @@ def _distributed(config: TrainConfig) -> tuple[int, int]:
 
 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: int) -> RunResult:
-    metrics_path, ckpt_path = run_dir / "metrics.json", run_dir / "checkpoint.pt"
+    ckpt_path = run_dir / "checkpoint.pt"
     wall_start = time.time()
 
     torch.manual_seed(config.seed)
@@ -502,8 +542,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
     batches = _Batches(train_set, config.batch_size, config.seed)
 
     start_step, history, status, diverged_at = 0, [], "running", None
-    if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
+    ckpt = _checkpoint_of(config, ckpt_path) if resume and ckpt_path.exists() else None
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -517,7 +557,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
         records = torch.from_numpy(monitor.records.table.view(np.uint8).copy())
         _atomic_torch_save(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                        "scheduler": scheduler.state_dict(), "records": records,
-                                       "step": step, "history": history, "wall": time.time() - wall_start})
+                                       "step": step, "history": history, "wall": time.time() - wall_start,
+                                       **_checkpoint_identity(config)})
 
     bar = None
     if config.progress:
@@ -585,8 +626,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
         "python": platform.python_version(), "device": config.device, "machine": platform.machine(),
         "dataset": getattr(train_set, "description", config.dataset), "wall_seconds": round(time.time() - wall_start, 3),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    metrics["files"] = {name: _file_entry(run_dir / name) for name in RUN_FILES}
-    _atomic_json(metrics_path, metrics)  # written last: a run is finished once this file lists the others
+    metrics = run_cache.seal(run_dir, metrics)  # written last: a run is finished once its digests hold
     return RunResult(run_dir, status, metrics["steps_done"], diverged_at, metrics, monitor.records)
 
 
@@ -606,15 +646,6 @@ def _git_revision() -> str:
     return git_revision()
 
 
-def default_root() -> Path:
-    """Where runs live unless a caller says: ELR_RUNS, or ``runs`` (relative to the working directory).
-
-    ``make robust`` points each of its builds at its own root, so that a build with another thread
-    count retrains instead of reusing the runs of the default build.
-    """
-    return Path(os.environ.get("ELR_RUNS") or "runs")
-
-
 def run(config: TrainConfig, root: str | Path | None = None, fresh: bool | None = None) -> RunResult:
     """Train ``config`` into ``root/<run_key>``, reusing a finished run of the same config and code unless ``fresh``.
 
@@ -623,81 +654,14 @@ def run(config: TrainConfig, root: str | Path | None = None, fresh: bool | None 
     """
     root = default_root() if root is None else Path(root)
     run_dir = root / run_key(config)
-    _note_use(root, run_dir.name)
+    run_cache.note_use(root, run_dir.name)
     if fresh is None:
         fresh = os.environ.get("ELR_FRESH") == "1" and str(run_dir.resolve()) not in _RETRAINED
         _RETRAINED.add(str(run_dir.resolve()))
-    if fresh and run_dir.exists():
-        import shutil
-
-        shutil.rmtree(run_dir)
-    return train(config, run_dir)
+    return train(config, run_dir, retrain=bool(fresh))
 
 
 _RETRAINED: set[str] = set()
-
-
-def _note_use(root: Path, name: str) -> None:
-    """Under ``elr run``/``elr book`` (ELR_CHAPTER set), note that this chapter uses run ``name``."""
-    chapter = os.environ.get("ELR_CHAPTER")
-    if not chapter:
-        return
-    used = root / ".used"
-    used.mkdir(parents=True, exist_ok=True)
-    with open(used / chapter, "a", encoding="utf-8") as fh:  # one short append: safe from several processes
-        fh.write(name + "\n")
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """One directory under a runs root, as :func:`list_runs` sees it."""
-
-    name: str
-    status: str             # completed | diverged | unfinished
-    current: bool           # made by the training code and torch version installed now
-    chapters: tuple[str, ...]  # chapters whose last execution used it
-    summary: str            # model, lr, seed ... from its config.json
-    stale: bool             # can never be reused: other code, or no chapter uses it any more
-
-
-def list_runs(root: str | Path = "runs") -> list[RunInfo]:
-    """Every run directory under ``root``, with whether it is stale.
-
-    A run is stale when it was made by other training code or another torch
-    version (no chapter can reuse it), or, once chapters have recorded which
-    runs they use (``elr run``/``elr book`` do), when no chapter uses it.
-    """
-    root = Path(root)
-    used: dict[str, list[str]] = {}
-    tracked = (root / ".used").is_dir() and any((root / ".used").iterdir())
-    if tracked:
-        for f in sorted((root / ".used").iterdir()):
-            for name in set(f.read_text(encoding="utf-8").split()):
-                used.setdefault(name, []).append(f.name)
-    out = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))) \
-            if root.is_dir() else []:
-        current = _made_by_current_code(d)
-        try:
-            cfg = json.loads((d / "config.json").read_text())
-            summary = ", ".join(f"{k}={cfg[k]}" for k in ("model", "shortcut", "lr", "steps", "seed") if k in cfg)
-        except (OSError, ValueError):
-            summary = "no config"
-        status = json.loads((d / "metrics.json").read_text())["status"] if finished(d) else "unfinished"
-        chapters = tuple(sorted(used.get(d.name, [])))
-        out.append(RunInfo(d.name, status, current, chapters, summary,
-                           stale=not current or (tracked and not chapters)))
-    return out
-
-
-def prune_runs(root: str | Path = "runs") -> list[str]:
-    """Delete the stale run directories under ``root``; return their names."""
-    import shutil
-
-    stale = [r.name for r in list_runs(root) if r.stale]
-    for name in stale:
-        shutil.rmtree(Path(root) / name)
-    return stale
 
 
 ENGINES = ("pool", "submitit")
@@ -745,7 +709,8 @@ def sweep(configs: list[TrainConfig], root: str | Path | None = None, workers: i
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
             list(pool.map(_run_in_worker, jobs))
     else:
         todo = []  # run below, in this process
@@ -768,7 +733,14 @@ def sweep_seeds(cases: Mapping[K, TrainConfig], seed: int, n_seeds: int, **kwarg
         raise ValueError(f"n_seeds must be >= 1, got {n_seeds}; a claim that compares runs needs at least 2")
     if seed < 0:
         raise ValueError(f"seed (the base seed) must be >= 0, got {seed}")
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, numbers.Integral):
+        raise ValueError(f"n_seeds must be an int, got {n_seeds!r}")
+    if seed + n_seeds > SEED_LIMIT:
+        raise ValueError(f"seed + n_seeds must stay below 2**63 (64-bit seeds), got seed={seed}, n_seeds={n_seeds}")
     keys = list(cases)
+    for k in keys:  # before a single config is made: 10**9 seeds would exhaust the memory in the list below
+        check_fits(cases[k].model, cases[k].width, cases[k].steps, cases[k].log_every, runs=n_seeds * len(keys),
+                   names=f"n_seeds={n_seeds} × {len(keys)} cases")
     configs = [dataclasses.replace(cases[k], seed=seed + i) for k in keys for i in range(n_seeds)]
     results = sweep(configs, **kwargs)
     return {k: results[j * n_seeds:(j + 1) * n_seeds] for j, k in enumerate(keys)}
@@ -804,6 +776,25 @@ def _submitit(jobs: list[tuple[dict, str]], root: Path, workers: int, cluster: s
             time.sleep(poll_seconds)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Pool worker initializer: the worker is killed when the process that started it dies, however it dies.
+
+    A ``kill -9`` of ``elr run`` (or of the kernel sweeping) runs no clean-up, so the pool cannot stop its
+    workers itself; on Linux the kernel does, through the parent-death signal (``prctl(PR_SET_PDEATHSIG)``).
+    Killing a worker mid-run loses nothing: its checkpoint and results are only ever replaced atomically.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed in a sweep worker")
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
 def _run_in_worker(job: tuple[dict, str], threads: int | None = 1) -> str:
     """Run one config in a worker process; ``threads=None`` keeps torch's default (a cluster job's own cores)."""
     values, root = job
@@ -811,11 +802,3 @@ def _run_in_worker(job: tuple[dict, str], threads: int | None = 1) -> str:
         torch.set_num_threads(threads)
     values["milestones"] = tuple(values["milestones"])
     return str(run(TrainConfig(**values), root).run_dir)
-
-
-def load_run(run_dir: str | Path) -> RunResult:
-    """Read a finished run directory back: the one loader chapters use."""
-    run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    records = measure.Records.load(run_dir / "records.npz")
-    return RunResult(run_dir, metrics["status"], metrics["steps_done"], metrics["diverged_at"], metrics, records)

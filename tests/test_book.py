@@ -64,6 +64,44 @@ def test_list_parameters_are_checked_elementwise():
     assert book.resolve("04_gradient_flow", "quick", {"lrs": [1, 0.5]})["lrs"] == [1.0, 0.5]
 
 
+@pytest.mark.parametrize("chapter, pair, message", [
+    ("10", "n_seeds=10**9", r"chapter 10_short_term: 14,000,000,000 runs \(n_seeds=1000000000\).*more than this machine"),
+    ("12", "depth=1000004", "parameter 'depth' of chapter 12_criticality: .*cannot be built on this machine"),
+    ("03", "resnet_depths=[20, 1000004]", "parameter 'resnet_depths' .*cannot be built"),
+    ("10", "steps=10**12", "parameter 'steps' of chapter 10_short_term must be at most 10,000,000"),
+    ("10", "seed=2**64", "parameter 'seed' of chapter 10_short_term must fit in 64 bits"),
+    ("10", "seed=2**63-2", "seed \\+ n_seeds of chapter 10_short_term must stay below 2\\*\\*63"),
+])
+def test_values_this_machine_cannot_run_are_refused_naming_the_parameter(chapter, pair, message):
+    name, raw = pair.split("=", 1)
+    with pytest.raises(book.ParameterError, match=message):
+        book.resolve(chapter, "quick", {name: eval(raw)})
+
+
+@pytest.mark.parametrize("value", ["30.5", "inf", "1e308", "nan", "-1", "0"])
+def test_timeouts_are_whole_seconds_and_bounded(value, capsys):
+    if float(value) > 0 and value not in ("inf", "1e308"):
+        assert book.chapter_timeout(float(value)) == 31
+        return
+    assert cli.main(["run", "05", "--timeout", value]) == 2
+    err = capsys.readouterr().err
+    assert "the chapter timeout must be a number of seconds in (0, 2,000,000]" in err and "Traceback" not in err
+
+
+def test_banner_values_are_shown_never_read_as_markup(scratch_book):
+    (scratch_book / "01_fails.py").write_text(FAILING.replace("# how many {>= 1}\n", '# how many {>= 1}\nlabel: str = "x"  # a label\n'))
+    evil = "`<img src=x onerror=alert(1)>` | *b* [l](javascript:1)"
+    banner = book._banner("01_fails", "quick", {"n": 3, "label": evil})
+    row = next(line for line in banner.splitlines() if line.startswith("| `label`"))
+    cells = row.split(" | ")
+    assert len(cells) == 3  # the value's '|' did not add a column
+    assert "<" not in row and "`<" not in row and "*b*" not in row and "](" not in row
+    import html
+
+    assert html.unescape(cells[1]) == repr(evil)  # shown as itself
+    assert "| `n` | `3` |" in banner  # plain values stay code spans
+
+
 def test_unknown_profile_and_profile_override_are_refused():
     with pytest.raises(book.ParameterError, match="unknown profile"):
         book.resolve("05", "huge")

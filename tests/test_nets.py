@@ -88,3 +88,16 @@ def test_he_initialised_layers_have_the_models_sigma2(make):
     tol = 6 * (2 / (fan_in * m)) ** 0.5
     assert abs(sigma2 / dynamics.SIGMA2_HE - 1) < tol, (sigma2, dynamics.SIGMA2_HE, tol)
     assert dynamics.SIGMA2_HE ** 2 == 4  # the paper's k0 = σ²(0)² = 4 (Eq. 12 with σ(0)² = 2)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "resnet20", "resnet56", "bnrelu6", "resmlp4"])
+def test_size_of_counts_layers_and_parameters_without_building(name):
+    kwargs = {"width": 32, "in_features": 64} if name.startswith(("bnrelu", "resmlp")) else {}
+    model = nets.build(name, **kwargs)
+    layers, params = nets.size_of(name, width=32)
+    assert layers == len(nets.scale_invariant_layers(model))
+    # every parameter but the input layer and the classifier, which depend on the data
+    data_dependent = 432 + 650 if name.startswith("resnet") else 64 * 32 + 32 * 10 + 10
+    assert params == nets.count_parameters(model) - data_dependent
+    with pytest.raises(ValueError, match="6n\\+2"):
+        nets.size_of("resnet9")

@@ -65,6 +65,7 @@ def test_training_sources_are_the_modules_train_imports():
     assert {"train.py", "nets.py", "measure.py", "dynamics.py", "data.py", "schedules.py", "gradients.py",
             "__init__.py"} <= names
     assert not names & {"book.py", "plots.py", "symbolic.py", "cli.py"}  # prose and tooling do not retrain
+    assert "runs.py" not in names  # the run cache decides which runs are reused, not what they hold
 
 
 def test_the_key_covers_config_code_and_torch():
@@ -157,5 +158,9 @@ def test_runs_command_lists_and_prunes_stale_runs(tmp_path, monkeypatch, capsys)
     assert cli.main(["runs", "--root", str(tmp_path), "--stale"]) == 0
     out = capsys.readouterr().out
     assert old.name in out and unused.name in out and used.name not in out.split("elr runs:")[0]
-    assert cli.main(["runs", "--root", str(tmp_path), "--prune"]) == 0
+    assert cli.main(["runs", "--root", str(tmp_path), "--prune"]) == 0  # a dry run: it says, deletes nothing
+    out = capsys.readouterr().out
+    assert f"would delete {unused}" in out and f"would delete {old}" in out and str(used) not in out
+    assert used.exists() and unused.exists() and old.exists()
+    assert cli.main(["runs", "--root", str(tmp_path), "--prune", "--yes"]) == 0
     assert used.exists() and not unused.exists() and not old.exists()

@@ -131,3 +131,24 @@ def test_every_measuring_chapter_runs_seeds_and_checks_its_claims_table(chapter)
     assert "evidence.table(claims)" in source and "evidence.check(claims)" in source, \
         f"{chapter}: ends by rendering and asserting its claims table"
     assert "sweep(" not in source.replace("sweep_seeds(", ""), f"{chapter}: every sweep runs seeds (sweep_seeds)"
+
+
+@pytest.mark.parametrize("lr", [1e30, 1e38])
+def test_compare_with_model_reports_no_fit_for_a_diverged_run(tmp_path, lr):
+    # at these rates the weights overflow (ELRs of exactly 0) or the loss stops the run: neither is a fit
+    cfg = train.TrainConfig(**{**TINY, "model": "resnet8", "shortcut": False, "width": 64, "steps": 20,
+                               "log_every": 5, "lr": lr})
+    run = train.run(cfg, tmp_path)
+    out = measure.compare_with_model(run.records, cfg.lr, cfg.steps)
+    assert out["diverged"]
+    assert np.isnan(out["gap"]) and np.isnan(out["low_ratio"]) and np.isnan(out["order_meas"])
+    fine = measure.compare_with_model(train.run(train.TrainConfig(**{**TINY, "steps": 10}), tmp_path).records,
+                                      0.1, 10)
+    assert not fine["diverged"] and np.isfinite(fine["gap"])
+
+
+def test_compare_with_model_flags_a_run_cut_before_its_end(tmp_path):
+    cfg = train.TrainConfig(**{**TINY, "steps": 10})
+    run = train.run(cfg, tmp_path)
+    out = measure.compare_with_model(run.records, cfg.lr, 40)  # the records stop at step 9 of 40
+    assert out["diverged"] and np.isnan(out["gap"])

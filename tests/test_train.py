@@ -100,13 +100,66 @@ def test_subcritical_warmup_and_constraint_run(tmp_path):
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"lr": -0.1}, "lr must be > 0"), ({"steps": 0}, "steps must be >= 1"),
+    ({"lr": -0.1}, "lr must be > 0"), ({"steps": 0}, "steps must be in 1\\.\\."),
     ({"schedule": "warmcos"}, "schedule must be one of"), ({"dataset": "mnist"}, "dataset must be one of"),
     ({"nesterov": True}, "nesterov needs momentum"),
 ])
 def test_bad_configs_are_refused(bad, message):
     with pytest.raises(ValueError, match=message):
         train.TrainConfig(**bad)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"eval_batches": -1}, "eval_batches must be >= 0"),
+    ({"n_train": -1000}, "n_train must be 0 .* or at least batch_size"),
+    ({"n_train": 5, "batch_size": 16}, "n_train must be 0 .* or at least batch_size=16"),
+    ({"pct_start": 5}, r"pct_start .* must be in \(0, 1\)"),
+    ({"steps": True}, r"steps must be int, got True \(bool\)"),
+    ({"lr": "abc"}, "lr must be a finite float, got 'abc'"),
+    ({"lr": float("nan")}, "lr must be a finite float"),
+    ({"wd": float("inf")}, "wd must be a finite float"),
+    ({"milestones": 5}, "milestones must be a list of step numbers"),
+    ({"milestones": (30, 10)}, "milestones must be increasing"),
+    ({"div_factor": 0}, "div_factor must be > 0"),
+    ({"final_div_factor": -1}, "final_div_factor must be > 0"),
+    ({"seed": 2**64}, r"seed must be in 0\.\.2\*\*63-1"),
+    ({"seed": -1}, r"seed must be in 0\.\.2\*\*63-1"),
+    ({"steps": 10**12}, "steps must be in 1..10,000,000"),
+    ({"model": "resnet1000004"}, "model='resnet1000004' .*cannot be built on this machine.*the deepest CIFAR ResNet"),
+    ({"model": "bnrelu4", "width": 10**6}, "cannot be built on this machine"),
+    ({"steps": 10**7, "model": "resnet56"}, "steps=10,000,000 .* results, more than this machine's"),
+    ({"shortcut": 1}, "shortcut must be bool"),
+    ({"lr": 1e300}, "lr, momentum and wd must be at most 3.4e\\+38"),
+    ({"model": 20}, "model must be str"),
+])
+def test_every_value_is_bounded_and_named_before_any_compute(bad, message):
+    with pytest.raises(ValueError, match=message):
+        train.TrainConfig(**bad)
+
+
+def test_numpy_scalars_are_the_numbers_they_hold():
+    cfg = train.TrainConfig(lr=np.float32(0.5), steps=np.int64(5), milestones=[np.int64(2)], flip=np.bool_(False))
+    assert cfg.to_dict()["lr"] == 0.5 and type(cfg.steps) is int and cfg.milestones == (2,) and cfg.flip is False
+    json.dumps(cfg.to_dict())  # plain Python values: the config hashes and saves
+
+
+def test_elr_train_set_refuses_bad_values_with_the_key(tmp_path, capsys):
+    from elr import cli
+
+    for pair, message in (("eval_batches=-1", "eval_batches must be >= 0"), ("steps=True", "steps must be int"),
+                          ("lr=abc", "lr must be a finite float, got 'abc'"), ("div_factor=0", "div_factor"),
+                          ("milestones=5", "milestones must be a list")):
+        assert cli.main(["train", "--set", pair, "--run-dir", str(tmp_path / "r")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before anything was made
+
+
+def test_sweep_seeds_refuses_seeds_that_cannot_fit_before_making_a_config():
+    cfg = train.TrainConfig(**SMALL)
+    with pytest.raises(ValueError, match=r"n_seeds=1000000000 × 2 cases.*more than this machine's"):
+        train.sweep_seeds({"a": cfg, "b": cfg}, 0, 10**9)
+    with pytest.raises(ValueError, match="seed \\+ n_seeds must stay below 2\\*\\*63"):
+        train.sweep_seeds({"a": cfg}, 2**63 - 2, 5)
 
 
 def test_unknown_fields_are_named():
@@ -248,3 +301,62 @@ def test_digits_are_not_mirrored_by_default_but_natural_images_are():
 
     assert not TrainConfig().flips and TrainConfig(flip=True).flips
     assert TrainConfig(dataset="cifar10").flips and not TrainConfig(dataset="cifar10", flip=False).flips
+
+
+def _children(pid: int) -> set[int]:
+    """Every process whose parent is ``pid`` (from /proc)."""
+    import os
+
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.add(int(entry))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="/proc and the parent-death signal")
+def test_a_killed_sweep_leaves_no_pool_worker_behind(tmp_path):
+    """kill -9 a sweep with a pool of two: its workers die with it instead of sleeping forever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    configs = [train.TrainConfig(**{**SMALL, "steps": 400, "seed": s}) for s in range(4)]
+    script = ("import sys; from elr import train; "
+              f"cfgs = [train.TrainConfig.from_dict(d) for d in {[c.to_dict() for c in configs]!r}]; "
+              "train.sweep(cfgs, sys.argv[1], workers=2)")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "runs")])
+    deadline = time.time() + 120
+    workers: set[int] = set()
+    while len(workers) < 2:  # both workers started and training (they have written a run's config)
+        assert proc.poll() is None and time.time() < deadline, "the sweep ended before its workers started"
+        workers = {p for p in _children(proc.pid) if "spawn_main" in open(f"/proc/{p}/cmdline").read()}
+        started = list((tmp_path / "runs").glob("*/config.json")) if (tmp_path / "runs").exists() else []
+        workers = workers if len(started) >= 2 else set()
+        time.sleep(0.1)
+    everyone = _children(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)  # the process only, as `kill -9 <pid of elr run>` does
+    proc.wait()
+    deadline = time.time() + 10
+    while any(_alive(p) for p in everyone) and time.time() < deadline:
+        time.sleep(0.2)
+    survivors = [p for p in everyone if _alive(p)]
+    for p in survivors:  # do not leave them to the rest of the test session
+        os.kill(p, signal.SIGKILL)
+    assert not survivors, f"children of the killed sweep still running: {survivors}"
