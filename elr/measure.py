@@ -214,6 +214,16 @@ def _is_dtensor(t: Any) -> bool:
     return isinstance(t, DTensor)
 
 
+def _is_sharded(model: nn.Module) -> bool:
+    """Whether FSDP2's ``fully_shard`` has been applied to the model (its weights are DTensor shards; during a
+    forward pass they may be gathered, so the modules are checked too)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - a torch without torch.distributed
+        return False
+    return any(isinstance(m, FSDPModule) for m in model.modules()) or any(_is_dtensor(p) for p in model.parameters())
+
+
 def invariant_layers(model: nn.Module, *example_inputs: Any, kwargs: dict | None = None) -> list[str]:
     """Names of the weights of ``model`` (its parameters of two or more dimensions) that the audit finds
     scale-invariant for any value of the other parameters (:attr:`elr.audit.AuditRow.auto_tunes`: the output does
@@ -226,7 +236,7 @@ def invariant_layers(model: nn.Module, *example_inputs: Any, kwargs: dict | None
     """
     from elr import audit as _audit  # the audit is the heavier module: import it only when it is used
 
-    if any(_is_dtensor(p) for p in model.parameters()):
+    if _is_sharded(model):
         raise ValueError("the model's parameters are already sharded (FSDP2's fully_shard), and the audit needs "
                          "the whole model: build the monitor before fully_shard (with example_inputs=; it rebinds "
                          "to the sharded weights), or pass layers=[weight names]")
@@ -367,6 +377,11 @@ class ELRMonitor:
         elif example_inputs is not None:
             self._setup(_resolve(model, invariant_layers(model, *example_inputs, kwargs=example_kwargs)))
         else:
+            if _is_sharded(model):
+                raise ValueError("the model is already sharded (FSDP2's fully_shard) and the audit that chooses the "
+                                 "layers needs the whole model: build the monitor before fully_shard with "
+                                 "example_inputs= (it follows the weights into their shards), or pass "
+                                 "layers=[weight names]")
             self._model = model
             self._audit_hook = model.register_forward_pre_hook(self._audit_at_first_forward, with_kwargs=True)
 
