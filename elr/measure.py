@@ -413,7 +413,7 @@ class ELRMonitor:
     @property
     def ready(self) -> bool:
         """Whether the layers are known (False until the first forward pass when the audit waits for inputs)."""
-        return self._audit_hook is None
+        return hasattr(self, "_owners")
 
     @property
     def weights(self) -> list[torch.Tensor]:
@@ -422,6 +422,11 @@ class ELRMonitor:
         return [getattr(m, p) for m, p in self._owners]
 
     def _check_ready(self) -> None:
+        if self.ready:
+            return
+        if self._audit_hook is None:
+            raise RuntimeError("the monitor has no layers: the audit at the model's first forward pass refused (see "
+                               "that error); pass layers= to choose them")
         if self._audit_hook is not None:
             raise RuntimeError("the monitor has not chosen its layers yet: it audits the model at its first forward "
                                "pass. Run a forward pass first, or pass example_inputs= or layers=")

@@ -301,3 +301,94 @@ def test_run_summary_reads_the_records():
     assert out["spread0"] == pytest.approx(float(dynamics.relative_spread(e[0])))
     assert out["spread_end"] == pytest.approx(float(dynamics.relative_spread(e[-1])))
     assert out["cos"].shape == (2,) and set(out["stats"]) == set(measure.base_gradient_stats(records))
+
+
+# ------------------------------------------------------------------- which layers
+
+
+def _mlp(bias_first=False):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 6, bias=bias_first), torch.nn.BatchNorm1d(6), torch.nn.ReLU(),
+                               torch.nn.Linear(6, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+
+
+def test_default_layers_are_the_audits_and_are_chosen_at_the_first_forward():
+    model, x = _mlp(), torch.randn(10, 5)
+    monitor = measure.ELRMonitor(model)
+    assert not monitor.ready
+    with pytest.raises(RuntimeError, match="first forward"):
+        monitor.observe_gradients(0)
+    model(x).sum().backward()
+    # only the bias-free Linear before BatchNorm is scale-invariant; the heuristic would also take nothing else
+    assert monitor.ready and monitor.names == ["0"]
+    assert measure.ELRMonitor(model, example_inputs=x).names == ["0"]
+    assert measure.invariant_layers(model, x) == ["0.weight"]
+    assert [n for n, _, _ in measure._resolve(model, ["3.weight", "5"])] == ["3", "5"]
+    with pytest.raises(ValueError, match="no weight or module named 'nope'"):
+        measure.ELRMonitor(model, layers=["nope"])
+
+
+def test_a_model_without_invariant_weights_is_refused_with_the_cause():
+    model, x = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)), torch.randn(10, 5)
+    with pytest.raises(ValueError, match="no weight of this model is scale-invariant.*layers="):
+        measure.ELRMonitor(model, example_inputs=x)
+    lazy = measure.ELRMonitor(model)
+    with pytest.raises(ValueError, match="at its first forward pass: no weight of this model is scale-invariant"):
+        model(x)
+    model(x)  # the hook removed itself: the model runs on, and the monitor says it has no layers
+    assert not lazy.ready
+    with pytest.raises(RuntimeError, match="no layers"):
+        lazy.observe_gradients(0)
+
+
+def test_heuristic_on_request_only():
+    model = torch.nn.Sequential(torch.nn.Linear(5, 6, bias=False), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    # the name heuristic takes the first Linear (bias-free, not last); the audit sees no normalisation after it
+    assert measure.ELRMonitor(model, layers="heuristic").names == ["0"]
+    with pytest.raises(ValueError, match="no weight of this model is scale-invariant"):
+        measure.ELRMonitor(model, example_inputs=torch.randn(4, 5))
+    with pytest.raises(ValueError, match="layers must be None"):
+        measure.ELRMonitor(model, layers="audit-please")
+
+
+def test_conv1d_weights_are_measured_per_output_channel_along_their_second_dim():
+    conv1d = pytest.importorskip("transformers.pytorch_utils").Conv1D
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(conv1d(7, 5), torch.nn.BatchNorm1d(7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+    torch.nn.init.normal_(model[0].bias)  # a bias before BatchNorm: removed by it, so the weight stays invariant
+    x, y = torch.randn(12, 5), torch.randint(0, 3, (12,))
+    monitor = measure.ELRMonitor(model, per_channel=True, example_inputs=x)
+    assert monitor.names == ["0"] and monitor.channels == [7]  # weight stored (5, 7): 7 output channels
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    monitor.observe_gradients(0)
+    monitor.flush()
+    w, g = model[0].weight.detach(), model[0].weight.grad
+    np.testing.assert_allclose(monitor.records.channels("elr_grad", 0, 0), (g.norm(dim=0) / w.norm(dim=0)).numpy(),
+                               rtol=1e-6)
+
+
+# ------------------------------------------------------------------- torch.compile
+
+
+def _compiled_run(compile_model: bool, compile_step: bool):
+    torch._dynamo.reset()
+    model, x = _mlp(), torch.randn(10, 5)
+    y = torch.randint(0, 3, (10,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    monitor = measure.ELRMonitor(model)  # audits at the first forward, inside the compiled model's call
+    monitor.attach(opt)
+    net = torch.compile(model, backend="eager") if compile_model else model
+    step = torch.compile(opt.step, backend="eager") if compile_step else opt.step
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        step()
+    return monitor
+
+
+def test_the_hooks_run_outside_torch_compile_of_the_model_and_of_the_optimizer_step():
+    eager = _compiled_run(False, False)
+    for compile_model, compile_step in [(True, False), (False, True)]:
+        compiled = _compiled_run(compile_model, compile_step)
+        assert compiled.names == ["0"] and list(compiled.records.steps()) == [0, 1, 2]
+        np.testing.assert_allclose(compiled.records.table["value"], eager.records.table["value"], rtol=1e-5)
