@@ -392,3 +392,19 @@ def test_the_hooks_run_outside_torch_compile_of_the_model_and_of_the_optimizer_s
         compiled = _compiled_run(compile_model, compile_step)
         assert compiled.names == ["0"] and list(compiled.records.steps()) == [0, 1, 2]
         np.testing.assert_allclose(compiled.records.table["value"], eager.records.table["value"], rtol=1e-5)
+
+
+def test_records_spill_to_disk_and_read_back_whole(tmp_path):
+    kept, _, _ = _train(attach=True, steps=6, every=1)
+    model, x, y = _toy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
+    spilled = measure.ELRMonitor(model, spill_to=tmp_path / "spill", spill_rows=40)
+    spilled.attach(opt)
+    for _ in range(6):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    files = sorted((tmp_path / "spill").glob("records-*.npy"))
+    assert len(files) >= 2 and spilled.records._rows < 40  # memory holds less than one chunk
+    np.testing.assert_array_equal(spilled.records.table, kept.records.table)
+    assert list(spilled.records.steps()) == list(range(6))
