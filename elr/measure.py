@@ -2,7 +2,7 @@
 
 ::
 
-    monitor = ELRMonitor(model, every=10)          # the scale-invariant layers of the model
+    monitor = ELRMonitor(model, every=10)          # the weights the audit finds scale-invariant (first forward)
     for step, (x, y) in enumerate(loader):
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(); loss.backward()
@@ -11,9 +11,14 @@
         monitor.observe_update(step)                # update ELR ‖ΔW‖/‖W_before‖
     monitor.records.spread("elr_grad_max")          # S_rel per logged step
 
-On a logged step the monitor computes all squared norms (per output channel,
-for every layer) as one batched computation on the device and moves them to
-the host in one transfer; on other steps both calls return at once. Layer
+Or ``monitor.attach(opt)``: optimizer step hooks, correct under AMP (plain,
+foreach and fused optimizers), DDP, FSDP2 and ``torch.compile``.
+
+On a logged step the monitor computes the squared norms per output channel
+with one reduction per tensor (weight, gradient, update), on the device and
+without stacked copies, and moves them to the host in one transfer (under
+FSDP2 after one all-reduce of the shards' sums); on other steps both calls
+return at once. Layer
 values are Frobenius norms over the whole layer; ``elr_grad_max`` and
 ``elr_update_max`` are the maximum over output channels, the paper's choice
 (Sec. 4.3.1).
@@ -521,6 +526,13 @@ class ELRMonitor:
                     for entry, g, w, d in zip(p["plan"], p["g"], weights, self._channel_dim)]
         self._transfer(p, u_sq)
         return p["record"]
+
+    def discard(self, step: int) -> None:
+        """The step was skipped (a loss scaler found inf/NaN gradients; a trainer says so): drop its pending
+        measurements, if any, and list it in :attr:`skipped`."""
+        if self._pending is not None and self._pending["step"] == step:
+            self._pending = None
+        self.skipped.append(step)
 
     def flush(self) -> None:
         """Record pending gradient measurements without an update (e.g. when measuring at initialisation)."""
