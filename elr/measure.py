@@ -254,7 +254,9 @@ def invariant_layers(model: nn.Module, *example_inputs: Any, kwargs: dict | None
     found = [r.name for r in rows if r.auto_tunes]
     if not found:
         while_zero = [r.name for r in rows if r.invariant and r.only_while_zero]
-        shown = "; ".join(f"'{r.name}': {r.reason}" for r in rows[:2])
+        # examples: layers with a traced reason first, embeddings (never invariant, nothing to learn) last
+        ranked = sorted(rows, key=lambda r: ("numerical check only" in r.reason, r.reason.startswith("Embedding")))
+        shown = "; ".join(f"'{r.name}': {r.reason}" for r in ranked[:2])
         raise ValueError(
             f"no weight of this model is scale-invariant: the audit finds no normalisation after any of its "
             f"{len(rows)} weights that absorbs their scale (e.g. {shown})"
