@@ -33,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 from torch import nn
 
-from elr.measure import ELRMonitor, Records
+from elr.measure import ELRMonitor, Records, summarize_elrs
 
 SUMMARY_KEYS = ("elr_max", "elr_min", "spread", "kappa_lh", "kappa_hh")
 
@@ -58,6 +58,19 @@ def summaries(records: Records, steps: list[int], per_layer: bool = False,
 def summary_at(records: Records, step: int, per_layer: bool = False, prefix: str = "elr/") -> dict[str, float]:
     """The summary scalars of one logged step as ``{prefix + key: value}`` (empty if the step was not logged)."""
     return summaries(records, [step], per_layer, prefix).get(step, {})
+
+
+def last_summary(monitor: ELRMonitor, per_layer: bool = False, prefix: str = "elr/") -> dict[str, float]:
+    """The summary scalars of the monitor's last recorded step, from that step's values alone: O(layers) per
+    log, however long the run (what the callbacks log). Empty before the first recorded step."""
+    last = monitor.last
+    if not last or "elr_grad_max" not in last:
+        return {}
+    e = last["elr_grad_max"]
+    out = {f"{prefix}{key}": float(v[0]) for key, v in summarize_elrs(e[None, :]).items()}
+    if per_layer:
+        out.update({f"{prefix}{name}": float(v) for name, v in zip(monitor.names, e)})
+    return out
 
 
 class TensorBoardWriter:
@@ -89,23 +102,45 @@ class TensorBoardWriter:
             self.writer.flush()
         return len(new)
 
+    def write_last(self, monitor: ELRMonitor) -> int:
+        """Write the monitor's last recorded step if not written yet (O(layers), for loggers called every step)."""
+        step = monitor.last.get("step")
+        if step is None or step in self._written:
+            return 0
+        for key, value in last_summary(monitor, self.per_layer, self.prefix).items():
+            self.writer.add_scalar(key, value, step)
+        self._written.add(step)
+        self.writer.flush()
+        return 1
+
     def close(self) -> None:
         self.writer.close()
 
 
-def _monitor_for(model: nn.Module, every: int, per_channel: bool) -> ELRMonitor:
-    if every < 1:
-        raise ValueError(f"every must be >= 1, got {every}")
-    return ELRMonitor(model, every=every, per_channel=per_channel)
+def _check(every: int, layers: Any) -> None:
+    """Refuse bad arguments when the callback is made, before any training."""
+    if int(every) != every or every < 1:
+        raise ValueError(f"every must be an integer >= 1, got {every}")
+    if isinstance(layers, str) and layers != "heuristic":
+        raise ValueError(f"layers must be None (the audit's scale-invariant weights), 'heuristic', or a list of "
+                         f"weight names; got {layers!r}")
+
+
+def _monitor_for(model: nn.Module, every: int, per_channel: bool, layers: Any, spill_to: Any) -> ELRMonitor:
+    return ELRMonitor(model, every=every, per_channel=per_channel, layers=layers, spill_to=spill_to)
 
 
 def lightning_callback(every: int = 50, per_layer: bool = False, per_channel: bool = False,
-                       module_attr: str | None = None):
+                       module_attr: str | None = None, layers: Any = None, spill_to: str | Path | None = None):
     """A Lightning ``Callback`` that measures ELRs and logs the summary scalars through ``pl_module.log``.
 
-    ``module_attr`` names the submodule to monitor (default: the whole LightningModule). After the fit the
-    callback's ``monitor.records`` holds every measurement.
+    ``module_attr`` names the submodule to monitor (default: the whole LightningModule). ``layers`` as in
+    :class:`elr.measure.ELRMonitor`: by default the weights the audit finds scale-invariant, audited at the
+    monitored module's first forward pass (so that module's ``forward`` must be called: name it with
+    ``module_attr``), ``"heuristic"``, or a list of weight names. ``spill_to``: a directory the records spill to
+    in long runs. After the fit the callback's ``monitor.records`` holds every measurement.
     """
+    _check(every, layers)
     try:
         import lightning.pytorch as pl
     except ImportError:
@@ -118,7 +153,7 @@ def lightning_callback(every: int = 50, per_layer: bool = False, per_channel: bo
 
         def on_fit_start(self, trainer, pl_module):
             target = getattr(pl_module, self.module_attr) if self.module_attr else pl_module
-            self.monitor = _monitor_for(target, self.every, self.per_channel)
+            self.monitor = _monitor_for(target, self.every, self.per_channel, layers, spill_to)
 
         def on_before_optimizer_step(self, trainer, pl_module, optimizer):
             if trainer.is_global_zero:
@@ -129,7 +164,7 @@ def lightning_callback(every: int = 50, per_layer: bool = False, per_channel: bo
                 return
             step = trainer.global_step - 1  # the step just applied (nothing to record on accumulation batches)
             if self.monitor.observe_update(step):
-                for key, value in summary_at(self.monitor.records, step, self.per_layer).items():
+                for key, value in last_summary(self.monitor, self.per_layer).items():
                     pl_module.log(key, value, on_step=True, on_epoch=False, rank_zero_only=True)
 
         def state_dict(self):
@@ -139,8 +174,14 @@ def lightning_callback(every: int = 50, per_layer: bool = False, per_channel: bo
 
 
 def hf_callback(every: int = 50, per_layer: bool = False, per_channel: bool = False, tensorboard: Any = None,
-                sink: Callable[[dict[str, float], int], Any] | None = None):
-    """A Hugging Face ``TrainerCallback`` that measures ELRs of the model's scale-invariant layers.
+                sink: Callable[[dict[str, float], int], Any] | None = None, layers: Any = None,
+                spill_to: str | Path | None = None):
+    """A Hugging Face ``TrainerCallback`` that measures ELRs of the model's scale-invariant weights.
+
+    ``layers`` as in :class:`elr.measure.ELRMonitor`: by default the weights the audit finds scale-invariant,
+    audited on the first training batch (a model with none is refused with the cause), ``"heuristic"``, or a
+    list of weight names. A step the loss scaler skipped (fp16, inf/NaN gradients) is not recorded; its label
+    goes to ``callback.monitor.skipped``. ``spill_to``: a directory the records spill to in long runs.
 
     The summary scalars of each logged step go into the Trainer's next log entry
     (``trainer.state.log_history``) and, if ``tensorboard`` is a SummaryWriter or a log directory, into
@@ -151,6 +192,7 @@ def hf_callback(every: int = 50, per_layer: bool = False, per_channel: bool = Fa
     """
     if sink is not None and not callable(sink):
         raise ValueError(f"sink must be a callable taking (scalars, step), got {type(sink).__name__}")
+    _check(every, layers)
     try:
         from transformers import TrainerCallback
     except ImportError:
@@ -168,7 +210,7 @@ def hf_callback(every: int = 50, per_layer: bool = False, per_channel: bool = Fa
                 raise ValueError("with fp16 and max_grad_norm=0 the Trainer never unscales the gradients before "
                                  "the optimizer step, so ELRs would be off by the loss scale: set max_grad_norm > 0 "
                                  "(e.g. 1e9 to leave gradients unclipped) or use bf16")
-            self.monitor = _monitor_for(model, self.every, self.per_channel)
+            self.monitor = _monitor_for(model, self.every, self.per_channel, layers, spill_to)
 
         def on_pre_optimizer_step(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
@@ -178,10 +220,13 @@ def hf_callback(every: int = 50, per_layer: bool = False, per_channel: bool = Fa
             if not state.is_world_process_zero:
                 return
             step = state.global_step  # not yet incremented for the step just applied
+            if getattr(kwargs.get("optimizer"), "step_was_skipped", False):  # accelerate: the scaler skipped it
+                self.monitor.discard(step)
+                return
             if self.monitor.observe_update(step):
-                self._unlogged = summary_at(self.monitor.records, step, self.per_layer)
+                self._unlogged = last_summary(self.monitor, self.per_layer)
                 if self.writer is not None:
-                    self.writer.write(self.monitor.records)
+                    self.writer.write_last(self.monitor)
                 if sink is not None:
                     sink(dict(self._unlogged), step)
 

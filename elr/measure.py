@@ -2,7 +2,7 @@
 
 ::
 
-    monitor = ELRMonitor(model, every=10)          # the scale-invariant layers of the model
+    monitor = ELRMonitor(model, every=10)          # the weights the audit finds scale-invariant (first forward)
     for step, (x, y) in enumerate(loader):
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(); loss.backward()
@@ -11,9 +11,14 @@
         monitor.observe_update(step)                # update ELR ‖ΔW‖/‖W_before‖
     monitor.records.spread("elr_grad_max")          # S_rel per logged step
 
-On a logged step the monitor computes all squared norms (per output channel,
-for every layer) as one batched computation on the device and moves them to
-the host in one transfer; on other steps both calls return at once. Layer
+Or ``monitor.attach(opt)``: optimizer step hooks, correct under AMP (plain,
+foreach and fused optimizers), DDP, FSDP2 and ``torch.compile``.
+
+On a logged step the monitor computes the squared norms per output channel
+with one reduction per tensor (weight, gradient, update), on the device and
+without stacked copies, and moves them to the host in one transfer (under
+FSDP2 after one all-reduce of the shards' sums); on other steps both calls
+return at once. Layer
 values are Frobenius norms over the whole layer; ``elr_grad_max`` and
 ``elr_update_max`` are the maximum over output channels, the paper's choice
 (Sec. 4.3.1).
@@ -24,8 +29,10 @@ contains one.
 """
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -45,6 +52,23 @@ QUANTITIES = LAYER_QUANTITIES  # every name that can appear; channel rows use a 
 _CODE = {q: i for i, q in enumerate(QUANTITIES)}
 
 
+def summarize_elrs(e: np.ndarray) -> dict[str, np.ndarray]:
+    """The summary scalars of ELR rows ``e`` (steps × layers): ``elr_max``, ``elr_min``, ``spread`` (S_rel,
+    Def. 4.1), ``kappa_lh`` (κ_ℓh = 1/√(E_min E_max)) and ``kappa_hh`` (κ_hh', Cor. 3.10), NaN for a row where a
+    layer has no ELR. O(layers) per row: a logger summarises each new step alone."""
+    e = np.atleast_2d(np.asarray(e, dtype=float))
+    n = len(e)
+    out = {k: np.full(n, np.nan) for k in ("elr_max", "elr_min", "spread", "kappa_lh", "kappa_hh")}
+    ok = np.all(np.isfinite(e) & (e > 0), axis=1) if n else np.zeros(0, bool)
+    if ok.any():
+        good = e[ok]
+        out["elr_max"][ok], out["elr_min"][ok] = good.max(axis=1), good.min(axis=1)
+        out["spread"][ok] = dynamics.relative_spread(good)
+        out["kappa_lh"][ok] = dynamics.critical_lr(good)
+        out["kappa_hh"][ok] = dynamics.subcritical_lr(good)
+    return out
+
+
 @dataclass
 class Records:
     """A tidy table of measurements: one row per (step, layer, channel, quantity).
@@ -55,6 +79,10 @@ class Records:
 
     layer_names: list[str]
     _chunks: list[np.ndarray] = field(default_factory=list, repr=False)
+    spill_dir: str | Path | None = None  # where chunks of spill_rows rows go, to keep memory bounded
+    spill_rows: int = 1_000_000
+    _spilled: list[Path] = field(default_factory=list, repr=False)
+    _rows: int = field(default=0, repr=False)
 
     _DTYPE = np.dtype([("step", "i8"), ("layer", "i4"), ("channel", "i4"), ("quantity", "i1"), ("value", "f8")])
 
@@ -63,9 +91,27 @@ class Records:
         rows["step"], rows["layer"], rows["channel"] = step, layer, channel
         rows["quantity"], rows["value"] = _CODE[quantity], value
         self._chunks.append(rows)
+        self._rows += len(rows)
+        if self.spill_dir is not None and self._rows >= self.spill_rows:
+            self._spill_chunks()
+
+    def _spill_chunks(self) -> None:
+        """Write the rows held in memory to the next numbered file of ``spill_dir`` (atomically) and drop them."""
+        folder = Path(self.spill_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"records-{len(self._spilled):06d}.npy"
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npy")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.concatenate(self._chunks))
+        os.replace(tmp, path)
+        self._spilled.append(path)
+        self._chunks, self._rows = [], 0
 
     @property
     def table(self) -> np.ndarray:
+        """Every row, in the order recorded (rows spilled to disk are read back; the result is then not kept)."""
+        if self._spilled:
+            return np.concatenate([np.load(p) for p in self._spilled] + self._chunks)
         if len(self._chunks) != 1:
             self._chunks = [np.concatenate(self._chunks) if self._chunks else np.empty(0, dtype=self._DTYPE)]
         return self._chunks[0]
@@ -111,17 +157,7 @@ class Records:
         layer has no ELR at that step.
         """
         steps, e = self.matrix(quantity)
-        out = {"step": steps, "elr_max": np.full(len(steps), np.nan), "elr_min": np.full(len(steps), np.nan),
-               "spread": np.full(len(steps), np.nan), "kappa_lh": np.full(len(steps), np.nan),
-               "kappa_hh": np.full(len(steps), np.nan)}
-        ok = np.all(np.isfinite(e) & (e > 0), axis=1) if len(steps) else np.zeros(0, bool)
-        if ok.any():
-            good = e[ok]
-            out["elr_max"][ok], out["elr_min"][ok] = good.max(axis=1), good.min(axis=1)
-            out["spread"][ok] = dynamics.relative_spread(good)
-            out["kappa_lh"][ok] = dynamics.critical_lr(good)
-            out["kappa_hh"][ok] = dynamics.subcritical_lr(good)
-        return out
+        return {"step": steps, **summarize_elrs(e)}
 
     def to_pandas(self):
         """The table as a pandas DataFrame: step, layer (name), depth, channel, quantity, value."""
@@ -162,39 +198,245 @@ class Records:
             return cls(list(data["layer_names"]), [data["table"].copy()])
 
 
-class ELRMonitor:
-    """Gradient and update ELRs of the scale-invariant layers of a model, every ``every`` steps."""
+# ------------------------------------------------------------------- which layers
 
-    def __init__(self, model: nn.Module | Sequence[tuple[str, nn.Module]], every: int = 1, per_channel: bool = False):
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
-        layers = scale_invariant_layers(model) if isinstance(model, nn.Module) else list(model)
+#: ``layers="heuristic"``: the name heuristic of :func:`elr.nets.scale_invariant_layers` (bias-free convolutions
+#: and linear layers except the last linear layer), used only when asked for.
+HEURISTIC = "heuristic"
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2): a linear layer that stores its weight as (in, out), so its output
+    channels are along dim 1 (matched by name: elr does not import transformers)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def _is_dtensor(t: Any) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - a torch without torch.distributed
+        return False
+    return isinstance(t, DTensor)
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    """Whether FSDP2's ``fully_shard`` has been applied to the model (its weights are DTensor shards; during a
+    forward pass they may be gathered, so the modules are checked too)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - a torch without torch.distributed
+        return False
+    return any(isinstance(m, FSDPModule) for m in model.modules()) or any(_is_dtensor(p) for p in model.parameters())
+
+
+def invariant_layers(model: nn.Module, *example_inputs: Any, kwargs: dict | None = None) -> list[str]:
+    """Names of the weights of ``model`` (its parameters of two or more dimensions) that the audit finds
+    scale-invariant for any value of the other parameters (:attr:`elr.audit.AuditRow.auto_tunes`: the output does
+    not change when the weight is multiplied by γ > 0, the paper's Eq. 1), in the model's parameter order.
+
+    Runs :func:`elr.audit.audit` on ``model(*example_inputs, **kwargs)`` (a batch of at least 2 samples). This
+    is the monitor's, the callbacks' and the warm-up's default notion of "which layers". Raises ValueError,
+    naming the cause, when no weight is scale-invariant: critical rates (Cor. 3.10) are defined only for
+    scale-invariant weights, so elr does not compute them for the others.
+    """
+    from elr import audit as _audit  # the audit is the heavier module: import it only when it is used
+
+    if _is_sharded(model):
+        raise ValueError("the model's parameters are already sharded (FSDP2's fully_shard), and the audit needs "
+                         "the whole model: build the monitor before fully_shard (with example_inputs=; it rebinds "
+                         "to the sharded weights), or pass layers=[weight names]")
+    candidates = [n for n, p in model.named_parameters() if p.dim() >= 2]
+    if not candidates:
+        raise ValueError("the model has no weight of two or more dimensions, so no layer to measure ELRs of")
+    device = next(model.parameters()).device.type
+    with torch.enable_grad(), torch.autocast(device, enabled=False):  # the audit works in float64, whatever the loop
+        rows = _audit.audit(model, *example_inputs, kwargs=kwargs, only=candidates)
+    found = [r.name for r in rows if r.auto_tunes]
+    if not found:
+        while_zero = [r.name for r in rows if r.invariant and r.only_while_zero]
+        # examples: layers with a traced reason first, embeddings (never invariant, nothing to learn) last
+        ranked = sorted(rows, key=lambda r: ("numerical check only" in r.reason, r.reason.startswith("Embedding")))
+        shown = "; ".join(f"'{r.name}': {r.reason}" for r in ranked[:2])
+        raise ValueError(
+            f"no weight of this model is scale-invariant: the audit finds no normalisation after any of its "
+            f"{len(rows)} weights that absorbs their scale (e.g. {shown})"
+            + (f"; {len(while_zero)} are invariant only while some all-zero parameters stay zero "
+               f"(e.g. '{while_zero[0]}')" if while_zero else "")
+            + ". ELRs and critical rates (Cor. 3.10) are defined for scale-invariant weights. To measure chosen "
+              "weights anyway, pass layers=[their names]; layers='heuristic' picks bias-free linear and "
+              "convolution layers by name")
+    return found
+
+
+def _layer_name(param_name: str) -> str:
+    """A weight's layer name: its module's name for ``<module>.weight`` (as the paper's layer index), else the
+    parameter's own name (``in_proj_weight``)."""
+    module, _, leaf = param_name.rpartition(".")
+    return module if leaf == "weight" and module else param_name
+
+
+def _resolve(model: nn.Module, layers: Any) -> list[tuple[str, nn.Module, str]]:
+    """(layer name, owning module, parameter name) for each layer of a ``layers=`` specification."""
+    if isinstance(layers, str):
+        if layers != HEURISTIC:
+            raise ValueError(f"layers must be None (the audit's scale-invariant weights), {HEURISTIC!r}, or a list "
+                             f"of weight names or modules; got {layers!r}")
+        found = scale_invariant_layers(model)
+        if not found:
+            raise ValueError("layers='heuristic' found no bias-free convolution or linear layer (other than the "
+                             "last linear layer); pass layers=[weight names] or layers=None to ask the audit")
+        return [(n, m, "weight") for n, m in found]
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    names_of = {id(m): n for n, m in modules.items()}
+    out = []
+    for item in layers:
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], nn.Module):
+            out.append((str(item[0]), item[1], "weight"))
+            continue
+        if isinstance(item, nn.Module):
+            if id(item) not in names_of:
+                raise ValueError(f"layers: a {type(item).__name__} that is not a submodule of the model")
+            item = names_of[id(item)]
+        if not isinstance(item, str):
+            raise ValueError(f"layers: entries must be weight names, module names or modules, got {type(item).__name__}")
+        if item in params:
+            module_name, _, leaf = item.rpartition(".")
+            out.append((_layer_name(item), modules[module_name], leaf))
+        elif item in modules and isinstance(getattr(modules[item], "weight", None), torch.Tensor):
+            out.append((item, modules[item], "weight"))
+        else:
+            close = [n for n in params if item in n][:3]
+            raise ValueError(f"layers: the model has no weight or module named {item!r}"
+                             + (f" (did you mean {close}?)" if close else "; see model.named_parameters()"))
+    if not out:
+        raise ValueError("layers is empty: pass the weights to monitor, or layers=None for the audit's choice")
+    return out
+
+
+# ------------------------------------------------------------------- the monitor
+
+
+def _channel_sq(t: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """Squared norms of each output channel (one for a 1-D tensor), in float32 or wider: one reduction over the
+    tensor as it is (no reshaped, stacked or squared copy)."""
+    acc = torch.promote_types(t.dtype, torch.float32)
+    if t.dim() < 2:
+        return torch.linalg.vector_norm(t, dtype=acc).square().reshape(1)
+    dims = tuple(d for d in range(t.dim()) if d != channel_dim)
+    return torch.linalg.vector_norm(t, dim=dims, dtype=acc).square()
+
+
+def _local(t: torch.Tensor | None) -> torch.Tensor | None:
+    """The local shard of a DTensor (FSDP2), the tensor itself otherwise."""
+    return t.to_local() if t is not None and _is_dtensor(t) else t
+
+
+class ELRMonitor:
+    """Gradient and update ELRs of the scale-invariant weights of a model, every ``every`` steps.
+
+    Which weights (``layers``):
+
+    * ``None`` (default): the model's own declaration if it has one (``model.scale_invariant_layers()``, as the
+      models of :mod:`elr.nets` and :mod:`elr.transformer`), else the weights the audit finds scale-invariant
+      (:func:`invariant_layers`). The audit needs inputs: from ``example_inputs`` (a tuple of positional
+      inputs, and ``example_kwargs``) at construction, or else from the model's first forward pass (a
+      forward pre-hook that runs the audit once, on a float64 copy, and removes itself). A model with no
+      scale-invariant weight is refused with the cause.
+    * ``"heuristic"``: bias-free convolution and linear layers except the last linear layer, by type alone.
+    * a list of weight names (``"blocks.0.attn.q.weight"``), module names or modules: exactly those (you vouch
+      for their invariance: the critical rates of ``Records.summary`` assume it).
+
+    ``model`` may also be a list of ``(name, module)`` pairs (the layers themselves, as ``layers=`` would give).
+
+    The monitor holds each weight by its module and name, not by the tensor: it follows the weights when
+    ``fully_shard`` (FSDP2) or ``.to()`` replaces them after the monitor was built.
+
+    ``spill_to``: a directory where the records are written in chunks of ``spill_rows`` rows, so a long run
+    keeps memory bounded (:class:`Records`).
+    """
+
+    def __init__(self, model: nn.Module | Sequence[tuple[str, nn.Module]], every: int = 1, per_channel: bool = False,
+                 *, layers: Any = None, example_inputs: tuple | None = None, example_kwargs: dict | None = None,
+                 spill_to: str | Path | None = None, spill_rows: int = 1_000_000):
+        if int(every) != every or every < 1:
+            raise ValueError(f"every must be an integer >= 1, got {every}")
+        if example_inputs is not None and not isinstance(example_inputs, (tuple, list)):
+            example_inputs = (example_inputs,)
+        self.every, self.per_channel = int(every), per_channel
+        self._spill = (spill_to, spill_rows)
+        self.transfers = 0  # device-to-host transfers so far (one per logged step)
+        self.skipped: list[int] = []  # labels of steps the loss scaler skipped (inf/NaN gradients): never recorded
+        self.last: dict[str, Any] = {}  # the last recorded step's per-layer arrays (for O(1) summaries)
+        self._pending: dict | None = None
+        self._flags: list[tuple[int, torch.Tensor]] = []  # (label, found_inf) of fused steps not yet read
+        self._before: list[torch.Tensor] | None = None  # the weights before the step, when the update needs a copy
+        self._audit_hook = None
+        self.records = Records([], spill_dir=spill_to, spill_rows=spill_rows)
+        if not isinstance(model, nn.Module):
+            if layers is not None:
+                raise ValueError("pass either a model and layers=, or a list of (name, module) pairs, not both")
+            self._setup([(str(n), m, "weight") for n, m in model])
+        elif layers is not None:
+            self._setup(_resolve(model, layers))
+        elif hasattr(model, "scale_invariant_layers"):
+            self._setup(_resolve(model, HEURISTIC))
+        elif example_inputs is not None:
+            self._setup(_resolve(model, invariant_layers(model, *example_inputs, kwargs=example_kwargs)))
+        else:
+            if _is_sharded(model):
+                raise ValueError("the model is already sharded (FSDP2's fully_shard) and the audit that chooses the "
+                                 "layers needs the whole model: build the monitor before fully_shard with "
+                                 "example_inputs= (it follows the weights into their shards), or pass "
+                                 "layers=[weight names]")
+            self._model = model
+            self._audit_hook = model.register_forward_pre_hook(self._audit_at_first_forward, with_kwargs=True)
+
+    @torch.compiler.disable
+    def _audit_at_first_forward(self, module, args, kwargs):
+        self._audit_hook.remove()  # before the audit: its copies of the model must not carry this hook
+        self._audit_hook = None
+        try:
+            names = invariant_layers(self._model, *args, kwargs=kwargs)
+        except ValueError as err:
+            raise ValueError(f"ELRMonitor, auditing the model at its first forward pass: {err}") from None
+        self._setup(_resolve(self._model, names))
+        del self._model
+
+    def _setup(self, layers: list[tuple[str, nn.Module, str]]) -> None:
         if not layers:
             raise ValueError("the model has no scale-invariant layers to monitor")
-        self.names = [n for n, _ in layers]
-        self.weights = [m.weight for _, m in layers]
-        self.every, self.per_channel = every, per_channel
-        self.channels = [w.shape[0] if w.dim() > 1 else 1 for w in self.weights]
+        self.names = [n for n, _, _ in layers]
+        self._owners = [(m, p) for _, m, p in layers]
+        weights = self.weights
+        self._channel_dim = [1 if _is_conv1d(m) and w.dim() == 2 else 0 for (m, _), w in zip(self._owners, weights)]
+        self.channels = [w.shape[d] if w.dim() > 1 else 1 for w, d in zip(weights, self._channel_dim)]
         offsets = np.cumsum([0] + self.channels)
         self._starts = offsets[:-1]  # first channel of each layer, for np.*.reduceat
-        self._layer_of_channel = np.repeat(np.arange(len(self.weights)), self.channels)
+        self._layer_of_channel = np.repeat(np.arange(len(weights)), self.channels)
         self._channel_index = np.concatenate([np.arange(c) for c in self.channels])
-        self.records = Records(self.names)
-        self.transfers = 0  # device-to-host transfers so far (one per logged step)
-        self._pending: tuple[int, torch.Tensor, torch.Tensor, list[torch.Tensor]] | None = None
-        # Layers of equal shape, dtype and device are stacked and reduced together: a ResNet has a
-        # handful of distinct shapes, so a logged step costs a few dozen kernels instead of several
-        # per layer. `_perm` puts the channels back into layer order.
-        groups: dict[tuple, list[int]] = {}
-        for i, w in enumerate(self.weights):
-            groups.setdefault((tuple(w.shape), w.dtype, w.device), []).append(i)
-        self._groups = list(groups.values())
-        first, k = {}, 0
-        for i in (i for g in self._groups for i in g):
-            first[i], k = k, k + self.channels[i]
-        self._perm = torch.from_numpy(np.concatenate(
-            [np.arange(first[i], first[i] + c) for i, c in enumerate(self.channels)]))
-        self._perm_on: dict[torch.device, torch.Tensor] = {}
+        self.records = Records(self.names, spill_dir=self._spill[0], spill_rows=self._spill[1])
+
+    @property
+    def ready(self) -> bool:
+        """Whether the layers are known (False until the first forward pass when the audit waits for inputs)."""
+        return hasattr(self, "_owners")
+
+    @property
+    def weights(self) -> list[torch.Tensor]:
+        """The monitored weights as the model holds them now (DTensors under FSDP2)."""
+        self._check_ready()
+        return [getattr(m, p) for m, p in self._owners]
+
+    def _check_ready(self) -> None:
+        if self.ready:
+            return
+        if self._audit_hook is None:
+            raise RuntimeError("the monitor has no layers: the audit at the model's first forward pass refused (see "
+                               "that error); pass layers= to choose them")
+        if self._audit_hook is not None:
+            raise RuntimeError("the monitor has not chosen its layers yet: it audits the model at its first forward "
+                               "pass. Run a forward pass first, or pass example_inputs= or layers=")
 
     def logs(self, step: int) -> bool:
         return step % self.every == 0
@@ -202,74 +444,173 @@ class ELRMonitor:
     def attach(self, optimizer: torch.optim.Optimizer, start_step: int = 0, rank_zero_only: bool = True) -> "_Hooks":
         """Instrument ``optimizer`` with step hooks, so that any loop logs without calling the monitor.
 
-        A pre-hook runs :meth:`observe_gradients` and a post-hook :meth:`observe_update` around every
-        ``optimizer.step()`` that actually runs, counting steps from ``start_step``. So:
+        A pre-hook reads the gradients and a post-hook the update around every ``optimizer.step()``; step
+        labels count from ``start_step``, one per optimizer step the loop asks for. So:
 
         * gradient accumulation logs once per applied update (the optimizer steps only then);
-        * under AMP, ``GradScaler.step`` unscales the gradients before it calls ``optimizer.step()``,
-          so the hooks see true gradients; a step the scaler skips (inf/NaN gradients) runs no hook
-          and is not counted;
-        * under DDP, gradients are already averaged when the optimizer steps; with ``rank_zero_only``
-          only rank 0 attaches (the others get a handle that does nothing). No collective is added.
+        * under AMP (``torch.amp.GradScaler``) the gradients are read unscaled with every optimizer kind: plain
+          and foreach optimizers get them unscaled from ``GradScaler.step``; fused ones get scaled gradients
+          and the scale (``optimizer.grad_scale``), which the monitor divides out. A step the scaler skips
+          (inf/NaN gradients) is never recorded; its label is added to :attr:`skipped` and later labels do not
+          shift. (To see the skips of plain and foreach optimizers, whose ``step()`` the scaler does not call,
+          ``attach`` wraps ``GradScaler.step`` once per process; the wrapper only notes whether the step ran.)
+        * under DDP, gradients are already averaged when the optimizer steps; no collective is added, and with
+          ``rank_zero_only`` only rank 0 records (``handle.active``).
+        * under FSDP2 (``fully_shard``), each rank computes the squared norms of its shards and one all-reduce
+          per logged step sums them, on every rank (so every rank must attach); rank 0 records (all ranks with
+          ``rank_zero_only=False``). The ELRs equal those of one process.
+        * the hooks run outside ``torch.compile`` (``torch.compiler.disable``), also under
+          ``torch.compile(optimizer.step)``.
 
-        Returns a handle; ``handle.remove()`` detaches the monitor, ``handle.step`` is the next step.
+        With plain ``torch.optim.SGD`` (not Nesterov) the update is read from the optimizer (λ·‖buf‖ with
+        momentum, λ·‖∇W‖ without momentum and weight decay) instead of from a copy of the weights.
+
+        Returns a handle; ``handle.remove()`` detaches the monitor, ``handle.step`` is the next step's label.
         """
         return _Hooks(self, optimizer, start_step, rank_zero_only)
 
-    def _stacks(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """One stacked copy per group of equally shaped layers."""
-        return [torch.stack([tensors[i].detach() for i in g]) for g in self._groups]
+    # ------------------------------------------------------------- measuring
 
-    def _grouped_sq(self, stacks: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Squared norms of every output channel, in layer order (float32 or wider), from ``_stacks``."""
-        parts = []
-        for s in stacks:
-            rows = s.shape[0] * (s.shape[1] if s.dim() > 2 else 1)
-            parts.append(s.reshape(rows, -1).to(torch.promote_types(s.dtype, torch.float32)).square().sum(dim=1))
-        flat = torch.cat(parts)
-        if flat.device not in self._perm_on:
-            self._perm_on[flat.device] = self._perm.to(flat.device)
-        return flat.index_select(0, self._perm_on[flat.device])
-
+    @torch.compiler.disable
     @torch.no_grad()
     def observe_gradients(self, step: int) -> None:
-        """Call after ``backward()``: gradient and weight norms (kept on the device until the update)."""
-        if not self.logs(step):
-            return
-        if self._pending is not None:
-            self.flush()
-        grads = [w.grad if w.grad is not None else torch.zeros_like(w) for w in self.weights]
-        before = self._stacks(self.weights)  # a copy of the weights, for the update
-        self._pending = (step, self._grouped_sq(before), self._grouped_sq(self._stacks(grads)), before)
+        """Call after ``backward()`` (under AMP: after ``scaler.unscale_(optimizer)``): gradient and weight norms,
+        kept on the device until the update."""
+        self._gradients(step, None)
 
+    @torch.compiler.disable
     @torch.no_grad()
     def observe_update(self, step: int) -> bool:
         """Call after ``optimizer.step()``: the update norms, then one transfer of everything.
 
         Returns whether ``step`` was recorded now (False on steps that are not logged, or whose gradients
         were not observed)."""
-        if self._pending is None or self._pending[0] != step:
+        return self._update(step, None, True)
+
+    def _gradients(self, step: int, optimizer, grad_scale=None, found_inf=None, record: bool = True) -> None:
+        if not self.logs(step):
+            return
+        self._check_ready()
+        if self._pending is not None:
+            self.flush()
+        weights = self.weights
+        sharded = any(_is_dtensor(w) for w in weights)
+        if not record and not sharded:
+            return  # a rank that records nothing and owes no collective (DDP's other ranks)
+        local = [_local(w.detach()) for w in weights]
+        grads = [_local(w.grad) for w in weights]
+        w_sq = [_channel_sq(w, d) for w, d in zip(local, self._channel_dim)]
+        g_sq = [_channel_sq(g, d) if g is not None else torch.zeros_like(s) for g, s, d in
+                zip(grads, w_sq, self._channel_dim)]
+        if grad_scale is not None:  # a fused optimizer under GradScaler: the gradients are still scaled
+            inv2 = grad_scale.to(torch.float64).reciprocal().square()
+            g_sq = [s * inv2.to(s.device, s.dtype) for s in g_sq]
+        plan = _sgd_plan(optimizer, weights, grads)
+        if plan is None:  # the update needs the weights before the step: one copy, into a reused buffer
+            if self._before is None or [b.shape for b in self._before] != [w.shape for w in local] or \
+                    any(b.device != w.device or b.dtype != w.dtype for b, w in zip(self._before, local)):
+                self._before = [torch.empty_like(w) for w in local]
+            torch._foreach_copy_(self._before, local)
+        self._pending = {"step": step, "w": w_sq, "g": g_sq, "plan": plan, "found_inf": found_inf,
+                         "sharded": sharded, "record": record}
+
+    def _update(self, step: int, optimizer, record: bool) -> bool:
+        p = self._pending
+        if p is None or p["step"] != step:
             return False
-        _, w_sq, g_sq, before = self._pending
-        u_sq = self._grouped_sq([a - b for a, b in zip(self._stacks(self.weights), before)])
-        self._transfer(step, w_sq, g_sq, u_sq)
-        return True
+        weights = self.weights
+        if p["plan"] is None:
+            before = self._before
+            torch._foreach_sub_(before, [_local(w.detach()) for w in weights])  # −ΔW, in the copy's buffer
+            u_sq = [_channel_sq(b, d) for b, d in zip(before, self._channel_dim)]
+        else:
+            u_sq = [_sgd_update_sq(entry, g, optimizer, w, d)
+                    for entry, g, w, d in zip(p["plan"], p["g"], weights, self._channel_dim)]
+        self._transfer(p, u_sq)
+        return p["record"]
+
+    def discard(self, step: int) -> None:
+        """The step was skipped (a loss scaler found inf/NaN gradients; a trainer says so): drop its pending
+        measurements, if any, and list it in :attr:`skipped`."""
+        if self._pending is not None and self._pending["step"] == step:
+            self._pending = None
+        self.skipped.append(step)
 
     def flush(self) -> None:
         """Record pending gradient measurements without an update (e.g. when measuring at initialisation)."""
         if self._pending is not None:
-            step, w_sq, g_sq, _ = self._pending
-            self._transfer(step, w_sq, g_sq, None)
+            self._transfer(self._pending, None)
 
-    def _transfer(self, step, w_sq, g_sq, u_sq) -> None:
+    def _transfer(self, p: dict, u_sq: list[torch.Tensor] | None) -> None:
+        """Assemble the squared norms in layer order, all-reduce them once if the weights are sharded, and move
+        them (with any pending found-inf flags) to the host in one transfer."""
         self._pending = None
-        parts = [w_sq, g_sq] + ([u_sq] if u_sq is not None else [])
-        host = torch.stack([p.to(torch.float64) for p in parts]).cpu().numpy()  # the one transfer
+        kinds = [p["w"], p["g"]] + ([u_sq] if u_sq is not None else [])
+        if p["sharded"]:
+            flat = self._all_reduce(kinds)
+        else:
+            flat = torch.stack([torch.cat([s.to(torch.float64) for s in parts]) for parts in kinds])
+        if not p["record"]:
+            return
+        flags = self._flags + ([(p["step"], p["found_inf"])] if p["found_inf"] is not None else [])
+        self._flags = []
+        if flags:
+            flat = torch.cat([flat.reshape(-1), torch.stack([f.reshape(()).to(flat) for _, f in flags])])
+        host = flat.cpu().numpy()  # the one transfer
         self.transfers += 1
-        self._record(step, host[0], host[1], host[2] if u_sq is not None else None)
+        n = len(kinds) * int(self._starts[-1] + self.channels[-1])
+        skipped = {label for (label, _), f in zip(flags, host[n:]) if f != 0}
+        self.skipped.extend(sorted(skipped))
+        if p["step"] in skipped:
+            return  # the scaler skipped this step: its gradients are inf/NaN and no update was applied
+        host = host[:n].reshape(len(kinds), -1)
+        self._record(p["step"], host[0], host[1], host[2] if u_sq is not None else None)
+
+    def _all_reduce(self, kinds: list[list[torch.Tensor]]) -> torch.Tensor:
+        """Every rank writes the squared norms of its shards at their global channel positions (zero elsewhere),
+        then one all-reduce sums them: the per-channel squared norms of the whole weights."""
+        import torch.distributed as dist
+        from torch.distributed.tensor import Replicate, Shard
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        weights = self.weights
+        device = kinds[0][0].device
+        total = int(self._starts[-1] + self.channels[-1])
+        buf = torch.zeros(len(kinds), total, dtype=torch.float64, device=device)
+        group, rank = None, dist.get_rank()
+        for i, w in enumerate(weights):
+            start, ch = int(self._starts[i]), self._channel_dim[i]
+            if _is_dtensor(w):
+                if w.device_mesh.ndim != 1:
+                    raise NotImplementedError(f"ELRMonitor: weight '{self.names[i]}' is sharded over a "
+                                              f"{w.device_mesh.ndim}-D device mesh (HSDP); only 1-D meshes are handled")
+                group = w.device_mesh.get_group()
+                placement = w.placements[0]
+                if isinstance(placement, Replicate):
+                    if w.device_mesh.get_local_rank() != 0:
+                        continue
+                    lo, n = start, self.channels[i]
+                elif isinstance(placement, Shard):
+                    shape, offset = compute_local_shape_and_global_offset(w.shape, w.device_mesh, w.placements)
+                    if w.dim() > 1 and placement.dim == ch:
+                        lo, n = start + offset[ch], shape[ch]
+                    else:  # sharded across the channel's elements: partial sums for every channel
+                        lo, n = start, self.channels[i]
+                else:
+                    raise NotImplementedError(f"ELRMonitor: weight '{self.names[i]}' has placement {placement}; "
+                                              f"only Shard and Replicate are handled")
+            else:  # a weight every rank holds whole: counted once
+                if rank != 0:
+                    continue
+                lo, n = start, self.channels[i]
+            for k, parts in enumerate(kinds):
+                if n:
+                    buf[k, lo:lo + n] = parts[i].to(torch.float64)
+        dist.all_reduce(buf, group=group)  # the one collective of a logged step
+        return buf
 
     def _record(self, step: int, w_sq: np.ndarray, g_sq: np.ndarray, u_sq: np.ndarray | None) -> None:
-        n_layers = len(self.weights)
+        n_layers = len(self.names)
         layer_idx, minus1 = np.arange(n_layers), np.full(n_layers, -1)
         starts = self._starts
         w_layer = np.sqrt(np.add.reduceat(w_sq, starts))  # per-layer sums of the per-channel squares
@@ -278,6 +619,7 @@ class ELRMonitor:
         self.records.add(step, layer_idx, minus1, "weight_norm", w_layer)
         if self.per_channel:
             self.records.add(step, self._layer_of_channel, self._channel_index, "weight_norm", w_chan)
+        last = {"step": step, "weight_norm": w_layer}
         for kind, sq in pairs:
             n_layer = np.sqrt(np.add.reduceat(sq, starts))
             n_chan = np.sqrt(sq)
@@ -287,33 +629,126 @@ class ELRMonitor:
             self.records.add(step, layer_idx, minus1, f"{kind}_norm", n_layer)
             self.records.add(step, layer_idx, minus1, f"elr_{kind}", e_layer)
             self.records.add(step, layer_idx, minus1, f"elr_{kind}_max", e_max)
+            last.update({f"{kind}_norm": n_layer, f"elr_{kind}": e_layer, f"elr_{kind}_max": e_max})
             if self.per_channel:
                 self.records.add(step, self._layer_of_channel, self._channel_index, f"{kind}_norm", n_chan)
                 self.records.add(step, self._layer_of_channel, self._channel_index, f"elr_{kind}", e_chan)
+        self.last = last
+
+    def resolve_skipped(self) -> list[int]:
+        """:attr:`skipped`, after reading the found-inf flags of fused steps since the last logged step (one
+        transfer; the monitor otherwise reads them with the next logged step)."""
+        if self._flags:
+            flags, self._flags = self._flags, []
+            values = torch.stack([f.reshape(()).to(torch.float64) for _, f in flags]).cpu().numpy()
+            self.skipped.extend(label for (label, _), v in zip(flags, values) if v != 0)
+        return self.skipped
+
+
+def _sgd_plan(optimizer, weights: list[torch.Tensor], grads: list) -> list[tuple] | None:
+    """How to read each weight's update from a plain ``torch.optim.SGD`` after its step, without a copy:
+    ("buf", group) with momentum (ΔW = −λ·buf, the buffer after the step), ("grad", group) without momentum and
+    weight decay (ΔW = −λ·∇W), ("zero",) for a weight without a gradient (SGD leaves it). None when any weight
+    needs a copy (another optimizer, Nesterov, weight decay without momentum)."""
+    if optimizer is None or type(optimizer) is not torch.optim.SGD:
+        return None
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    plan = []
+    for w, g in zip(weights, grads):
+        group = group_of.get(id(w))
+        if group is None or group.get("nesterov") or group.get("differentiable"):
+            return None
+        if g is None:
+            plan.append(("zero",))
+        elif group["momentum"] != 0:
+            plan.append(("buf", group))
+        elif group["weight_decay"] == 0:
+            plan.append(("grad", group))
+        else:
+            return None
+    return plan
+
+
+def _sgd_update_sq(entry: tuple, g_sq: torch.Tensor, optimizer, weight: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    if entry[0] == "zero":
+        return torch.zeros_like(g_sq)
+    lr = entry[1]["lr"]
+    lr2 = lr * lr if not isinstance(lr, torch.Tensor) else (lr.detach() * lr.detach()).to(g_sq)
+    if entry[0] == "grad":
+        return g_sq * lr2
+    return _channel_sq(_local(optimizer.state[weight]["momentum_buffer"]), channel_dim) * lr2
+
+
+_ATTACHED: "weakref.WeakKeyDictionary[torch.optim.Optimizer, list[_Hooks]]" = weakref.WeakKeyDictionary()
+
+
+def _wrap_grad_scaler() -> None:
+    """Wrap ``torch.amp.GradScaler.step`` once per process: after the original step, tell the monitors attached
+    to that optimizer whether ``optimizer.step()`` ran (the scaler skips it on inf/NaN gradients for plain and
+    foreach optimizers, and then no optimizer hook runs)."""
+    cls = torch.amp.GradScaler
+    if getattr(cls.step, "_elr_wrapped", False):
+        return
+    original = cls.step
+
+    @functools.wraps(original)
+    def step(self, optimizer, *args, **kwargs):
+        hooks = list(_ATTACHED.get(optimizer, ()))
+        for h in hooks:
+            h._ran = False
+        out = original(self, optimizer, *args, **kwargs)
+        for h in hooks:
+            if not h._ran:
+                h._skip()
+        return out
+
+    step._elr_wrapped = True
+    cls.step = step
 
 
 class _Hooks:
     """The step hooks of :meth:`ELRMonitor.attach`."""
 
     def __init__(self, monitor: ELRMonitor, optimizer: torch.optim.Optimizer, start_step: int, rank_zero_only: bool):
-        self.monitor, self.step, self._handles = monitor, int(start_step), []
+        self.monitor, self.optimizer, self.step = monitor, optimizer, int(start_step)
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        #: whether this rank records (rank 0, or every rank with rank_zero_only=False). Every rank keeps its
+        #: hooks: under FSDP2 they take part in the logged steps' all-reduce (under DDP the others do nothing).
         self.active = not (rank_zero_only and distributed and torch.distributed.get_rank() != 0)
-        if self.active:
-            self._handles = [optimizer.register_step_pre_hook(self._pre),
-                             optimizer.register_step_post_hook(self._post)]
+        self._ran = False
+        self._handles = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
+        _wrap_grad_scaler()
+        _ATTACHED.setdefault(optimizer, []).append(self)
 
+    @torch.compiler.disable
     def _pre(self, optimizer, args, kwargs) -> None:
-        self.monitor.observe_gradients(self.step)
+        self._ran = True
+        found_inf = getattr(optimizer, "found_inf", None)  # set by GradScaler for fused optimizers only
+        if found_inf is not None and not self.monitor.logs(self.step) and self.active:
+            self.monitor._flags.append((self.step, found_inf))
+        with torch.no_grad():
+            self.monitor._gradients(self.step, optimizer, getattr(optimizer, "grad_scale", None), found_inf,
+                                    self.active)
 
+    @torch.compiler.disable
     def _post(self, optimizer, args, kwargs) -> None:
-        self.monitor.observe_update(self.step)
+        with torch.no_grad():
+            self.monitor._update(self.step, optimizer, self.active)
+        self.step += 1
+
+    def _skip(self) -> None:
+        """The scaler skipped this step without calling ``optimizer.step()``."""
+        if self.active:
+            self.monitor.skipped.append(self.step)
         self.step += 1
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
+        hooks = _ATTACHED.get(self.optimizer, [])
+        if self in hooks:
+            hooks.remove(self)
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:

@@ -172,6 +172,19 @@ class SubcriticalWarmup(_Absolute):
         self.warm, self.warmup_steps = state["warm"], state["warmup_steps"]
 
 
+#: Optimizers whose step is normalised per coordinate: the subcritical warm-up is derived for SGD, not for them.
+ADAPTIVE = tuple(getattr(torch.optim, n) for n in ("Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adagrad",
+                                                  "Adadelta", "RMSprop", "SparseAdam", "Adafactor")
+                 if hasattr(torch.optim, n))
+
+
+def _adaptive(optimizer: torch.optim.Optimizer) -> str | None:
+    """The name of an adaptive optimizer (by type, or by a param group with Adam's ``betas``), else None."""
+    if isinstance(optimizer, ADAPTIVE) or any("betas" in g for g in optimizer.param_groups):
+        return type(optimizer).__name__
+    return None
+
+
 class SubcriticalWarmupFactor:
     """The subcritical warm-up (Cor. 3.10) as a factor on top of any learning-rate scheduler.
 
@@ -194,25 +207,55 @@ class SubcriticalWarmupFactor:
     subcritical; so it never starts when it already is), or ``max_steps``
     warm-up steps have run, or an ELR cannot be read (a zero weight or no
     gradient). ``state_dict``/``load_state_dict`` checkpoint it.
+
+    Which weights: ``model=`` takes the same layers as :class:`elr.measure.ELRMonitor` (by default the weights
+    the audit finds scale-invariant, audited from ``example_inputs`` or at the model's first forward pass;
+    ``layers="heuristic"`` or a list of weight names on request); ``weights=`` takes the tensors themselves.
+
+    SGD only: κ_hh' is the critical rate of plain SGD, whose step on a scale-invariant weight is λ‖∇W‖ (the
+    paper's Cor. 3.10). An adaptive optimizer (Adam, AdamW, RMSprop, Adagrad, …; any param group with
+    ``betas``) normalises its step per coordinate, so the same ω has no derived meaning there (in practice
+    κ_hh' far exceeds Adam's rates and ω = 1 at once): it is refused unless ``adaptive_ok=True``.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, weights: Sequence[torch.Tensor], tol: float = 0.05,
-                 max_steps: int = 1000, elr_fn: Callable[[], np.ndarray] | None = None, merge_rtol: float = 1e-3):
+    def __init__(self, optimizer: torch.optim.Optimizer, weights: Sequence[torch.Tensor] | None = None,
+                 tol: float = 0.05, max_steps: int = 1000, elr_fn: Callable[[], np.ndarray] | None = None,
+                 merge_rtol: float = 1e-3, *, model: torch.nn.Module | None = None, layers: Any = None,
+                 example_inputs: tuple | None = None, adaptive_ok: bool = False):
         if not tol >= 0:
             raise ValueError(f"tol (the spread S_rel at which the warm-up ends) must be >= 0, got {tol}")
         if int(max_steps) != max_steps or max_steps < 0:
             raise ValueError(f"max_steps must be a non-negative integer, got {max_steps}")
+        adaptive = _adaptive(optimizer)
+        if adaptive and not adaptive_ok:
+            raise ValueError(f"SubcriticalWarmupFactor is derived for SGD (Cor. 3.10: κ_hh' is the critical rate "
+                             f"of SGD's step λ‖∇W‖), and {adaptive} normalises its step per coordinate, so the "
+                             f"factor has no derived meaning there (and would stay ω = 1). Use torch.optim.SGD, "
+                             f"or pass adaptive_ok=True to apply it knowingly")
+        if weights is not None and model is not None:
+            raise ValueError("pass either weights= (the tensors) or model= (with layers=), not both")
+        self._monitor = None
+        if weights is None and model is not None:
+            from elr.measure import ELRMonitor  # the monitor's notion of which layers, and its lazy audit
+            self._monitor = ELRMonitor(model, layers=layers, example_inputs=example_inputs)
+            weights = []
+        elif weights is None and elr_fn is None:
+            raise ValueError("pass model= (the weights the audit finds scale-invariant) or weights=")
         weights = list(weights)
-        if not weights and elr_fn is None:
+        if not weights and elr_fn is None and self._monitor is None:
             raise ValueError("weights is empty: pass the scale-invariant weights (elr.nets.scale_invariant_layers) "
                              "or an elr_fn")
-        self.optimizer, self.weights, self.tol, self.max_steps = optimizer, weights, tol, int(max_steps)
+        self.optimizer, self._weights, self.tol, self.max_steps = optimizer, weights, tol, int(max_steps)
         self.merge_rtol = merge_rtol
         self.elr_fn = elr_fn or (lambda: layer_elrs(self.weights))
         self.warm = True
         self.warmup_steps = 0
         self.last_factor = 1.0
         self.last_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+
+    @property
+    def weights(self) -> list[torch.Tensor]:
+        return self._monitor.weights if self._monitor is not None else self._weights
 
     def factor(self) -> float:
         """ω for the coming step, from the live gradients (call after ``backward()``); updates the state."""

@@ -115,6 +115,8 @@ def test_hf_trainer_callback_logs_elrs(tmp_path):
     trainer.train()
     records = callback.monitor.records
     assert list(records.steps()) == [0, 2]
+    # the default layers: the audit's, on the first training batch (Classifier declares none itself)
+    assert callback.monitor.names == ["net.body.0", "net.body.3", "net.body.6"]
     logged = [entry for entry in trainer.state.log_history if "elr/spread" in entry]
     assert logged, trainer.state.log_history
     scalars = _event_scalars(tmp_path / "tb")
@@ -123,3 +125,41 @@ def test_hf_trainer_callback_logs_elrs(tmp_path):
     np.testing.assert_allclose([d["elr/spread"] for _, d in sunk], records.summary()["spread"], rtol=1e-6)
     with pytest.raises(ValueError, match="sink must be a callable"):
         integrations.hf_callback(sink="wandb")
+
+
+def test_callbacks_summarise_each_log_from_that_step_alone_and_accept_layers(tmp_path, monkeypatch):
+    """A log must not re-read the whole history (that grew to a second per log after 50,000 logged steps): the
+    Lightning fit below never builds the records table, yet logs the same scalars a summary of it gives."""
+    import lightning.pytorch as pl
+
+    builds = {"n": 0}
+    table = measure.Records.table
+
+    def counting(self):
+        builds["n"] += 1
+        return table.fget(self)
+
+    x, y = _data()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=False)
+    logged = []
+
+    class Spy(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if "elr/spread" in trainer.callback_metrics:
+                logged.append(float(trainer.callback_metrics["elr/spread"]))
+
+    callback = integrations.lightning_callback(every=1, module_attr="net", layers=["body.0.weight", "body.3.weight"],
+                                               spill_to=tmp_path / "spill")
+    trainer = pl.Trainer(max_steps=4, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[callback, Spy()])
+    monkeypatch.setattr(measure.Records, "table", property(counting))
+    trainer.fit(_lightning_module(), loader)
+    assert builds["n"] == 0
+    monkeypatch.undo()
+    assert callback.monitor.names == ["body.0", "body.3"]
+    np.testing.assert_allclose(logged, callback.monitor.records.summary()["spread"], rtol=1e-6)
+    with pytest.raises(ValueError, match="layers must be None"):
+        integrations.lightning_callback(layers="all")
+    with pytest.raises(ValueError, match="every must be"):
+        integrations.hf_callback(every=0)

@@ -235,3 +235,31 @@ def test_factor_warmup_with_a_closure_equals_the_plain_form():
         results.append((np.array(sigma2), warmup.warmup_steps))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-12)
     assert results[0][1] == results[1][1] > 0
+
+
+def test_factor_warmup_refuses_adaptive_optimizers_unless_told():
+    weights, *_ = _constant_base_gradient_net(3)
+    for make in (lambda: torch.optim.AdamW(weights, lr=1e-3), lambda: torch.optim.RMSprop(weights, lr=1e-3)):
+        with pytest.raises(ValueError, match="derived for SGD.*adaptive_ok=True"):
+            schedules.SubcriticalWarmupFactor(make(), weights)
+    warmup = schedules.SubcriticalWarmupFactor(torch.optim.Adam(weights, lr=1e-3), weights, adaptive_ok=True)
+    assert warmup.warm
+
+
+def test_factor_warmup_takes_the_monitors_layers_from_the_model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8, bias=False), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
+                                torch.nn.Linear(8, 8, bias=False), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
+                                torch.nn.Linear(8, 8, bias=False), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    opt = torch.optim.SGD(model.parameters(), lr=10.0)
+    warmup = schedules.SubcriticalWarmupFactor(opt, model=model, tol=1e-9)  # audits at the first forward
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    # the two Linear layers before BatchNorm; not the third (no normalisation after it), not the head
+    assert warmup.weights == [model[0].weight, model[3].weight]
+    explicit = schedules.SubcriticalWarmupFactor(opt, [model[0].weight, model[3].weight], tol=1e-9)
+    assert warmup.factor() == explicit.factor() < 1
+    named = schedules.SubcriticalWarmupFactor(opt, model=model, layers=["0.weight", "6.weight"])
+    assert named.weights == [model[0].weight, model[6].weight]
+    with pytest.raises(ValueError, match="model= .* or weights="):
+        schedules.SubcriticalWarmupFactor(opt)
