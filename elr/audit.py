@@ -770,6 +770,23 @@ def _fx_trace(model: nn.Module) -> tuple[fx.GraphModule | None, str]:
         return None, f"{type(err).__name__}"
 
 
+def invariant_weights(model: nn.Module, *inputs: Any, kwargs: dict | None = None, params: str = "weights",
+                      **options: Any) -> list[tuple[str, nn.Parameter]]:
+    """The weights of ``model`` that auto-tune, as ``(name, parameter)`` in the model's parameter order.
+
+    These are the weights the audit (:func:`audit` on ``model(*inputs, **kwargs)``, a batch of at least 2) finds
+    scale-invariant for any value of the other parameters (:attr:`AuditRow.auto_tunes`; not those invariant only
+    while an all-zero bias stays zero): the weights whose effective learning rate the paper's theory describes
+    (Eq. 1-2), and the layers a monitor, callback or warm-up should watch. By default the weights of linear and
+    convolution layers (transformers' ``Conv1D`` included) and attention's input projections; ``params="all"``
+    considers every parameter. ``options`` go to :func:`audit`. An empty list means no weight is followed by a
+    normalisation that absorbs its scale.
+    """
+    rows = audit(model, *inputs, kwargs=kwargs, params=params, **options)
+    by_name = dict(model.named_parameters())
+    return [(r.name, by_name[r.name]) for r in rows if r.auto_tunes]
+
+
 def _moved(model: nn.Module, names: set[str]) -> nn.Module:
     """A copy with the named (all-zero) parameters set to small random values."""
     moved = copy.deepcopy(model)
