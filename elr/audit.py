@@ -629,7 +629,7 @@ def audit(model: nn.Module, *inputs: Any, tol: float = 1e-8, factors: tuple = FA
         wanted = set(only) if wanted is None else wanted & set(only)
     named = [(n, p) for n, p in model.named_parameters() if wanted is None or n in wanted]
     zero_params = {n for n, p in model.named_parameters() if not bool(p.detach().abs().max() > 0)}
-    gm, trace_error = _fx_trace(model)
+    gm, trace_error = _fx_trace(model, inputs, kwargs, seed)
     zero_out = _zero_output(gm, zero_params)
     # structure, per linear weight: the reason, and whether the trace proves exact invariance (the weight reaches
     # the output only through its layer's calls, and the scale is absorbed), with all-zero biases as they are
@@ -763,11 +763,143 @@ def audit(model: nn.Module, *inputs: Any, tol: float = 1e-8, factors: tuple = FA
     return rows
 
 
-def _fx_trace(model: nn.Module) -> tuple[fx.GraphModule | None, str]:
+def _fx_trace(model: nn.Module, args: tuple = (), kwargs: dict | None = None, seed: int = 0):
+    """``torch.fx``'s symbolic trace; where it fails (Hugging Face models, data-dependent control flow), the
+    operations of one real forward pass (:func:`_record`). Returns (graph or None, why neither worked)."""
     try:
-        return fx.symbolic_trace(model), ""
+        return fx.GraphModule(model, _Tracer().trace(model)), ""
     except Exception as err:  # data-dependent control flow and the like
-        return None, f"{type(err).__name__}"
+        symbolic = f"{type(err).__name__}"
+    try:
+        return _record(model, args, kwargs or {}, seed), ""
+    except Exception as err:
+        return None, f"{symbolic}; recording a forward pass failed too: {type(err).__name__}"
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with transformers' Conv1D and the *RMSNorm classes kept as single operations."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return _is_conv1d(m) or _is_rmsnorm(m) or super().is_leaf_module(m, qualname)
+
+
+class _Recorded:
+    """A graph recorded from one forward pass, with the interface :func:`_trace` uses."""
+
+    def __init__(self, graph: fx.Graph, model: nn.Module):
+        self.graph, self._model = graph, model
+
+    def named_modules(self):
+        return self._model.named_modules()
+
+
+_OPERATORS = {"__add__": operator.add, "__radd__": operator.add, "add": operator.add, "__iadd__": operator.add,
+              "__sub__": operator.sub, "__rsub__": operator.sub, "sub": operator.sub, "__mul__": operator.mul,
+              "__rmul__": operator.mul, "mul": operator.mul, "__truediv__": operator.truediv, "div": operator.truediv,
+              "__matmul__": operator.matmul, "__getitem__": operator.getitem, "__neg__": operator.neg}
+
+
+def _is_leaf(m: nn.Module) -> bool:
+    """Modules recorded as one operation: torch.nn's own (as torch.fx treats them), transformers' Conv1D and the
+    *RMSNorm classes."""
+    if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+        return False
+    return type(m).__module__.startswith("torch.nn") or _is_conv1d(m) or _is_rmsnorm(m)
+
+
+def _record(model: nn.Module, args: tuple, kwargs: dict, seed: int) -> _Recorded:
+    """The torch operations and leaf-module calls of one forward pass of a float64 training-mode copy, as an
+    ``fx.Graph`` (tensors identified by object; parameters used outside their module appear as get_attr)."""
+    m64 = exact_copy(model)
+    names = {id(m): n for n, m in m64.named_modules()}
+    param_names = {id(p): n for n, p in m64.named_parameters()}
+    graph = fx.Graph()
+    env: dict[int, fx.Node] = {}
+    alive: list[Any] = []  # every recorded tensor stays alive, so that no id is reused
+    depth = [0]
+
+    def node_of(t: torch.Tensor) -> fx.Node:
+        if id(t) not in env:
+            if id(t) in param_names:
+                env[id(t)] = graph.get_attr(param_names[id(t)])
+            else:  # a constant made outside the recording (a buffer, a cached mask)
+                env[id(t)] = graph.create_node("get_attr", f"_const_{len(env)}")
+            alive.append(t)
+        return env[id(t)]
+
+    def arg(x):
+        if isinstance(x, torch.Tensor):
+            return node_of(x)
+        if isinstance(x, (list, tuple)):
+            return type(x)(arg(v) for v in x) if not hasattr(x, "_fields") else tuple(arg(v) for v in x)
+        if isinstance(x, dict):
+            return {k: arg(v) for k, v in x.items() if isinstance(k, str)}
+        if x is None or isinstance(x, (bool, int, float, str, slice, torch.dtype, torch.device)) or x is Ellipsis:
+            return x
+        return None
+
+    def bind(out, node):
+        if isinstance(out, torch.Tensor):
+            env[id(out)] = node
+            alive.append(out)
+        elif isinstance(out, (list, tuple)):
+            for i, v in enumerate(out):
+                if isinstance(v, torch.Tensor):
+                    bind(v, graph.call_function(operator.getitem, (node, i)))
+
+    class Recorder(TorchFunctionMode):
+        def __torch_function__(self, func, types, a=(), kw=None):
+            kw = kw or {}
+            out = func(*a, **kw)
+            if depth[0] == 0 and func is not torch.Tensor.__getattribute__ and \
+                    getattr(func, "__name__", "") not in ("__get__", "__set__", "dim", "size", "numel", "__len__"):
+                name = getattr(func, "__name__", str(func))
+                method = getattr(func, "__objclass__", None) is not None or \
+                    (getattr(func, "__qualname__", "").startswith(("Tensor.", "TensorBase.")))
+                if method and name in _OPERATORS:
+                    node = graph.call_function(_OPERATORS[name], arg(tuple(a)), arg(kw))
+                elif method:
+                    node = graph.call_method(name.rstrip("_") if name.endswith("_") and not
+                                             name.startswith("__") else name, arg(tuple(a)), arg(kw))
+                else:
+                    node = graph.call_function(func, arg(tuple(a)), arg(kw))
+                if method and name.endswith("_") and not name.startswith("__") and a and \
+                        isinstance(a[0], torch.Tensor):
+                    env[id(a[0])] = node  # in place: the tensor now holds the result
+                bind(out, node)
+            return out
+
+    hooks = []
+
+    def pre(module, a, kw):
+        if depth[0] == 0:
+            module._elr_inputs = (a, kw)
+        depth[0] += 1
+
+    def post(module, a, kw, out):
+        depth[0] -= 1
+        if depth[0] == 0:
+            a, kw = module._elr_inputs
+            del module._elr_inputs
+            bind(out, graph.call_module(names[id(module)], arg(tuple(a)), arg(kw)))
+
+    for m in m64.modules():
+        if m is not m64 and _is_leaf(m):
+            hooks.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+            hooks.append(m.register_forward_hook(post, with_kwargs=True))
+    try:
+        args64, kwargs64 = _cast(args, torch.float64), _cast(kwargs, torch.float64)
+        for t in [v for v in list(args64) + list(kwargs64.values()) if isinstance(v, torch.Tensor)]:
+            env[id(t)] = graph.placeholder(f"input_{len(env)}")
+            alive.append(t)
+        torch.manual_seed(seed)
+        with torch.no_grad(), _KeepFloat64(), Recorder():
+            out = m64(*args64, **kwargs64)
+        graph.output(tuple(node_of(t) for t in _leaves(out)))
+    finally:
+        for h in hooks:
+            h.remove()
+    return _Recorded(graph, m64)
 
 
 def invariant_weights(model: nn.Module, *inputs: Any, kwargs: dict | None = None, params: str = "weights",
