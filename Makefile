@@ -20,12 +20,13 @@ ROBUST_ONLY ?=
 
 install: $(STAMP)
 
-# torch==2.14.1 / torchvision==0.29.1 come from this machine's local wheel
-# cache through pip's own configuration; everything else from PyPI.
-$(STAMP): pyproject.toml
+# the book's exact environment: pyproject.toml's lower bounds, pinned by constraints.txt. torch==2.14.1 /
+# torchvision==0.29.1 come from this machine's local wheel cache through pip's own configuration; everything
+# else from PyPI.
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
 book: $(STAMP)

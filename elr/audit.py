@@ -1,23 +1,39 @@
 """Which weights of a model auto-tune their learning rate, and why (the paper's Section 3.1).
 
 A weight auto-tunes when the model's output does not change if the weight is
-multiplied by a positive factor γ. :func:`audit` answers it twice for every
-parameter:
+multiplied by a positive factor γ. :func:`audit` decides it for every
+parameter, on a copy of the model in float64 with every normalisation's eps
+set to 1e-30 (eps breaks exact invariance), in training mode (batch
+statistics), with dropout masks fixed by seeding:
 
-* **numerically**: the model in float64, every normalisation's eps set to
-  1e-30 (eps breaks exact invariance), training mode (batch statistics),
-  dropout masks fixed by seeding; the output at γ = 1e-3, 0.5, 3 and 1e3
-  against γ = 1 (:data:`FACTORS`), compared leaf by leaf;
-* **structurally**, for linear and convolution weights: a ``torch.fx`` trace
-  of the model, following how the weight's scale propagates to the output:
-  through layers homogeneous of degree 1 (ReLU, LeakyReLU, dropout, pooling,
-  bias-free linear maps) it stays a scale; a normalisation absorbs it; a
-  bias, another nonlinearity, or an addition with a path that does not carry
-  the scale (a residual connection before the normalisation, as in ResNet
-  v2) breaks it. This gives the reason shown next to the verdict.
+* **the screen** (``method="screen"``, the default): one forward and a few
+  backward passes give, for every parameter W at once, ⟨∇_W f, W⟩ for random
+  projections f = ⟨u, output⟩. For a scale-invariant W this is 0 for any
+  output functional f (the paper's Eq. 1: ∇f(γW) = ∇f(W)/γ, so
+  d f(γW)/dγ = ⟨∇f, W⟩ = 0 at γ = 1). A value far above rounding decides
+  "breaks"; a value at rounding level decides "auto-tunes" when the traced
+  structure also proves exact invariance (below). Everything else goes to
+* **the finite factors** (``method="factors"`` runs them for every
+  parameter, as the audit always did): the output at γ = 1e-3, 0.5, 3 and
+  1e3 against γ = 1 (:data:`FACTORS`), compared leaf by leaf. They catch
+  what a derivative at γ = 1 cannot: saturating nonlinearities (ReLU6 clips
+  only at large γ), a weight invariant only while an all-zero bias stays
+  zero, a NaN at γ = 1e3.
+* **structurally**, for linear and convolution weights (transformers'
+  ``Conv1D`` included): a trace of the model, following how the weight's
+  scale propagates to the output: through layers homogeneous of degree 1
+  (ReLU, LeakyReLU, dropout, pooling, bias-free linear maps) it stays a
+  scale; a normalisation (BatchNorm, LayerNorm, GroupNorm, InstanceNorm,
+  RMSNorm, Hugging Face's ``*RMSNorm`` classes) absorbs it; a bias, another
+  nonlinearity, or an addition with a path that does not carry the scale (a
+  residual connection before the normalisation, as in ResNet v2) breaks it.
+  This gives the reason shown next to the verdict. The trace is
+  ``torch.fx``'s, or, for models it cannot trace (Hugging Face models, data-
+  dependent control flow), a record of the operations of one real forward
+  pass.
 
-The numerical check decides the verdict; the reason comes from the trace (or
-says that only the numerical check was possible).
+:func:`invariant_weights` returns the weights found scale-invariant, for
+picking the layers a monitor watches.
 """
 from __future__ import annotations
 
@@ -32,6 +48,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.overrides import TorchFunctionMode
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
          nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -46,11 +63,6 @@ HOMOGENEOUS_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu, F.dropout, F.avg_pool
                          F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool1d, F.max_pool1d, F.pad,
                          torch.flatten, operator.getitem, operator.neg, torch.neg, torch.permute, torch.transpose,
                          torch.reshape, torch.squeeze, torch.unsqueeze, torch.mean, torch.sum}
-try:  # torchvision's stochastic depth multiplies each sample by 0 or 1/(1-p): homogeneous of degree 1
-    from torchvision.ops import stochastic_depth as _stochastic_depth
-    HOMOGENEOUS_FUNCTIONS.add(_stochastic_depth)
-except ImportError:  # pragma: no cover - torchvision is a dependency
-    pass
 # normalisations called as functions (custom LayerNorm2d modules and the like): does each remove a bias?
 NORM_FUNCTIONS = {F.layer_norm: False, F.group_norm: False, F.batch_norm: True, F.instance_norm: True}
 # pure rearrangements: a bias before them is still just a bias (the scale+shift state passes through)
@@ -65,6 +77,46 @@ PRODUCTS = {operator.mul, torch.mul, operator.matmul, torch.matmul, torch.bmm, o
 PRODUCT_METHODS = {"mul", "matmul", "bmm", "div", "__mul__", "__truediv__"}
 
 CONST, HOM, SHIFTED, INV, BROKEN = "const", "scales", "scales+shift", "invariant", "broken"
+# some channels (dim 1) scale, the others do not (DenseNet's concatenation): a per-channel normalisation
+# (BatchNorm, InstanceNorm) still absorbs it, nothing that mixes channels does
+PART = "scales some channels"
+_PER_CHANNEL_NORMS = BATCH_NORMS + (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+_CHANNEL_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu, F.dropout, F.avg_pool2d, F.max_pool2d, F.adaptive_avg_pool2d,
+                      F.adaptive_max_pool2d, F.avg_pool1d, F.max_pool1d, F.pad, operator.neg, torch.neg}
+# normalisations whose output is x̂·weight + bias (so that scaling weight scales the output, as for a linear layer)
+_AFFINE_NORMS = set(NORMS) | ({nn.RMSNorm} if hasattr(nn, "RMSNorm") else set())
+
+
+def _is_rmsnorm(m: nn.Module) -> bool:
+    """``nn.RMSNorm`` and Hugging Face's ``LlamaRMSNorm``, ``Qwen3RMSNorm``, ... (known by the class name: x /
+    √(mean x² + eps) absorbs a positive scale of x, but not a bias, like LayerNorm)."""
+    return type(m).__name__.endswith("RMSNorm")
+
+
+def _is_norm(m: nn.Module) -> bool:
+    return isinstance(m, NORMS) or _is_rmsnorm(m)
+
+
+def _is_conv1d(m: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2): a linear layer x W + b with ``weight`` of shape (in, out)."""
+    return type(m).__name__ == "Conv1D" and type(m).__module__.startswith("transformers") and hasattr(m, "nf")
+
+
+def _is_linear(m: nn.Module) -> bool:
+    return isinstance(m, LINEAR) or _is_conv1d(m)
+
+
+def _homogeneous_function(target: Any) -> bool:
+    # torchvision's stochastic depth multiplies each sample by 0 or 1/(1-p): homogeneous of degree 1 (matched by
+    # name, so that importing the audit does not import torchvision)
+    return target in HOMOGENEOUS_FUNCTIONS or (getattr(target, "__name__", "") == "stochastic_depth" and
+                                               getattr(target, "__module__", "").startswith("torchvision"))
+
+
+def output_channel_dim(module: nn.Module) -> int:
+    """The dimension of ``module.weight`` that indexes output channels: 1 for transformers' ``Conv1D`` (weight
+    (in, out)), 0 for ``nn.Linear`` and convolutions (weight (out, in, ...)); per-channel norms use it."""
+    return 1 if _is_conv1d(module) else 0
 
 
 #: Scale factors of the numerical check. A factor of a thousand either way moves pre-activations of order one
@@ -80,10 +132,16 @@ class AuditRow:
     name: str           # parameter name
     shape: tuple
     invariant: bool     # numerically: output unchanged when this parameter is scaled
-    change: float       # relative output change: the largest over the factors, or the first one above tol
+    change: float       # relative output change: the largest over the factors, or the first one above tol; from the
+    #                     screen, |d out(γW)/d log γ| at γ = 1 relative to max |out| (root mean square over projections)
     reason: str         # why, from the traced structure (or why no reason could be traced)
     zero: bool = False  # the parameter is all zeros here, so scaling it tests nothing
     only_while_zero: tuple = ()  # invariant now, but not once these all-zero parameters move (e.g. a zero bias)
+    #: what decided the verdict: "screen" (⟨∇f, W⟩ far from 0: ``change`` is the first-order rate, below),
+    #: "screen+trace" (⟨∇f, W⟩ at rounding level and the trace proves exact invariance), "factors" (the finite
+    #: factors: ``change`` as above), "zero" (an all-zero parameter) or "zero output" (the output is identically
+    #: zero whatever this weight is)
+    method: str = "factors"
 
     @property
     def verdict(self) -> str:
@@ -114,6 +172,10 @@ def exact_copy(model: nn.Module, eps: float = 1e-30, dtype: torch.dtype = torch.
     for m in model.modules():
         if isinstance(m, NORMS):
             m.eps = eps
+        elif _is_rmsnorm(m):  # nn.RMSNorm's eps (None means the dtype's machine epsilon); HF's variance_epsilon
+            for attr in ("eps", "variance_epsilon"):
+                if hasattr(m, attr) and not isinstance(getattr(m, attr), torch.Tensor):
+                    setattr(m, attr, eps)
         if isinstance(m, BATCH_NORMS):
             m.momentum = 0.0  # keep running statistics untouched; outputs use batch statistics anyway
     return model
@@ -158,6 +220,46 @@ def _relative_change(out: list[torch.Tensor], base: list[torch.Tensor]) -> float
     return worst
 
 
+_LOW_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+_CASTS = {torch.Tensor.float, torch.Tensor.half, torch.Tensor.bfloat16}
+
+
+class _KeepFloat64(TorchFunctionMode):
+    """Inside the audit's float64 forward passes, casts of float64 tensors to a lower precision are dropped:
+    Hugging Face's RMSNorm and attention compute in float32 (``x.to(torch.float32)``, ``softmax(...,
+    dtype=torch.float32)``), whose rounding (~1e-7) would otherwise look like a broken invariance."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _CASTS and args and isinstance(args[0], torch.Tensor) and args[0].dtype == torch.float64:
+            return args[0]
+        if func is torch.Tensor.to or func is torch.Tensor.type or "dtype" in kwargs:
+            src = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            if func is torch.Tensor.to or func is torch.Tensor.type:
+                if src is None or src.dtype != torch.float64:
+                    return func(*args, **kwargs)
+                args = tuple(torch.float64 if a in _LOW_FLOATS else a for a in args)
+            if kwargs.get("dtype") in _LOW_FLOATS:
+                kwargs = {**kwargs, "dtype": torch.float64}
+        return func(*args, **kwargs)
+
+
+def _forward(model: nn.Module, args: tuple, kwargs: dict, seed: int, grad: bool) -> list[torch.Tensor]:
+    """The output leaves of one forward pass, with the dropout masks of ``seed``; a clear error if the inputs
+    do not fit."""
+    torch.manual_seed(seed)  # identical dropout masks in every forward pass
+    try:
+        with torch.set_grad_enabled(grad), _KeepFloat64():
+            out = _leaves(model(*args, **kwargs))
+    except Exception as err:  # the inputs do not fit the model: say so, before any verdict
+        raise ValueError(f"audit: the model's forward pass failed on the inputs given, in train mode "
+                         f"({type(err).__name__}: {err}); pass inputs the model accepts in training "
+                         f"(e.g. torchvision's Inception v3 needs 299x299 there)") from err
+    if not out:
+        raise ValueError("the model's output holds no floating-point tensor to compare")
+    return out
+
+
 def _numeric(model: nn.Module, args: tuple, kwargs: dict, factors=FACTORS, seed: int = 0,
              names: set[str] | None = None, stop_above: float | None = None) -> dict[str, float]:
     """Largest relative output change per parameter over ``factors``; with ``stop_above``, the factors of a
@@ -167,18 +269,9 @@ def _numeric(model: nn.Module, args: tuple, kwargs: dict, factors=FACTORS, seed:
     args, kwargs = _cast(args, torch.float64), _cast(kwargs, torch.float64)
 
     def run():
-        torch.manual_seed(seed)  # identical dropout masks in every forward pass
-        with torch.no_grad():
-            return _leaves(model(*args, **kwargs))
+        return _forward(model, args, kwargs, seed, grad=False)
 
-    try:
-        base = run()
-    except Exception as err:  # the inputs do not fit the model: say so, before any verdict
-        raise ValueError(f"audit: the model's forward pass failed on the inputs given, in train mode "
-                         f"({type(err).__name__}: {err}); pass inputs the model accepts in training "
-                         f"(e.g. torchvision's Inception v3 needs 299x299 there)") from err
-    if not base:
-        raise ValueError("the model's output holds no floating-point tensor to compare")
+    base = run()
     out = {}
     for name, p in model.named_parameters():
         if names is not None and name not in names:
@@ -213,13 +306,21 @@ def _combine(states: list[str]) -> tuple[str, str]:
 
 def _trace_reason(gm: fx.GraphModule, module_name: str) -> str:
     """Follow the scale of ``module_name``'s weight through the traced graph to the output."""
+    return _trace(gm, module_name)[0]
+
+
+def _trace(gm: fx.GraphModule, module_name: str, zero_bias: Collection[str] = ()) -> tuple[str, str | None]:
+    """The reason, and the state in which the scale of ``module_name``'s weight reaches the output (None if the
+    layer is never called). Linear layers named in ``zero_bias`` have an all-zero bias and count as bias-free:
+    the state then says what holds while those biases stay zero."""
     modules = dict(gm.named_modules())
     if not any(n.op == "call_module" and n.target == module_name for n in gm.graph.nodes):
         return ("numerical check only: the trace never calls this layer as a module (its weight is used inside "
-                "a function the trace treats as one operation)")
+                "a function the trace treats as one operation)"), None
     state: dict[fx.Node, str] = {}
     reason = ""
     absorbed = ""
+    part_why = ""
 
     def arg_states(node):
         found = []
@@ -236,13 +337,13 @@ def _trace_reason(gm: fx.GraphModule, module_name: str) -> str:
         if node.op == "output":
             final = ins[0] if len(ins) == 1 else (_combine(ins)[0] if ins else CONST)
             if final in (INV, CONST):
-                return absorbed or "the output does not depend on this weight"
-            if final in (HOM, SHIFTED):
-                return "no normalisation follows this layer: the output changes with the weight's scale"
-            return reason or "the scale reaches the output through an operation that is not homogeneous"
+                return absorbed or "the output does not depend on this weight", final
+            if final in (HOM, SHIFTED, PART):
+                return "no normalisation follows this layer: the output changes with the weight's scale", final
+            return reason or "the scale reaches the output through an operation that is not homogeneous", final
         if node.op == "call_module" and node.target == module_name:
             m = modules[node.target]
-            state[node] = HOM if getattr(m, "bias", None) is None else SHIFTED
+            state[node] = HOM if getattr(m, "bias", None) is None or node.target in zero_bias else SHIFTED
             continue
         if not live:
             state[node] = CONST
@@ -250,17 +351,54 @@ def _trace_reason(gm: fx.GraphModule, module_name: str) -> str:
         s_in = BROKEN if BROKEN in live else (INV if all(s == INV for s in live) else
                                              (SHIFTED if SHIFTED in live else HOM))
         new, why = s_in, ""
+        if node.op == "call_function" and node.target is torch.cat and s_in != BROKEN:
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            if all(s == HOM for s in ins):
+                new = HOM  # every piece carries the same scale
+            elif dim == 1 and set(live) <= {HOM, PART, INV} and not all(s == INV for s in live):
+                new, part_why = PART, "cat is not positively homogeneous of degree 1"
+            elif not all(s == INV for s in live):
+                new, why = BROKEN, "cat is not positively homogeneous of degree 1"
+            state[node] = new
+            if new == BROKEN and not reason:
+                reason = why
+            continue
+        if PART in live and s_in != BROKEN:
+            new, why = BROKEN, part_why
+            single = len(live) == 1 or set(live) <= {PART, HOM}
+            if node.op == "call_module":
+                m = modules[node.target]
+                if isinstance(m, _PER_CHANNEL_NORMS) and single:
+                    new = INV
+                    absorbed = absorbed or f"normalised by '{node.target}' ({type(m).__name__}), channel by channel"
+                elif isinstance(m, HOMOGENEOUS_MODULES) and not isinstance(m, nn.Flatten) and single:
+                    new = PART
+            elif node.op == "call_function" and node.target in (F.batch_norm, F.instance_norm) and single:
+                new = INV
+                absorbed = absorbed or f"normalised by {node.target.__name__}, channel by channel"
+            elif ((node.op == "call_function" and node.target in _CHANNEL_FUNCTIONS) or
+                  (node.op == "call_method" and node.target in ("relu", "neg"))) and single:
+                new = PART
+            elif ((node.op == "call_function" and node.target in PRODUCTS) or
+                  (node.op == "call_method" and node.target in PRODUCT_METHODS)) and len(live) == 1 and \
+                    isinstance(node.args[0], fx.Node) and state.get(node.args[0]) == PART and \
+                    node.target not in (operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm"):
+                new = PART  # times a constant, elementwise
+            state[node] = new
+            if new == BROKEN and not reason:
+                reason = why
+            continue
         if node.op == "call_module":
             m = modules[node.target]
-            if isinstance(m, NORMS):
+            if _is_norm(m):
                 if s_in == HOM or (s_in == SHIFTED and isinstance(m, BATCH_NORMS)):
                     new = INV
                     also = ", whose batch mean also removes the bias before it" if s_in == SHIFTED else ""
                     absorbed = absorbed or f"normalised by '{node.target}' ({type(m).__name__}){also}"
                 elif s_in == SHIFTED:
                     new, why = BROKEN, f"'{node.target}' ({type(m).__name__}) does not remove the bias added before it"
-            elif isinstance(m, LINEAR):
-                if s_in == HOM and m.bias is not None:
+            elif _is_linear(m):
+                if s_in == HOM and m.bias is not None and node.target not in zero_bias:
                     new = SHIFTED
             elif isinstance(m, HOMOGENEOUS_MODULES):
                 if s_in == SHIFTED:
@@ -288,7 +426,7 @@ def _trace_reason(gm: fx.GraphModule, module_name: str) -> str:
                 new, why = BROKEN, "a product of two terms that both carry the scale (degree 2, e.g. q·kᵀ)"
             elif divisor:
                 new, why = BROKEN, "a division by a term that carries the scale"
-        elif (node.op == "call_function" and node.target in HOMOGENEOUS_FUNCTIONS) or \
+        elif (node.op == "call_function" and _homogeneous_function(node.target)) or \
                 (node.op == "call_method" and node.target in SHAPE_METHODS):
             if s_in == SHIFTED and node.target not in REARRANGEMENTS:
                 new, why = BROKEN, f"a bias before {getattr(node.target, '__name__', node.target)}"
@@ -298,31 +436,181 @@ def _trace_reason(gm: fx.GraphModule, module_name: str) -> str:
         state[node] = new
         if new == BROKEN and not reason:
             reason = why
-    return reason or "no path to the output"
+    return reason or "no path to the output", None
 
 
 def _linear_weights(model: nn.Module) -> list[str]:
-    """Names of the weights of linear and convolution layers, in the model's parameter order (what
-    ``params="weights"`` audits)."""
-    return [f"{mn}.weight" if mn else "weight" for mn, m in model.named_modules()
-            if isinstance(m, LINEAR) and isinstance(getattr(m, "weight", None), nn.Parameter)]
+    """Names of the weights of linear and convolution layers (transformers' ``Conv1D`` included) and of
+    ``nn.MultiheadAttention``'s input projections, in the model's parameter order (what ``params="weights"``
+    audits)."""
+    owned = set()
+    for mn, m in model.named_modules():
+        prefix = f"{mn}." if mn else ""
+        if _is_linear(m) and isinstance(getattr(m, "weight", None), nn.Parameter):
+            owned.add(prefix + "weight")
+        elif isinstance(m, nn.MultiheadAttention):
+            owned.update(prefix + pn for pn in ("in_proj_weight", "q_proj_weight", "k_proj_weight",
+                                                "v_proj_weight") if isinstance(getattr(m, pn, None), nn.Parameter))
+    return [n for n, _ in model.named_parameters() if n in owned]
+
+
+#: The screen's thresholds. "Breaks" needs |⟨∇f, W⟩| above 10·tol per unit of the projection's 1-norm (so the
+#: output's first-order change is at least 10·tol relative to its largest entry: the finite factors would see
+#: it) and above 1e-6 of Σ|∇f ⊙ W| (so it is no rounding, about 1e-16 of that sum in float64). "Invariant" (with
+#: the trace's proof) needs |⟨∇f, W⟩| below 1e-9 of Σ|∇f ⊙ W|, or a first-order change below 1e-3·tol (where the
+#: gradient itself is rounding: a BatchNorm over two values gives ±1 whatever its input). Everything between goes
+#: to the finite factors.
+SCREEN_MARGIN, SCREEN_CANCELLED, SCREEN_ROUNDING, SCREEN_NEGLIGIBLE = 10.0, 1e-6, 1e-9, 1e-3
+
+
+def _screen(m64: nn.Module, args: tuple, kwargs: dict, names: list[str], projections: int,
+            seed: int) -> dict[str, tuple[float, float, float]]:
+    """Eq. (1) for every named parameter W at once: one forward pass and ``projections`` backward passes of
+    f = Σ_leaves ⟨u, out⟩ / max |out| with u ~ N(0, I). Per name: (the root mean square of d = ⟨∇_W f, W⟩ =
+    d f(γW)/d log γ at γ = 1 over the projections; the largest |d| / ‖u‖₁, a lower bound of the output's
+    first-order relative change; the largest |d| / Σ|∇_W f ⊙ W|, how far d is from rounding)."""
+    params = dict(m64.named_parameters())
+    targets = [params[n] for n in names]
+    stats = {n: (0.0, 0.0, 0.0) for n in names}
+    out = [o for o in _forward(m64, args, kwargs, seed, grad=True) if o.requires_grad]
+    if not out or not targets:
+        return stats  # no output depends on any parameter
+    out = [torch.view_as_real(o) if o.is_complex() else o for o in out]
+    gen = torch.Generator().manual_seed(seed + 1)
+    sums = {n: [0.0, 0.0, 0.0] for n in names}
+    for k in range(projections):
+        f, norm1 = 0.0, 0.0
+        for o in out:
+            u = torch.randn(o.shape, generator=gen, dtype=o.dtype)
+            top = float(o.detach().abs().max()) if o.numel() else 0.0
+            scale = top if top > 0 and math.isfinite(top) else 1.0
+            f = f + (u * o).sum() / scale
+            norm1 += float(u.abs().sum())
+        grads = torch.autograd.grad(f, targets, retain_graph=k < projections - 1, allow_unused=True)
+        for n, p, g in zip(names, targets, grads):
+            if g is None:
+                continue
+            prod = g.detach() * p.detach()
+            d, mag = float(prod.sum()), float(prod.abs().sum())
+            if not (math.isfinite(d) and math.isfinite(mag)):
+                d, mag = math.inf, math.inf  # a NaN or an overflow is a change, never hidden
+            acc = sums[n]
+            acc[0] += d * d / projections
+            acc[1] = max(acc[1], abs(d) / max(norm1, 1e-300))
+            acc[2] = max(acc[2], abs(d) / mag if mag > 0 else (math.inf if d else 0.0))
+    return {n: (math.sqrt(a[0]), a[1], a[2]) for n, a in sums.items()}
+
+
+def _factor_changes(m64: nn.Module, args: tuple, kwargs: dict, names: list[str], factors: tuple, seed: int,
+                    stop_above: float) -> dict[str, float]:
+    """The finite factors on the prepared float64 model, for the named parameters only (one shared base pass);
+    each parameter is restored exactly after each factor."""
+    base = _forward(m64, args, kwargs, seed, grad=False)
+    params = dict(m64.named_parameters())
+    out = {}
+    for n in names:
+        p, worst = params[n], 0.0
+        keep = p.detach().clone()
+        for g in factors:
+            with torch.no_grad():
+                p.mul_(g)
+            worst = max(worst, _relative_change(_forward(m64, args, kwargs, seed, grad=False), base))
+            with torch.no_grad():
+                p.copy_(keep)
+            if worst > stop_above:
+                break
+        out[n] = worst
+    return out
+
+
+def _decide(m64: nn.Module, args: tuple, kwargs: dict, names: list[str], proven: Mapping[str, bool],
+            factors: tuple, tol: float, seed: int, projections: int) -> dict[str, tuple[bool, float, str]]:
+    """(invariant, change, method) per name: the screen where it decides, the finite factors elsewhere. For a
+    few names (the checks of one moved bias) the screen costs more than it saves: a proven weight is then
+    invariant by the trace alone, and the others go straight to the factors (one pass if they break)."""
+    if not names:
+        return {}
+    if len(names) <= 2:
+        result = {n: (True, 0.0, "trace") for n in names if proven.get(n, False)}
+        rest = [n for n in names if n not in result]
+        changes = _factor_changes(m64, args, kwargs, rest, factors, seed, tol) if rest else {}
+        result.update({n: (c < tol, c, "factors") for n, c in changes.items()})
+        return result
+    screen = _screen(m64, args, kwargs, names, projections, seed)
+    result, undecided = {}, []
+    for n in names:
+        rate, lower, cancelled = screen[n]
+        if lower > SCREEN_MARGIN * tol and cancelled > SCREEN_CANCELLED and not proven.get(n, False):
+            result[n] = (False, rate, "screen")
+        elif (cancelled < SCREEN_ROUNDING or rate < SCREEN_NEGLIGIBLE * tol) and proven.get(n, False):
+            result[n] = (True, rate, "screen+trace")
+        else:
+            undecided.append(n)
+    changes = _factor_changes(m64, args, kwargs, undecided, factors, seed, tol) if undecided else {}
+    result.update({n: (c < tol, c, "factors") for n, c in changes.items()})
+    return result
+
+
+def _set_moved(m64: nn.Module, names: Collection[str], dtypes: Mapping[str, torch.dtype]) -> None:
+    """Set the named (all-zero) parameters of the prepared copy to the values :func:`_moved` gives them (drawn
+    in the model's parameter order, rounded to the original dtype)."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in m64.named_parameters():
+            if n in names:
+                p.copy_((0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float64)).to(dtypes[n]))
+
+
+def _zero_output(gm: fx.GraphModule | None, zero_params: set[str]) -> str:
+    """If every output leaf comes, through rearrangements only, from a linear layer whose weight and bias are
+    all zero (torchvision's ViT zero-initialises its head): which layer; else ''."""
+    if gm is None:
+        return ""
+    modules = dict(gm.named_modules())
+    zero: dict[fx.Node, str] = {}
+    for node in gm.graph.nodes:
+        ins = node.all_input_nodes
+        if node.op == "call_module":
+            m = modules[node.target]
+            if _is_linear(m) and f"{node.target}.weight" in zero_params and \
+                    (m.bias is None or f"{node.target}.bias" in zero_params):
+                zero[node] = f"'{node.target}' ({type(m).__name__}) is all zeros, weight and bias"
+            elif isinstance(m, (nn.Flatten, nn.Identity, nn.Dropout)) and ins and all(a in zero for a in ins):
+                zero[node] = zero[ins[0]]
+        elif node.op in ("call_function", "call_method") and node.target in REARRANGEMENTS and ins and \
+                ins[0] in zero and all(a in zero for a in ins):
+            zero[node] = zero[ins[0]]
+        elif node.op == "output":
+            return zero[ins[0]] if ins and all(a in zero for a in ins) else ""
+    return ""
 
 
 def audit(model: nn.Module, *inputs: Any, tol: float = 1e-8, factors: tuple = FACTORS,
-          kwargs: dict | None = None, params: str = "all", only: Collection[str] | None = None) -> list[AuditRow]:
+          kwargs: dict | None = None, params: str = "all", only: Collection[str] | None = None,
+          method: str = "screen", projections: int = 2, seed: int = 0) -> list[AuditRow]:
     """Audit every parameter of ``model`` on the inputs ``model(*inputs, **kwargs)`` (a batch of at least 2
     samples, for batch statistics).
 
     The output may be a tensor or any nesting of tuples, lists, dicts, namedtuples and dataclasses; it is
-    compared leaf by leaf. Each parameter is scaled by every factor in ``factors`` (see :data:`FACTORS`). A
-    weight that is invariant only because some parameter is all zeros (a bias at initialisation) is marked
-    ``only_while_zero``: the check is repeated with those parameters set to small random values.
-    ``params="weights"`` audits only the weights of linear and convolution layers (the layers the paper's
-    analysis is about; cheaper on large models). ``only`` audits just the named parameters among those (each
-    verdict depends on its own parameter alone, so a large model's audit can be split across processes).
+    compared leaf by leaf. ``method="screen"`` (default) decides what it can from Eq. (1), ⟨∇_W f, W⟩ = 0 for a
+    scale-invariant W, with ``projections`` random output functionals f in one forward and ``projections``
+    backward passes, and scales the remaining parameters by every factor in ``factors`` (see
+    :data:`FACTORS`); ``method="factors"`` scales every parameter (the audit before the screen: the same
+    verdicts, one to four forward passes per parameter). A weight that is invariant only because some parameter
+    is all zeros (a bias at initialisation) is marked ``only_while_zero``: the check is repeated with those
+    parameters set to small random values. ``params="weights"`` audits only the weights of linear and
+    convolution layers and of attention's input projections (the layers the paper's analysis is about).
+    ``only`` audits just the named parameters among those (each verdict depends on its own parameter alone, so
+    a large model's audit can be split across processes). ``seed`` fixes the dropout masks and projections.
     """
     if params not in ("all", "weights"):
         raise ValueError(f"params must be 'all' or 'weights', got {params!r}")
+    if method not in ("screen", "factors"):
+        raise ValueError(f"method must be 'screen' (Eq. 1, then finite factors where undecided) or 'factors' "
+                         f"(finite factors for every parameter), got {method!r}")
+    if isinstance(projections, bool) or not isinstance(projections, int) or projections < 1:
+        raise ValueError(f"projections must be an integer >= 1 (random output functionals of the screen), "
+                         f"got {projections!r}")
     kwargs = dict(kwargs or {})
     tensors = [t for t in list(inputs) + list(kwargs.values()) if isinstance(t, torch.Tensor)]
     if not tensors:
@@ -339,58 +627,296 @@ def audit(model: nn.Module, *inputs: Any, tol: float = 1e-8, factors: tuple = FA
         if unknown:
             raise ValueError(f"only: no parameters named {unknown[:3]} in the model; see model.named_parameters()")
         wanted = set(only) if wanted is None else wanted & set(only)
-    changes = _numeric(model, inputs, kwargs, factors, names=wanted, stop_above=tol)
+    named = [(n, p) for n, p in model.named_parameters() if wanted is None or n in wanted]
     zero_params = {n for n, p in model.named_parameters() if not bool(p.detach().abs().max() > 0)}
-    conditional: dict[str, tuple] = {}
-    if zero_params:
-        suspects = {n for n, v in changes.items() if v < tol and n not in zero_params}
-        after = _numeric(_moved(model, zero_params), inputs, kwargs, factors, names=suspects,
-                         stop_above=tol) if suspects else {}
-        broken = [n for n, v in after.items() if not v < tol]
-        # which zero parameter: first the weight's own bias (the common case), else all of them
-        own = {n: n.rsplit(".", 1)[0] + ".bias" if "." in n else "bias" for n in broken}
-        own = {n: b for n, b in own.items() if b in zero_params}
-        alone = {}
-        for bias in set(own.values()):
-            names = {n for n, b in own.items() if b == bias}
-            alone.update(_numeric(_moved(model, {bias}), inputs, kwargs, factors, names=names, stop_above=tol))
-        conditional = {n: (own[n],) if n in own and not alone[n] < tol else tuple(sorted(zero_params))
-                       for n in broken}
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception as err:  # data-dependent control flow and the like
-        gm, trace_error = None, f"{type(err).__name__}"
-    rows = []
-    for name, p in model.named_parameters():
-        if wanted is not None and name not in wanted:
-            continue
+    gm, trace_error = _fx_trace(model, inputs, kwargs, seed)
+    zero_out = _zero_output(gm, zero_params)
+    # structure, per linear weight: the reason, and whether the trace proves exact invariance (the weight reaches
+    # the output only through its layer's calls, and the scale is absorbed), with all-zero biases as they are
+    # (now) and as if they were not zero (for any values of the other parameters)
+    uses: dict[int, int] = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        for _, prm in m.named_parameters(recurse=False):
+            uses[id(prm)] = uses.get(id(prm), 0) + 1
+    attrs = {n.target for n in gm.graph.nodes if n.op == "get_attr"} if gm is not None else set()
+    calls: dict[str, int] = {}  # a layer called twice on its own output would scale by γ²: no proof then
+    for node in (gm.graph.nodes if gm is not None else ()):
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    zero_bias = {mn for mn, m in modules.items() if f"{mn + '.' if mn else ''}bias" in zero_params}
+    reasons, proof_any, proof_now = {}, {}, {}
+
+    def prove(name, p, module_name, biases_zero):
+        """The trace's proof that scaling ``name`` cannot change the output."""
+        sole = uses.get(id(p), 0) == 1 and name not in attrs and calls.get(module_name) == 1
+        return sole and _trace(gm, module_name, biases_zero)[1] in (INV, CONST)
+
+    for name, p in named:
         module_name, pname = owners[name]
         module = modules[module_name]
-        if pname != "weight" or not isinstance(module, LINEAR):
-            reason = f"{type(module).__name__}.{pname}: numerical check only (reasons are traced for linear and conv weights)"
+        if pname != "weight" or not _is_linear(module):
+            reasons[name] = f"{type(module).__name__}.{pname}: numerical check only (reasons are traced for " \
+                            f"linear and conv weights)"
+            # a normalisation's affine weight scales its output like a linear layer's weight (x̂·w + b): the
+            # trace proves what it can, the reason stays the numerical one
+            if gm is not None and pname == "weight" and type(module) in _AFFINE_NORMS:
+                try:
+                    proof_any[name] = prove(name, p, module_name, ())
+                    proof_now[name] = proof_any[name] or prove(name, p, module_name, zero_bias)
+                except Exception:  # an unusual graph: the numerical checks decide
+                    pass
         elif gm is None:
-            reason = f"numerical check only: the model could not be traced ({trace_error})"
+            reasons[name] = f"numerical check only: the model could not be traced ({trace_error})"
         else:
             try:
-                reason = _trace_reason(gm, module_name)
+                reasons[name], final = _trace(gm, module_name)
+                proof_any[name] = uses.get(id(p), 0) == 1 and name not in attrs and calls.get(module_name) == 1 \
+                    and final in (INV, CONST)
+                proof_now[name] = proof_any[name] or prove(name, p, module_name, zero_bias)
             except Exception as err:  # an unusual graph: keep the numerical verdict
-                reason = f"numerical check only: the trace could not be followed ({type(err).__name__})"
+                reasons[name] = f"numerical check only: the trace could not be followed ({type(err).__name__})"
+    conditional: dict[str, tuple] = {}
+    if method == "factors":
+        changes = _numeric(model, inputs, kwargs, factors, names=wanted, stop_above=tol)
+        decided = {n: (changes[n] < tol, changes[n], "factors") for n, _ in named}
+        if zero_params:
+            suspects = {n for n, v in changes.items() if v < tol and n not in zero_params}
+            after = _numeric(_moved(model, zero_params), inputs, kwargs, factors, names=suspects,
+                             stop_above=tol) if suspects else {}
+            broken = [n for n, v in after.items() if not v < tol]
+            # which zero parameter: first the weight's own bias (the common case), else all of them
+            own = {n: n.rsplit(".", 1)[0] + ".bias" if "." in n else "bias" for n in broken}
+            own = {n: b for n, b in own.items() if b in zero_params}
+            alone = {}
+            for bias in set(own.values()):
+                names = {n for n, b in own.items() if b == bias}
+                alone.update(_numeric(_moved(model, {bias}), inputs, kwargs, factors, names=names, stop_above=tol))
+            conditional = {n: (own[n],) if n in own and not alone[n] < tol else tuple(sorted(zero_params))
+                           for n in broken}
+    else:
+        m64 = exact_copy(model)
+        for prm in m64.parameters():
+            prm.requires_grad_(True)
+        args64, kwargs64 = _cast(inputs, torch.float64), _cast(kwargs, torch.float64)
+        live = [n for n, _ in named if n not in zero_params]
+        base = _forward(m64, args64, kwargs64, seed, grad=False)
+        if zero_out and not any(bool(o.abs().max() > 0) for o in base if o.numel()):
+            # the output is 0 · (anything finite): no weight before that layer can change it
+            decided = {n: (True, 0.0, "zero output") for n in live}
+        else:
+            decided = _decide(m64, args64, kwargs64, live, proof_now, factors, tol, seed, projections)
+        decided.update({n: (False, 0.0, "zero") for n, _ in named if n in zero_params})
+        suspects = [n for n in live if decided[n][0] and not proof_any.get(n, False)]
+        if zero_params and suspects:
+            everything = dict(model.named_parameters())
+            dtypes = {n: p.dtype for n, p in everything.items()}
+            _set_moved(m64, zero_params, dtypes)
+            after = _decide(m64, args64, kwargs64, suspects, proof_any, factors, tol, seed, projections)
+            with torch.no_grad():
+                for n, prm in m64.named_parameters():
+                    if n in zero_params:
+                        prm.zero_()
+            broken = [n for n in suspects if not after[n][0]]
+            own = {n: n.rsplit(".", 1)[0] + ".bias" if "." in n else "bias" for n in broken}
+            own = {n: b for n, b in own.items() if b in zero_params}
+            alone: dict[str, bool] = {}
+            for bias in dict.fromkeys(own.values()):
+                names = [n for n, b in own.items() if b == bias]
+                if zero_out:  # the zero layer still zeroes the output when one bias before it moves
+                    alone.update({n: True for n in names})
+                    continue
+                others = zero_bias - {owners[bias][0]}
+                proven = {}
+                for n in names:
+                    try:
+                        proven[n] = n in proof_any and (proof_any[n] or prove(n, everything[n], owners[n][0], others))
+                    except Exception:
+                        proven[n] = False
+                _set_moved(m64, {bias}, dtypes)
+                alone.update({n: v[0] for n, v in _decide(m64, args64, kwargs64, names, proven, factors, tol, seed,
+                                                          projections).items()})
+                with torch.no_grad():
+                    dict(m64.named_parameters())[bias].zero_()
+            conditional = {n: (own[n],) if n in own and not alone[n] else tuple(sorted(zero_params))
+                           for n in broken}
+    rows = []
+    for name, p in named:
+        module_name, pname = owners[name]
+        reason = reasons[name]
         zero = name in zero_params
         if zero:
             reason = "all zeros at this point, so scaling it cannot change anything: audit a trained model"
-        only = conditional.get(name, ())
-        if only:
-            own_bias = [z for z in only if z.startswith(module_name + ".")] if module_name else []
-            if own_bias:
-                reason = f"invariant only while '{own_bias[0]}' is zero (it is at this point); once it moves, it " \
-                         f"breaks: {reason}"
-            else:
-                reason = f"invariant only while {len(only)} all-zero parameters stay zero (here: " \
-                         f"{', '.join(repr(z) for z in only[:2])}{', ...' if len(only) > 2 else ''}); once they move, " \
-                         f"it breaks"
-        rows.append(AuditRow(name, tuple(p.shape), changes[name] < tol and not zero, changes[name], reason, zero,
-                             only))
+        invariant, change, how = decided[name]
+        only_zero = conditional.get(name, ())
+        if only_zero and zero_out:
+            reason = f"the model's output is identically zero here ({zero_out}: a zero-initialised head?), so " \
+                     f"no weight before it can change it; once the all-zero parameters move, it breaks: {reason}"
+        elif only_zero and len(only_zero) == 1 and only_zero[0].startswith(module_name + "."):
+            reason = f"invariant only while '{only_zero[0]}' is zero (it is at this point); once it moves, it " \
+                     f"breaks: {reason}"
+        elif only_zero:
+            reason = f"invariant only while {len(only_zero)} all-zero parameters stay zero (here: " \
+                     f"{', '.join(repr(z) for z in only_zero[:2])}{', ...' if len(only_zero) > 2 else ''}); once " \
+                     f"they move, it breaks"
+        rows.append(AuditRow(name, tuple(p.shape), invariant and not zero, change, reason, zero, only_zero,
+                             "zero" if zero else how))
     return rows
+
+
+def _fx_trace(model: nn.Module, args: tuple = (), kwargs: dict | None = None, seed: int = 0):
+    """``torch.fx``'s symbolic trace; where it fails (Hugging Face models, data-dependent control flow), the
+    operations of one real forward pass (:func:`_record`). Returns (graph or None, why neither worked)."""
+    try:
+        return fx.GraphModule(model, _Tracer().trace(model)), ""
+    except Exception as err:  # data-dependent control flow and the like
+        symbolic = f"{type(err).__name__}"
+    try:
+        return _record(model, args, kwargs or {}, seed), ""
+    except Exception as err:
+        return None, f"{symbolic}; recording a forward pass failed too: {type(err).__name__}"
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with transformers' Conv1D and the *RMSNorm classes kept as single operations."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return _is_conv1d(m) or _is_rmsnorm(m) or super().is_leaf_module(m, qualname)
+
+
+class _Recorded:
+    """A graph recorded from one forward pass, with the interface :func:`_trace` uses."""
+
+    def __init__(self, graph: fx.Graph, model: nn.Module):
+        self.graph, self._model = graph, model
+
+    def named_modules(self):
+        return self._model.named_modules()
+
+
+_OPERATORS = {"__add__": operator.add, "__radd__": operator.add, "add": operator.add, "__iadd__": operator.add,
+              "__sub__": operator.sub, "__rsub__": operator.sub, "sub": operator.sub, "__mul__": operator.mul,
+              "__rmul__": operator.mul, "mul": operator.mul, "__truediv__": operator.truediv, "div": operator.truediv,
+              "__matmul__": operator.matmul, "__getitem__": operator.getitem, "__neg__": operator.neg}
+
+
+def _is_leaf(m: nn.Module) -> bool:
+    """Modules recorded as one operation: torch.nn's own (as torch.fx treats them), transformers' Conv1D and the
+    *RMSNorm classes."""
+    if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+        return False
+    return type(m).__module__.startswith("torch.nn") or _is_conv1d(m) or _is_rmsnorm(m)
+
+
+def _record(model: nn.Module, args: tuple, kwargs: dict, seed: int) -> _Recorded:
+    """The torch operations and leaf-module calls of one forward pass of a float64 training-mode copy, as an
+    ``fx.Graph`` (tensors identified by object; parameters used outside their module appear as get_attr)."""
+    m64 = exact_copy(model)
+    names = {id(m): n for n, m in m64.named_modules()}
+    param_names = {id(p): n for n, p in m64.named_parameters()}
+    graph = fx.Graph()
+    env: dict[int, fx.Node] = {}
+    alive: list[Any] = []  # every recorded tensor stays alive, so that no id is reused
+    depth = [0]
+
+    def node_of(t: torch.Tensor) -> fx.Node:
+        if id(t) not in env:
+            if id(t) in param_names:
+                env[id(t)] = graph.get_attr(param_names[id(t)])
+            else:  # a constant made outside the recording (a buffer, a cached mask)
+                env[id(t)] = graph.create_node("get_attr", f"_const_{len(env)}")
+            alive.append(t)
+        return env[id(t)]
+
+    def arg(x):
+        if isinstance(x, torch.Tensor):
+            return node_of(x)
+        if isinstance(x, (list, tuple)):
+            return type(x)(arg(v) for v in x) if not hasattr(x, "_fields") else tuple(arg(v) for v in x)
+        if isinstance(x, dict):
+            return {k: arg(v) for k, v in x.items() if isinstance(k, str)}
+        if x is None or isinstance(x, (bool, int, float, str, slice, torch.dtype, torch.device)) or x is Ellipsis:
+            return x
+        return None
+
+    def bind(out, node):
+        if isinstance(out, torch.Tensor):
+            env[id(out)] = node
+            alive.append(out)
+        elif isinstance(out, (list, tuple)):
+            for i, v in enumerate(out):
+                if isinstance(v, torch.Tensor):
+                    bind(v, graph.call_function(operator.getitem, (node, i)))
+
+    class Recorder(TorchFunctionMode):
+        def __torch_function__(self, func, types, a=(), kw=None):
+            kw = kw or {}
+            out = func(*a, **kw)
+            if depth[0] == 0 and func is not torch.Tensor.__getattribute__ and \
+                    getattr(func, "__name__", "") not in ("__get__", "__set__", "dim", "size", "numel", "__len__"):
+                name = getattr(func, "__name__", str(func))
+                method = getattr(func, "__objclass__", None) is not None or \
+                    (getattr(func, "__qualname__", "").startswith(("Tensor.", "TensorBase.")))
+                if method and name in _OPERATORS:
+                    node = graph.call_function(_OPERATORS[name], arg(tuple(a)), arg(kw))
+                elif method:
+                    node = graph.call_method(name.rstrip("_") if name.endswith("_") and not
+                                             name.startswith("__") else name, arg(tuple(a)), arg(kw))
+                else:
+                    node = graph.call_function(func, arg(tuple(a)), arg(kw))
+                if method and name.endswith("_") and not name.startswith("__") and a and \
+                        isinstance(a[0], torch.Tensor):
+                    env[id(a[0])] = node  # in place: the tensor now holds the result
+                bind(out, node)
+            return out
+
+    hooks = []
+
+    def pre(module, a, kw):
+        if depth[0] == 0:
+            module._elr_inputs = (a, kw)
+        depth[0] += 1
+
+    def post(module, a, kw, out):
+        depth[0] -= 1
+        if depth[0] == 0:
+            a, kw = module._elr_inputs
+            del module._elr_inputs
+            bind(out, graph.call_module(names[id(module)], arg(tuple(a)), arg(kw)))
+
+    for m in m64.modules():
+        if m is not m64 and _is_leaf(m):
+            hooks.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+            hooks.append(m.register_forward_hook(post, with_kwargs=True))
+    try:
+        args64, kwargs64 = _cast(args, torch.float64), _cast(kwargs, torch.float64)
+        for t in [v for v in list(args64) + list(kwargs64.values()) if isinstance(v, torch.Tensor)]:
+            env[id(t)] = graph.placeholder(f"input_{len(env)}")
+            alive.append(t)
+        torch.manual_seed(seed)
+        with torch.no_grad(), _KeepFloat64(), Recorder():
+            out = m64(*args64, **kwargs64)
+        graph.output(tuple(node_of(t) for t in _leaves(out)))
+    finally:
+        for h in hooks:
+            h.remove()
+    return _Recorded(graph, m64)
+
+
+def invariant_weights(model: nn.Module, *inputs: Any, kwargs: dict | None = None, params: str = "weights",
+                      **options: Any) -> list[tuple[str, nn.Parameter]]:
+    """The weights of ``model`` that auto-tune, as ``(name, parameter)`` in the model's parameter order.
+
+    These are the weights the audit (:func:`audit` on ``model(*inputs, **kwargs)``, a batch of at least 2) finds
+    scale-invariant for any value of the other parameters (:attr:`AuditRow.auto_tunes`; not those invariant only
+    while an all-zero bias stays zero): the weights whose effective learning rate the paper's theory describes
+    (Eq. 1-2), and the layers a monitor, callback or warm-up should watch. By default the weights of linear and
+    convolution layers (transformers' ``Conv1D`` included) and attention's input projections; ``params="all"``
+    considers every parameter. ``options`` go to :func:`audit`. An empty list means no weight is followed by a
+    normalisation that absorbs its scale.
+    """
+    rows = audit(model, *inputs, kwargs=kwargs, params=params, **options)
+    by_name = dict(model.named_parameters())
+    return [(r.name, by_name[r.name]) for r in rows if r.auto_tunes]
 
 
 def _moved(model: nn.Module, names: set[str]) -> nn.Module:

@@ -250,3 +250,157 @@ def test_a_zoo_audit_split_across_processes_gives_the_verdicts_of_one_audit():
 def test_inputs_the_model_cannot_take_get_a_clear_error():
     with pytest.raises(ValueError, match="forward pass failed on the inputs given"):
         audit.audit(_Block(torch.nn.ReLU()), torch.randn(4, 5))  # the block expects 6 features
+
+
+# ------------------------------------------------------------------ the screen (Eq. 1) against the finite factors
+
+
+def _same_verdicts(model, *inputs, **kw):
+    screen = audit.audit(model, *inputs, **kw)
+    factors = audit.audit(model, *inputs, method="factors", **kw)
+    assert [(r.name, r.verdict, r.only_while_zero, r.reason) for r in screen] == \
+        [(r.name, r.verdict, r.only_while_zero, r.reason) for r in factors]
+    assert {r.method for r in factors} <= {"factors", "zero"}
+    return screen
+
+
+def _zero_bias_block():
+    torch.manual_seed(0)
+    model = _Block(norm="layer", bias=True)
+    torch.nn.init.zeros_(model.w.bias)
+    return model
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nets.resnet20(shortcut=True), lambda: _Block(torch.nn.ReLU6()), lambda: _Block(torch.nn.GELU()),
+    lambda: _Block(norm="layer", bias=True), _zero_bias_block, lambda: _NaNAtLargeScale(),
+    lambda: section_3_1("residual connection (ResNet v2)"), lambda: section_3_1("max-pooling")])
+def test_the_screen_gives_the_verdicts_of_the_finite_factors(make):
+    torch.manual_seed(0)
+    model = make()
+    convolutional = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    x = torch.randn(16, 3, 32, 32) if convolutional else torch.randn(16, model_width(model))
+    _same_verdicts(model, x)
+
+
+def section_3_1(label):
+    torch.manual_seed(0)
+    return audit.section_3_1_modules("layer")[label]
+
+
+def model_width(model):
+    return next(m for m in model.modules() if isinstance(m, torch.nn.Linear)).in_features
+
+
+def test_the_screen_decides_a_resnet_in_a_constant_number_of_passes():
+    """One forward and two backward passes decide every weight of a BatchNorm ResNet (the trace proves the convs
+    invariant, the screen finds the classifier's change); the finite factors need four passes per invariant weight."""
+    torch.manual_seed(0)
+    model, x = nets.resnet20(shortcut=True), torch.randn(8, 3, 32, 32)
+    passes = []
+    model.register_forward_pre_hook(lambda *a: passes.append(1))
+    rows = audit.audit(model, x, params="weights")
+    screen_passes, passes[:] = len(passes), []
+    assert {r.method for r in rows} == {"screen+trace", "screen"}
+    assert rows[-1].name == "fc.weight" and rows[-1].method == "screen" and rows[-1].change > 1e-3
+    audit.audit(model, x, params="weights", method="factors")
+    assert screen_passes <= 3 and len(passes) >= 4 * 19, (screen_passes, len(passes))
+
+
+def test_a_zero_head_is_named_instead_of_a_bias():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16,
+                                               mlp_dim=32, num_classes=4)
+    rows = _same_verdicts(vit, torch.randn(2, 3, 16, 16), params="weights")
+    row = next(r for r in rows if r.name == "conv_proj.weight")
+    assert row.verdict == "auto-tunes while zero" and "output is identically zero" in row.reason
+    assert "'heads.head'" in row.reason and "only while 'conv_proj.bias'" not in row.reason
+    assert all(r.verdict == "untested (zero)" for r in rows if r.name.startswith("heads."))
+
+
+# ------------------------------------------------------------------ modern blocks
+
+
+@pytest.mark.parametrize("norm", ["torch", "llama"])
+def test_rmsnorm_absorbs_the_scale_like_layernorm(norm):
+    if norm == "llama":
+        llama = pytest.importorskip("transformers.models.llama.modeling_llama")
+        make = lambda: llama.LlamaRMSNorm(16, eps=1e-6)  # computes in float32 inside: the audit keeps float64
+    else:
+        make = lambda: torch.nn.RMSNorm(16, eps=1e-6)
+    torch.manual_seed(0)
+    x = torch.randn(4, 16)
+    for bias, verdict in ((False, "auto-tunes"), (True, "breaks auto-tuning")):
+        model = torch.nn.Sequential(torch.nn.Linear(16, 16, bias=bias), make(), torch.nn.Linear(16, 4))
+        row = _same_verdicts(model, x, params="weights")[0]
+        assert row.verdict == verdict, (norm, bias, row)
+        assert ("normalised by" in row.reason) == (not bias) and "RMSNorm" in row.reason
+
+
+def _gpt2():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=16,
+                                     bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(config), {"input_ids": torch.randint(0, 64, (2, 8))}
+
+
+def test_gpt2_conv1d_weights_are_audited_with_reasons():
+    model, ids = _gpt2()
+    rows = _same_verdicts(model, kwargs=ids, params="weights")
+    conv1d = [n for n, m in model.named_modules() if type(m).__name__ == "Conv1D"]
+    assert [r.name for r in rows] == [f"{n}.weight" for n in conv1d] and len(conv1d) == 4
+    assert all(r.verdict == "breaks auto-tuning" for r in rows)  # GPT-2 is pre-LN: nothing normalises a weight
+    assert not [r.reason for r in rows if "numerical check only" in r.reason]
+    assert "bias" in rows[0].reason  # c_attn's bias reaches the attention
+    modules = dict(model.named_modules())
+    assert audit.output_channel_dim(modules[conv1d[0]]) == 1 and audit.output_channel_dim(torch.nn.Linear(2, 3)) == 0
+
+
+def test_hf_models_get_traced_reasons_and_qk_norm_auto_tunes():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.Qwen3Config(num_hidden_layers=1, hidden_size=32, intermediate_size=64,
+                                      num_attention_heads=2, num_key_value_heads=2, vocab_size=64,
+                                      max_position_embeddings=16, head_dim=16)
+    model, ids = transformers.Qwen3ForCausalLM(config), {"input_ids": torch.randint(0, 64, (2, 8))}
+    rows = {r.name: r for r in audit.audit(model, kwargs=ids, params="weights")}
+    assert not [r for r in rows.values() if "could not be traced" in r.reason]
+    q = rows["model.layers.0.self_attn.q_proj.weight"]
+    assert q.verdict == "auto-tunes" and "q_norm" in q.reason and "Qwen3RMSNorm" in q.reason
+    assert "silu" in rows["model.layers.0.mlp.gate_proj.weight"].reason
+    assert [n for n, _ in audit.invariant_weights(model, kwargs=ids)] == \
+        ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"]
+
+
+def test_params_weights_includes_multihead_attentions_input_projection():
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+            self.norm = torch.nn.LayerNorm(8)
+
+        def forward(self, x):
+            return self.norm(self.mha(x, x, x, need_weights=False)[0])
+
+    torch.manual_seed(0)
+    rows = _same_verdicts(Attention(), torch.randn(2, 5, 8), params="weights")
+    assert [r.name for r in rows] == ["mha.in_proj_weight", "mha.out_proj.weight"]
+    assert rows[0].verdict == "breaks auto-tuning"  # softmax(q kᵀ) is not homogeneous
+
+
+def test_invariant_weights_are_the_auto_tuning_ones():
+    torch.manual_seed(0)
+    model = nets.resnet20(shortcut=True)
+    found = audit.invariant_weights(model, torch.randn(8, 3, 32, 32))
+    params = dict(model.named_parameters())
+    assert len(found) == 19 and all(params[n] is p for n, p in found) and "fc.weight" not in dict(found)
+    assert audit.invariant_weights(_zero_bias_block(), torch.randn(16, 6)) == []  # only while the bias is zero
+
+
+def test_audit_refuses_an_unknown_method_or_projections():
+    with pytest.raises(ValueError, match="method must be 'screen'"):
+        audit.audit(_Block(), torch.randn(4, 6), method="fast")
+    with pytest.raises(ValueError, match="projections must be an integer"):
+        audit.audit(_Block(), torch.randn(4, 6), projections=0)

@@ -1,0 +1,76 @@
+"""The audit before and after the screen (Eq. 1), measured in one process: per torchvision model at random
+initialisation (32 px, batch 2, one thread, params="weights" unless --all), the CPU seconds (process time: the machine is shared) of
+``audit(method="factors")`` (every parameter scaled by the finite factors, the audit before) and of
+``audit(method="screen")``, their ratio, and whether the rows agree (verdict, only_while_zero, reason).
+
+    OMP_NUM_THREADS=1 python benchmarks/audit.py resnet50 efficientnet_b0 ...   [--all] [--new-only]
+"""
+import argparse
+import sys
+import time
+from collections import Counter
+
+import torch
+
+from elr import audit
+
+
+def size(name):
+    if name.startswith("vit_"):
+        patch = int(name.rsplit("_", 1)[1])
+        return patch * -(-32 // patch)
+    return 299 if name == "inception_v3" else (224 if name.startswith("maxvit") else 32)
+
+
+def build(name):
+    import torchvision
+
+    s = size(name)
+    kwargs = {"image_size": s} if name.startswith("vit_") else ({"input_size": (s, s)} if name.startswith("maxvit") else {})
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10, **kwargs)
+    return model, torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(0))
+
+
+def key(r):
+    return r.verdict, r.only_while_zero, r.reason
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="+")
+    ap.add_argument("--all", action="store_true", help='params="all" instead of "weights"')
+    ap.add_argument("--new-only", action="store_true", help="time the screen only")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    params = "all" if a.all else "weights"
+    print(f"| model | params | rows | factors (s) | screen (s) | ratio | rows equal | decided by |")
+    print("|---|---|---|---|---|---|---|---|")
+    bad = 0
+    for name in a.models:
+        model, x = build(name)
+        t = time.process_time()
+        new = audit.audit(model, x, params=params)
+        t_new = time.process_time() - t
+        how = Counter(r.method for r in new)
+        if a.new_only:
+            print(f"| {name} | {params} | {len(new)} | | {t_new:.1f} | | | {dict(how)} |", flush=True)
+            continue
+        t = time.process_time()
+        old = audit.audit(model, x, params=params, method="factors")
+        t_old = time.process_time() - t
+        olds = {r.name: r for r in old}
+        common = [r for r in new if r.name in olds]
+        diff = [(r.name, key(olds[r.name]), key(r)) for r in common if key(olds[r.name]) != key(r)]
+        verdict_diff = [d for d in diff if d[1][:2] != d[2][:2]]
+        bad += len(verdict_diff)
+        print(f"| {name} | {params} | {len(new)} ({len(new) - len(common)} new) | {t_old:.1f} | {t_new:.1f} | "
+              f"{t_old / t_new:.0f}x | {'yes' if not diff else f'{len(verdict_diff)} verdicts, {len(diff) - len(verdict_diff)} reasons differ'} "
+              f"| {dict(how)} |", flush=True)
+        for d in diff[:5]:
+            print("   DIFF", d, file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
