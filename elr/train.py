@@ -370,7 +370,15 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, invariant: list
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                nesterov=config.nesterov, weight_decay=config.wd)
-    from timm.optim import Lars
+    import warnings
+
+    from tqdm import TqdmWarning
+
+    with warnings.catch_warnings():
+        # timm imports huggingface_hub, which imports tqdm.auto: in a Jupyter kernel without ipywidgets that
+        # warns "IProgress not found" onto the chapter's page, about a progress bar nothing here shows
+        warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
+        from timm.optim import Lars
 
     options = dict(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.wd,
                    trust_coeff=config.trust_coeff, always_adapt=True)
