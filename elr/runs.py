@@ -21,7 +21,8 @@ Which runs the chapters use is recorded under the root the runs live in (``<root
 while a chapter executes, each run it asks for is appended to ``<chapter>.<token>.partial``;
 when the execution completes, :func:`end_usage` replaces ``<chapter>`` with that list (write,
 then rename) and drops the partial lists. A killed or failed execution leaves its partial list,
-which keeps protecting its runs. A run is *stale* (:func:`list_runs`) when other training code
+which keeps protecting its runs (as do the lists a chapter leaves under a root other than the one
+the book records, when it passes ``root=`` itself). A run is *stale* (:func:`list_runs`) when other training code
 or another torch version made it, or, once usage is recorded, when neither the last completed
 execution of any chapter nor an execution since used it. :func:`prune_runs` deletes stale runs
 and nothing else: it skips anything that is not a run, never follows a link, and refuses a root

@@ -38,8 +38,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
