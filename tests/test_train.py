@@ -228,11 +228,14 @@ def test_a_killed_sweep_resumes_and_skips_what_it_finished(tmp_path):
     import sys
     import time
 
-    configs = [train.TrainConfig(**{**SMALL, "steps": 200, "seed": s, "checkpoint_every": 5}) for s in range(2)]
+    # one worker, and a second run three times as long: it is still training when the first has finished,
+    # however busy the machine (two runs side by side could both end between two polls)
+    configs = [train.TrainConfig(**{**SMALL, "steps": steps, "seed": s, "checkpoint_every": 5})
+               for s, steps in enumerate((200, 600))]
     dirs = [tmp_path / "runs" / train.run_key(c) for c in configs]
     script = ("import sys; from elr import train; "
               f"cfgs = [train.TrainConfig.from_dict(d) for d in {[c.to_dict() for c in configs]!r}]; "
-              "train.sweep(cfgs, sys.argv[1])")
+              "train.sweep(cfgs, sys.argv[1], workers=1)")
     proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "runs")],
                             start_new_session=True)
     deadline = time.time() + 120
@@ -245,7 +248,7 @@ def test_a_killed_sweep_resumes_and_skips_what_it_finished(tmp_path):
     stamp = (dirs[0] / "metrics.json").stat().st_mtime_ns
     resumed = train.sweep(configs, tmp_path / "runs")
     assert (dirs[0] / "metrics.json").stat().st_mtime_ns == stamp, "the finished run was not retrained"
-    assert all(r.status == "completed" and r.steps_done == 200 for r in resumed)
+    assert [(r.status, r.steps_done) for r in resumed] == [("completed", 200), ("completed", 600)]
     clean = train.train(configs[1], tmp_path / "clean")
     np.testing.assert_array_equal(resumed[1].records.table, clean.records.table)  # resumed exactly
 
