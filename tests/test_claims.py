@@ -51,13 +51,16 @@ def test_every_claim_a_chapter_evaluates_is_registered_and_every_registered_clai
         assert reg[claim_id].kind == kind, claim_id
 
 
-def test_no_expectation_was_set_by_a_seed_a_build_uses():
-    """Pilots use base seeds of their own: the default build (0), the robustness builds and CI's seeds
-    (10000-99999) never set an expectation, so every build is a confirmation."""
+def test_no_gate_expectation_was_set_by_a_seed_a_build_uses():
+    """A gate claim's expectation comes from a pilot at base seeds of its own (100 and up, never the default
+    build's 0, the robustness builds' or CI's 10000-99999), and it was confirmed at other seeds; a report claim
+    records honestly where its expectation came from (set_by), whatever that was."""
     for e in claims.load().values():
-        bad = [s for s in e.set_by if s in book.CONFIRMATION_SEEDS or 10000 <= s < 100000]
-        assert not bad, f"{e.id}: expectation set by build seeds {bad}"
         assert not set(e.set_by) & set(e.confirmed_at), e.id
+        if e.gate:
+            assert e.set_by, f"{e.id}: a gate claim needs the pilot seeds that set it"
+            bad = [s for s in e.set_by if s in book.CONFIRMATION_SEEDS or 10000 <= s < 100000 or s < 100]
+            assert not bad, f"{e.id}: expectation set by build seeds {bad}"
 
 
 def test_the_gate_claims_of_the_book_meet_the_flip_budget_of_their_pilot():
