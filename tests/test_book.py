@@ -376,3 +376,18 @@ def test_the_robustness_table_names_chapters_as_ranges():
     assert book._chapter_span(names) == "3–14, 16–19"
     assert book._chapter_span(["15_a", "20_b"]) == "15, 20"
     assert book._chapter_span(["01_a", "02_b", "04_c"]) == "1, 2, 4"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter, overrides", [("11_long_term", {"lr_large": 1e6}),
+                                                ("12_criticality", {"lrs": [0.001, 1.0, 1e6]})])
+def test_a_sweep_with_a_diverging_rate_runs_to_its_end_and_says_so(chapter, overrides, tmp_path):
+    """Divergence is a result: at a rate where training blows up, the chapter runs to its claims table, shows
+    the divergence, and reports no fit for a diverged run (issue 27)."""
+    out = book.execute(chapter, "smoke", overrides=overrides, out_dir=tmp_path)
+    nb = nbformat.read(out, as_version=4)
+    assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    shown = json.dumps([o for c in nb.cells for o in c.get("outputs", [])])
+    assert "diverged" in shown
+    record = json.loads((tmp_path / "claims" / f"{chapter}.json").read_text())
+    assert record["claims"], "the claims were decided and recorded"
