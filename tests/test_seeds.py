@@ -128,8 +128,9 @@ def test_every_measuring_chapter_runs_seeds_and_checks_its_claims_table(chapter)
     assert quick["n_seeds"] >= 5, f"{chapter}: at least 5 seeds at the quick profile"
     assert "seed" in quick, f"{chapter}: a base seed parameter, so `elr book -p seed=1000` moves it"
     source = book._source_of(chapter).read_text()
-    assert "evidence.table(claims)" in source and "evidence.check(claims)" in source, \
-        f"{chapter}: ends by rendering and asserting its claims table"
+    assert f'Chapter("{chapter}"' in source, f"{chapter}: its claims come from the registry (elr.claims.Chapter)"
+    assert "claims.table()" in source and "claims.check()" in source, \
+        f"{chapter}: ends by rendering its claims table and checking its gate claims"
     assert "sweep(" not in source.replace("sweep_seeds(", ""), f"{chapter}: every sweep runs seeds (sweep_seeds)"
 
 
