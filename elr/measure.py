@@ -434,9 +434,8 @@ class ELRMonitor:
         if self._audit_hook is None:
             raise RuntimeError("the monitor has no layers: the audit at the model's first forward pass refused (see "
                                "that error); pass layers= to choose them")
-        if self._audit_hook is not None:
-            raise RuntimeError("the monitor has not chosen its layers yet: it audits the model at its first forward "
-                               "pass. Run a forward pass first, or pass example_inputs= or layers=")
+        raise RuntimeError("the monitor has not chosen its layers yet: it audits the model at its first forward "
+                           "pass. Run a forward pass first, or pass example_inputs= or layers=")
 
     def logs(self, step: int) -> bool:
         return step % self.every == 0
