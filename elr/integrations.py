@@ -15,7 +15,9 @@ table is always in ``monitor.records``.
 Where the gradients are read, and why it is correct:
 
 * Lightning: ``on_before_optimizer_step``, which Lightning calls once the gradients of all accumulated
-  batches are summed and, under AMP, after the loss scaler has unscaled them. (Optimizer step hooks, as in
+  batches are summed and, under AMP, after the loss scaler has unscaled them (plain and foreach optimizers;
+  a fused optimizer's gradients are still scaled there, and the callback divides the scale out). A step the
+  scaler skips is not recorded; its label goes to ``callback.monitor.skipped``. (Optimizer step hooks, as in
   :meth:`elr.measure.ELRMonitor.attach`, do not work here: Lightning passes the closure that computes the
   gradients *into* ``optimizer.step``, so a pre-step hook would run before the backward pass.)
 * Hugging Face: ``on_pre_optimizer_step``, after gradient accumulation and after gradient clipping. Under
@@ -130,6 +132,29 @@ def _monitor_for(model: nn.Module, every: int, per_channel: bool, layers: Any, s
     return ELRMonitor(model, every=every, per_channel=per_channel, layers=layers, spill_to=spill_to)
 
 
+def _scaler_state(scaler, optimizer, logged: bool):
+    """(grad_scale, found_inf) for the monitor from Lightning's GradScaler, read before its ``step``: a plain or
+    foreach optimizer has been unscaled (found_inf known); a fused one has not (Lightning leaves its unscaling
+    to the kernel), so its gradients carry the scale, and on a logged step the inf check is run now (the scaler
+    runs it again in its step). (None, None) without a scaler."""
+    if scaler is None or not scaler.is_enabled():
+        return None, None
+    from torch.amp.grad_scaler import OptState
+
+    state = scaler._per_optimizer_states[id(optimizer)]
+    if state["stage"] is OptState.UNSCALED:
+        found = state["found_inf_per_device"]
+        grad_scale = None
+    else:
+        if not logged:
+            return None, None  # skips of fused steps that are not logged go uncounted (no extra inf check)
+        found = scaler._check_inf_per_device(optimizer)
+        grad_scale = scaler._scale
+    values = list(found.values())
+    found_inf = sum(v.to(values[0].device) for v in values[1:]) + values[0] if values else None
+    return grad_scale, found_inf
+
+
 def lightning_callback(every: int = 50, per_layer: bool = False, per_channel: bool = False,
                        module_attr: str | None = None, layers: Any = None, spill_to: str | Path | None = None):
     """A Lightning ``Callback`` that measures ELRs and logs the summary scalars through ``pl_module.log``.
@@ -156,14 +181,20 @@ def lightning_callback(every: int = 50, per_layer: bool = False, per_channel: bo
             self.monitor = _monitor_for(target, self.every, self.per_channel, layers, spill_to)
 
         def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-            if trainer.is_global_zero:
-                self.monitor.observe_gradients(trainer.global_step)
+            if not trainer.is_global_zero:
+                return
+            step = trainer.global_step
+            grad_scale, found_inf = _scaler_state(getattr(trainer.precision_plugin, "scaler", None), optimizer,
+                                                  self.monitor.logs(step))
+            if found_inf is not None and not self.monitor.logs(step):
+                self.monitor._flags.append((step, found_inf))  # read with the next logged step's transfer
+            self.monitor._gradients(step, None, grad_scale, found_inf)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if not trainer.is_global_zero:
                 return
             step = trainer.global_step - 1  # the step just applied (nothing to record on accumulation batches)
-            if self.monitor.observe_update(step):
+            if self.monitor._update(step, None, True):  # False also for a step the scaler skipped
                 for key, value in last_summary(self.monitor, self.per_layer).items():
                     pl_module.log(key, value, on_step=True, on_epoch=False, rank_zero_only=True)
 

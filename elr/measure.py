@@ -434,9 +434,8 @@ class ELRMonitor:
         if self._audit_hook is None:
             raise RuntimeError("the monitor has no layers: the audit at the model's first forward pass refused (see "
                                "that error); pass layers= to choose them")
-        if self._audit_hook is not None:
-            raise RuntimeError("the monitor has not chosen its layers yet: it audits the model at its first forward "
-                               "pass. Run a forward pass first, or pass example_inputs= or layers=")
+        raise RuntimeError("the monitor has not chosen its layers yet: it audits the model at its first forward "
+                           "pass. Run a forward pass first, or pass example_inputs= or layers=")
 
     def logs(self, step: int) -> bool:
         return step % self.every == 0
@@ -526,8 +525,7 @@ class ELRMonitor:
         else:
             u_sq = [_sgd_update_sq(entry, g, optimizer, w, d)
                     for entry, g, w, d in zip(p["plan"], p["g"], weights, self._channel_dim)]
-        self._transfer(p, u_sq)
-        return p["record"]
+        return self._transfer(p, u_sq)
 
     def discard(self, step: int) -> None:
         """The step was skipped (a loss scaler found inf/NaN gradients; a trainer says so): drop its pending
@@ -541,9 +539,10 @@ class ELRMonitor:
         if self._pending is not None:
             self._transfer(self._pending, None)
 
-    def _transfer(self, p: dict, u_sq: list[torch.Tensor] | None) -> None:
+    def _transfer(self, p: dict, u_sq: list[torch.Tensor] | None) -> bool:
         """Assemble the squared norms in layer order, all-reduce them once if the weights are sharded, and move
-        them (with any pending found-inf flags) to the host in one transfer."""
+        them (with any pending found-inf flags) to the host in one transfer. Returns whether the step was
+        recorded (not on a rank that does not record, nor for a step the scaler skipped)."""
         self._pending = None
         kinds = [p["w"], p["g"]] + ([u_sq] if u_sq is not None else [])
         if p["sharded"]:
@@ -551,7 +550,7 @@ class ELRMonitor:
         else:
             flat = torch.stack([torch.cat([s.to(torch.float64) for s in parts]) for parts in kinds])
         if not p["record"]:
-            return
+            return False
         flags = self._flags + ([(p["step"], p["found_inf"])] if p["found_inf"] is not None else [])
         self._flags = []
         if flags:
@@ -562,9 +561,10 @@ class ELRMonitor:
         skipped = {label for (label, _), f in zip(flags, host[n:]) if f != 0}
         self.skipped.extend(sorted(skipped))
         if p["step"] in skipped:
-            return  # the scaler skipped this step: its gradients are inf/NaN and no update was applied
+            return False  # the scaler skipped this step: its gradients are inf/NaN and no update was applied
         host = host[:n].reshape(len(kinds), -1)
         self._record(p["step"], host[0], host[1], host[2] if u_sq is not None else None)
+        return True
 
     def _all_reduce(self, kinds: list[list[torch.Tensor]]) -> torch.Tensor:
         """Every rank writes the squared norms of its shards at their global channel positions (zero elsewhere),

@@ -3,7 +3,6 @@ process on the same data, with one all-reduce per logged step on every rank."""
 import socket
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn

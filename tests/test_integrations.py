@@ -163,3 +163,34 @@ def test_callbacks_summarise_each_log_from_that_step_alone_and_accept_layers(tmp
         integrations.lightning_callback(layers="all")
     with pytest.raises(ValueError, match="every must be"):
         integrations.hf_callback(every=0)
+
+
+def test_lightning_callback_under_amp_reads_unscaled_gradients_and_leaves_out_skipped_steps(tmp_path):
+    """Lightning unscales plain optimizers before on_before_optimizer_step but leaves a fused one's gradients
+    scaled (its kernel unscales); a step with inf gradients is skipped by the scaler yet counted by Lightning."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    x, y = _data()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=False)
+    grads = {}
+    for fused in (False, True):
+        module = _lightning_module()
+        module.configure_optimizers = lambda m=module, f=fused: torch.optim.SGD(m.parameters(), lr=0.3, fused=f)
+        step_loss = module.training_step
+        module.training_step = lambda batch, i, m=module, f=step_loss: f(batch, i) * (
+            float("inf") if m.global_step == 1 else 1.0)
+        callback = integrations.lightning_callback(every=1, module_attr="net")
+        trainer = pl.Trainer(max_steps=4, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                             callbacks=[callback], plugins=[MixedPrecision("16-mixed", "cpu",
+                                                                          scaler=torch.amp.GradScaler("cpu", init_scale=2.0**10))])
+        trainer.fit(module, loader)
+        assert list(callback.monitor.records.steps()) == [0, 2, 3] and callback.monitor.skipped == [1]
+        grads[fused] = callback.monitor.records.matrix("grad_norm")[1]
+    np.testing.assert_allclose(grads[True], grads[False], rtol=1e-5)
+    torch.manual_seed(0)  # the module's initialisation
+    net = nets.bnrelu(3, width=6, in_features=5, num_classes=3)
+    nn.functional.cross_entropy(net(x[:16]), y[:16]).backward()
+    expected = [float(m.weight.grad.norm()) for _, m in nets.scale_invariant_layers(net)]
+    np.testing.assert_allclose(grads[False][0], expected, rtol=1e-2)  # fp16 autocast: not to the bit

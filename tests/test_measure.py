@@ -408,3 +408,24 @@ def test_records_spill_to_disk_and_read_back_whole(tmp_path):
     assert len(files) >= 2 and spilled.records._rows < 40  # memory holds less than one chunk
     np.testing.assert_array_equal(spilled.records.table, kept.records.table)
     assert list(spilled.records.steps()) == list(range(6))
+
+
+@pytest.mark.parametrize("options", [{}, {"momentum": 0.9, "dampening": 0.5, "weight_decay": 1e-2},
+                                     {"weight_decay": 1e-2}, {"momentum": 0.9, "nesterov": True},
+                                     {"momentum": 0.9, "maximize": True, "foreach": True}])
+def test_updates_read_from_sgd_equal_the_weights_difference(options):
+    """Attached to plain SGD the monitor reads ‖ΔW‖ from the optimizer (λ‖∇W‖, λ‖buf‖) where that is exact, and
+    from a copy otherwise (weight decay without momentum, Nesterov): the hand computation decides both."""
+    model, x, y = _toy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.3, **options)
+    monitor = measure.ELRMonitor(model)
+    monitor.attach(opt)
+    weights = [m.weight for _, m in nets.scale_invariant_layers(model)]
+    expected = []
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        before = [w.detach().clone() for w in weights]
+        opt.step()
+        expected.append([float((w.detach() - b).norm()) for w, b in zip(weights, before)])
+    np.testing.assert_allclose(monitor.records.matrix("update_norm")[1], expected, rtol=1e-4, atol=1e-6)
