@@ -3,9 +3,13 @@ initialisation (32 px, batch 2, one thread, params="weights" unless --all), the 
 ``audit(method="factors")`` (every parameter scaled by the finite factors, the audit before) and of
 ``audit(method="screen")``, their ratio, and whether the rows agree (verdict, only_while_zero, reason).
 
-    OMP_NUM_THREADS=1 python benchmarks/audit.py resnet50 efficientnet_b0 ...   [--all] [--new-only]
+    OMP_NUM_THREADS=1 python benchmarks/audit.py resnet50 efficientnet_b0 ...   [--all] [--new-only] [--out F]
+
+With ``--out``, the table is also written to F (atomically, once every model is done).
 """
 import argparse
+import os
+import platform
 import sys
 import time
 from collections import Counter
@@ -41,11 +45,21 @@ def main(argv=None):
     ap.add_argument("models", nargs="+")
     ap.add_argument("--all", action="store_true", help='params="all" instead of "weights"')
     ap.add_argument("--new-only", action="store_true", help="time the screen only")
+    ap.add_argument("--out", help="also write the table to this file")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     params = "all" if a.all else "weights"
-    print(f"| model | params | rows | factors (s) | screen (s) | ratio | rows equal | decided by |")
-    print("|---|---|---|---|---|---|---|---|")
+    lines = []
+
+    def emit(line):
+        print(line, flush=True)
+        lines.append(line)
+
+    emit(f"machine: {platform.machine()}, {os.cpu_count()} cores, 1 torch thread, torch {torch.__version__}; "
+         f"CPU seconds per audit (process time), 32 px (ViT: its patch; Inception 299, MaxViT 224), batch 2")
+    emit("")
+    emit(f"| model | params | rows | factors (s) | screen (s) | ratio | rows equal | decided by |")
+    emit("|---|---|---|---|---|---|---|---|")
     bad = 0
     for name in a.models:
         model, x = build(name)
@@ -54,7 +68,7 @@ def main(argv=None):
         t_new = time.process_time() - t
         how = Counter(r.method for r in new)
         if a.new_only:
-            print(f"| {name} | {params} | {len(new)} | | {t_new:.1f} | | | {dict(how)} |", flush=True)
+            emit(f"| {name} | {params} | {len(new)} | | {t_new:.1f} | | | {dict(how)} |")
             continue
         t = time.process_time()
         old = audit.audit(model, x, params=params, method="factors")
@@ -64,11 +78,16 @@ def main(argv=None):
         diff = [(r.name, key(olds[r.name]), key(r)) for r in common if key(olds[r.name]) != key(r)]
         verdict_diff = [d for d in diff if d[1][:2] != d[2][:2]]
         bad += len(verdict_diff)
-        print(f"| {name} | {params} | {len(new)} ({len(new) - len(common)} new) | {t_old:.1f} | {t_new:.1f} | "
-              f"{t_old / t_new:.0f}x | {'yes' if not diff else f'{len(verdict_diff)} verdicts, {len(diff) - len(verdict_diff)} reasons differ'} "
-              f"| {dict(how)} |", flush=True)
+        emit(f"| {name} | {params} | {len(new)} | {t_old:.1f} | {t_new:.1f} | {t_old / t_new:.0f}x | "
+             f"{'yes' if not diff else f'{len(verdict_diff)} verdicts, {len(diff) - len(verdict_diff)} reasons differ'}"
+             f" | {dict(how)} |")
         for d in diff[:5]:
             print("   DIFF", d, file=sys.stderr)
+    if a.out:
+        tmp = f"{a.out}.tmp"
+        with open(tmp, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(tmp, a.out)
     return 1 if bad else 0
 
 

@@ -469,35 +469,52 @@ def _screen(m64: nn.Module, args: tuple, kwargs: dict, names: list[str], project
     f = Σ_leaves ⟨u, out⟩ / max |out| with u ~ N(0, I). Per name: (the root mean square of d = ⟨∇_W f, W⟩ =
     d f(γW)/d log γ at γ = 1 over the projections; the largest |d| / ‖u‖₁, a lower bound of the output's
     first-order relative change; the largest |d| / Σ|∇_W f ⊙ W|, how far d is from rounding)."""
-    params = dict(m64.named_parameters())
-    targets = [params[n] for n in names]
+    wanted = set(names)
     stats = {n: (0.0, 0.0, 0.0) for n in names}
-    out = [o for o in _forward(m64, args, kwargs, seed, grad=True) if o.requires_grad]
-    if not out or not targets:
-        return stats  # no output depends on any parameter
-    out = [torch.view_as_real(o) if o.is_complex() else o for o in out]
-    gen = torch.Generator().manual_seed(seed + 1)
-    sums = {n: [0.0, 0.0, 0.0] for n in names}
-    for k in range(projections):
-        f, norm1 = 0.0, 0.0
-        for o in out:
-            u = torch.randn(o.shape, generator=gen, dtype=o.dtype)
-            top = float(o.detach().abs().max()) if o.numel() else 0.0
-            scale = top if top > 0 and math.isfinite(top) else 1.0
-            f = f + (u * o).sum() / scale
-            norm1 += float(u.abs().sum())
-        grads = torch.autograd.grad(f, targets, retain_graph=k < projections - 1, allow_unused=True)
-        for n, p, g in zip(names, targets, grads):
-            if g is None:
-                continue
-            prod = g.detach() * p.detach()
-            d, mag = float(prod.sum()), float(prod.abs().sum())
-            if not (math.isfinite(d) and math.isfinite(mag)):
-                d, mag = math.inf, math.inf  # a NaN or an overflow is a change, never hidden
-            acc = sums[n]
-            acc[0] += d * d / projections
-            acc[1] = max(acc[1], abs(d) / max(norm1, 1e-300))
-            acc[2] = max(acc[2], abs(d) / mag if mag > 0 else (math.inf if d else 0.0))
+    # gradients only for the named parameters, each reduced to two numbers and freed as soon as it is complete
+    # (a large model's float64 gradients would double the audit's memory)
+    for n, p in m64.named_parameters():
+        p.requires_grad_(n in wanted)
+    try:
+        out = [o for o in _forward(m64, args, kwargs, seed, grad=True) if o.requires_grad]
+        if not out or not names:
+            return stats  # no output depends on any of these parameters
+        out = [torch.view_as_real(o) if o.is_complex() else o for o in out]
+        gen = torch.Generator().manual_seed(seed + 1)
+        sums = {n: [0.0, 0.0, 0.0] for n in names}
+        seen: dict[str, tuple[float, float]] = {}
+        hooks = []
+        for n, p in m64.named_parameters():
+            if n in wanted:
+                def reduce(prm, n=n):
+                    prod = prm.grad.detach() * prm.detach()
+                    seen[n] = (float(prod.sum()), float(prod.abs().sum()))
+                    prm.grad = None
+                hooks.append(p.register_post_accumulate_grad_hook(reduce))
+        try:
+            for k in range(projections):
+                f, norm1 = 0.0, 0.0
+                for o in out:
+                    u = torch.randn(o.shape, generator=gen, dtype=o.dtype)
+                    top = float(o.detach().abs().max()) if o.numel() else 0.0
+                    scale = top if top > 0 and math.isfinite(top) else 1.0
+                    f = f + (u * o).sum() / scale
+                    norm1 += float(u.abs().sum())
+                seen.clear()
+                f.backward(retain_graph=k < projections - 1)
+                for n, (d, mag) in seen.items():  # parameters the output does not reach get no gradient
+                    if not (math.isfinite(d) and math.isfinite(mag)):
+                        d, mag = math.inf, math.inf  # a NaN or an overflow is a change, never hidden
+                    acc = sums[n]
+                    acc[0] += d * d / projections
+                    acc[1] = max(acc[1], abs(d) / max(norm1, 1e-300))
+                    acc[2] = max(acc[2], abs(d) / mag if mag > 0 else (math.inf if d else 0.0))
+        finally:
+            for h in hooks:
+                h.remove()
+    finally:
+        for p in m64.parameters():
+            p.grad = None
     return {n: (math.sqrt(a[0]), a[1], a[2]) for n, a in sums.items()}
 
 
@@ -695,8 +712,6 @@ def audit(model: nn.Module, *inputs: Any, tol: float = 1e-8, factors: tuple = FA
                            for n in broken}
     else:
         m64 = exact_copy(model)
-        for prm in m64.parameters():
-            prm.requires_grad_(True)
         args64, kwargs64 = _cast(inputs, torch.float64), _cast(kwargs, torch.float64)
         live = [n for n, _ in named if n not in zero_params]
         base = _forward(m64, args64, kwargs64, seed, grad=False)
