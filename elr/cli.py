@@ -28,7 +28,7 @@ def _cmd_book(args) -> int:
         from elr import pages, scoreboard
 
         print(f"elr: scoreboard of the paper written: {scoreboard.write()}")
-        index = book.build_html()
+        index = book.build_html(strict=failed is None)  # a chapter that stopped early leaves glue undefined
         print(f"elr: book built: {index}" + (" (with failed chapters, each marked by a banner)" if failed else ""))
         problems = pages.check_html(index.parent)
         if problems:

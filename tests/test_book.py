@@ -190,7 +190,8 @@ def test_elr_book_builds_the_html_even_when_a_chapter_fails_and_exits_nonzero(mo
     from elr import pages, scoreboard
 
     monkeypatch.setattr(book, "run_chapters", fails)
-    monkeypatch.setattr(book, "build_html", lambda: built.append(1) or Path("html/index.html"))
+    monkeypatch.setattr(book, "build_html", lambda strict=True: built.append(1 if not strict else "strict")
+                        or Path("html/index.html"))
     monkeypatch.setattr(scoreboard, "write", lambda: built.append("scoreboard") or Path("scoreboard.md"))
     monkeypatch.setattr(pages, "check_html", lambda html: [])
     assert cli.main(["book"]) == 1
@@ -200,6 +201,7 @@ def test_elr_book_builds_the_html_even_when_a_chapter_fails_and_exits_nonzero(mo
     monkeypatch.setattr(book, "run_chapters", lambda *a, **k: {})
     monkeypatch.setattr(pages, "check_html", lambda html: ["chapters/x.html: a traceback"])
     assert cli.main(["book"]) == 1 and "a traceback" in capsys.readouterr().err
+    assert built[-1] == "strict"   # with every chapter passing, warnings fail the HTML build (-W)
 
 
 def test_the_failure_message_lists_failed_claims_without_paths():
