@@ -375,3 +375,5 @@ if check_claims:
     claims.check()
 else:
     claims.save()
+print("every gate claim of this chapter has its registered verdict" if check_claims
+      else "claims not checked at this profile")
