@@ -319,7 +319,8 @@ class Chapter:
         if groups["not confirmed"]:
             lines.append("**Not confirmed in this build**: " + "; ".join(groups["not confirmed"]) + ".")
         if groups["reported"]:
-            lines.append("**Reported, not asserted** (too close to call at this scale): "
+            lines.append("**Reported, not asserted** (too close to call at this scale, or not yet confirmed at "
+                         "three base seeds that did not set it): "
                          + "; ".join(groups["reported"]) + ".")
         return "\n\n".join(lines)
 
