@@ -1148,6 +1148,19 @@ def zoo_model(name: str, image_size: int = 32, num_classes: int = 10, seed: int 
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
 
 
+def reasons_by_kind(rows) -> str:
+    """The weights of audit ``rows`` that do not auto-tune, grouped by the kind of reason (:func:`reason_kind`),
+    largest group first, each shown by its first weight with the layer names of its reason, for one Markdown
+    table cell."""
+    groups: dict[str, list] = {}
+    for row in rows:
+        if not row.auto_tunes:
+            groups.setdefault(f"{row.verdict}: {reason_kind(row.reason)}", []).append(row)
+    return "<br>".join(
+        f"{len(g)}× {g[0].verdict}: {g[0].reason} (`{g[0].name}`" + (f" and {len(g) - 1} more)" if len(g) > 1 else ")")
+        for g in sorted(groups.values(), key=len, reverse=True)).replace("|", "/")
+
+
 def reason_kind(reason: str) -> str:
     """A reason without the module names in it, so that reasons can be counted across layers."""
     import re

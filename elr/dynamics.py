@@ -337,6 +337,22 @@ class Trajectory(_ELRView):
         return np.concatenate([np.zeros((1,) + t.shape[1:]), t], axis=0)
 
 
+def reversal_steps(elr: ArrayLike, rtol: float = 1e-9) -> np.ndarray:
+    """Steps i at which some pair of layers with distinct ELRs (to ``rtol``) swaps order by step i + 1.
+
+    ``elr`` has shape (n_steps + 1, L), as :attr:`Trajectory.elr` of one run. Ties (groups the subcritical
+    schedule merged) differ only by rounding and are not an order.
+    """
+    e = np.asarray(elr, dtype=float)
+    out = []
+    for i in range(e.shape[0] - 1):
+        order = np.argsort(e[i], kind="stable")
+        before, after = e[i][order], e[i + 1][order]
+        if np.any((np.diff(before) > rtol * before[1:]) & (np.diff(after) < -rtol * after[1:])):
+            out.append(i)
+    return np.array(out, dtype=int)
+
+
 def simulate(sigma2_0: ArrayLike, c: ArrayLike, lr: LrPolicy, n_steps: int | None = None) -> Trajectory:
     """Iterate the discrete model, Eq. (5), under any learning-rate schedule.
 

@@ -145,23 +145,11 @@ plots.glue("ch06-spread", fig)
 # hand-over, it equalises all layers:
 
 # %%
-def reversal_steps(run: dynamics.Trajectory, rtol: float = 1e-9) -> np.ndarray:
-    """Steps i at which some pair of layers with distinct ELRs (to ``rtol``) swaps order by step i + 1."""
-    out = []
-    for i in range(run.lr.size):
-        order = np.argsort(run.elr[i], kind="stable")
-        before, after = run.elr[i][order], run.elr[i + 1][order]
-        # ties (groups the subcritical schedule merged) differ only by rounding and are not an order
-        if np.any((np.diff(before) > rtol * before[1:]) & (np.diff(after) < -rtol * after[1:])):
-            out.append(i)
-    return np.array(out, dtype=int)
-
-
 growth = {name: float(np.max(run.lr[1:] / run.lr[:-1])) for name, run in runs.items() if name != "subcritical"}
-reversals = {name: reversal_steps(run) for name, run in runs.items()}
+reversals = {name: dynamics.reversal_steps(run.elr) for name, run in runs.items()}
 exp_steps = 8  # a ×3 exponential warm-up that reaches the peak rate in 8 steps
 exp_run = dynamics.simulate(sigma2_start, c, np.minimum(lr_max, dynamics.exponential(steps, lr_max * 3.0**-exp_steps, 3.0)))
-exp_reversals = reversal_steps(exp_run)
+exp_reversals = dynamics.reversal_steps(exp_run.elr)
 late = exp_reversals[exp_reversals >= 1]
 
 # %% tags=["hide-input"]

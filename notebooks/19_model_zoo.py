@@ -74,25 +74,11 @@ seconds = time.time() - start
 
 # %% tags=["hide-input"]
 label = {v: k for k, v in audit.ZOO.items()}
-
-
-def by_reason(rows) -> str:
-    """The weights that do not auto-tune, grouped by the kind of reason, each group shown by its first weight
-    with the layer names of its reason (audit.reason_kind drops the names only to count)."""
-    groups: dict[str, list] = {}
-    for row in rows:
-        if not row.auto_tunes:
-            groups.setdefault(f"{row.verdict}: {audit.reason_kind(row.reason)}", []).append(row)
-    return "<br>".join(
-        f"{len(g)}× {g[0].verdict}: {g[0].reason} (`{g[0].name}`" + (f" and {len(g) - 1} more)" if len(g) > 1 else ")")
-        for g in sorted(groups.values(), key=len, reverse=True)).replace("|", "/")
-
-
 display(Markdown(
     "| model | weights audited | auto-tune | auto-tune while a bias is zero | the others, by reason |\n|---|---|---|---|---|\n"
     + "\n".join(
         f"| {label.get(r['model'], r['model'])} | {r['weights']} | {r['auto_tune']} ({r['fraction']:.0%}) | "
-        f"{sum(row.verdict == 'auto-tunes while zero' for row in r['rows'])} | {by_reason(r['rows'])} |"
+        f"{sum(row.verdict == 'auto-tunes while zero' for row in r['rows'])} | {audit.reasons_by_kind(r['rows'])} |"
         for r in results)))
 fig, ax = plots.plt.subplots(figsize=(6.5, 0.35 * len(results) + 1))
 names = [label.get(r["model"], r["model"]) for r in results]

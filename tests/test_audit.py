@@ -404,3 +404,16 @@ def test_audit_refuses_an_unknown_method_or_projections():
         audit.audit(_Block(), torch.randn(4, 6), method="fast")
     with pytest.raises(ValueError, match="projections must be an integer"):
         audit.audit(_Block(), torch.randn(4, 6), projections=0)
+
+
+def test_reasons_by_kind_groups_the_weights_that_do_not_auto_tune():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4), torch.nn.ReLU(),
+                                torch.nn.Linear(4, 2))
+    rows = audit.audit(model, torch.randn(8, 4, dtype=torch.float64), params="weights")
+    text = audit.reasons_by_kind(rows)
+    broken = [r for r in rows if not r.auto_tunes]
+    assert broken and "|" not in text
+    assert text.count("×") == len({(r.verdict, audit.reason_kind(r.reason)) for r in broken})
+    counts = [int(part.split("×")[0]) for part in text.split("<br>")]
+    assert sum(counts) == len(broken) and counts == sorted(counts, reverse=True)

@@ -278,3 +278,13 @@ def test_a_flip_is_judged_by_the_layers_ranked_before_the_step():
     assert traj.extreme_flips.tolist() == [True]
     calm = dynamics.simulate(np.array([2.0, 2.0]), np.array([1.0, 3.0]), np.full(1, 0.5))
     assert calm.extreme_flips.tolist() == [False]
+
+
+def test_reversal_steps_find_the_steps_at_which_two_layers_swap_order():
+    elr = np.array([[1.0, 2.0, 3.0], [1.5, 2.5, 3.5], [3.0, 2.5, 3.6], [3.0, 2.5, 3.6]])
+    np.testing.assert_array_equal(dynamics.reversal_steps(elr), [1])     # layers 0 and 1 swap in step 1
+    tied = np.array([[1.0, 1.0 + 1e-12, 2.0], [1.0 + 1e-12, 1.0, 2.0]])  # a merged group: rounding, no order
+    assert dynamics.reversal_steps(tied).size == 0
+    # the discrete model at a constant rate below every flipping ratio keeps its order
+    run = dynamics.simulate(np.ones(5), np.linspace(0.1, 1.0, 5), np.full(20, 0.01))
+    assert dynamics.reversal_steps(run.elr).size == 0
