@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import _procs
+
 from elr import cli, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -325,31 +327,6 @@ train.sweep([train.TrainConfig(model="resnet20", steps=steps, batch_size=32, n_t
 '''
 
 
-def _descendants(pid: int) -> set[int]:
-    found, todo = set(), [pid]
-    while todo:
-        parent = todo.pop()
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as fh:
-                        fields = fh.read().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[1]) == parent and int(entry) not in found:
-                    found.add(int(entry))
-                    todo.append(int(entry))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and the parent-death signal")
 def test_kill_9_of_elr_run_mid_sweep_leaves_no_process_behind(tmp_path):
@@ -364,14 +341,14 @@ def test_kill_9_of_elr_run_mid_sweep_leaves_no_process_behind(tmp_path):
     while len(list(tmp_path.glob("runs/*/config.json"))) < 2:  # both workers are training
         assert proc.poll() is None and time.time() < deadline, "elr run ended before its workers trained"
         time.sleep(0.2)
-    family = _descendants(proc.pid)
+    family = _procs.descendants(proc.pid)
     assert len(family) >= 3  # the kernel and two workers (and the pool's resource tracker)
     os.kill(proc.pid, signal.SIGKILL)  # `elr run` only, as a user's kill -9 does
     proc.wait()
     deadline = time.time() + 15
-    while any(_alive(p) for p in family) and time.time() < deadline:
+    while any(_procs.alive(p) for p in family) and time.time() < deadline:
         time.sleep(0.2)
-    survivors = [p for p in family if _alive(p)]
+    survivors = [p for p in family if _procs.alive(p)]
     for p in survivors:  # do not leave them to the rest of the session
         os.kill(p, signal.SIGKILL)
     assert not survivors, f"processes of the killed `elr run` still running: {survivors}"

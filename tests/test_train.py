@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+import _procs
+
 from elr import train
 
 SMALL = dict(model="resnet20", steps=12, batch_size=32, lr=0.2, log_every=2, n_train=256, eval_batches=2)
@@ -306,31 +308,6 @@ def test_digits_are_not_mirrored_by_default_but_natural_images_are():
     assert TrainConfig(dataset="cifar10").flips and not TrainConfig(dataset="cifar10", flip=False).flips
 
 
-def _children(pid: int) -> set[int]:
-    """Every process whose parent is ``pid`` (from /proc)."""
-    import os
-
-    out = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                out.add(int(entry))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="/proc and the parent-death signal")
 def test_a_killed_sweep_leaves_no_pool_worker_behind(tmp_path):
     """kill -9 a sweep with a pool of two: its workers die with it instead of sleeping forever."""
@@ -349,17 +326,17 @@ def test_a_killed_sweep_leaves_no_pool_worker_behind(tmp_path):
     workers: set[int] = set()
     while len(workers) < 2:  # both workers started and training (they have written a run's config)
         assert proc.poll() is None and time.time() < deadline, "the sweep ended before its workers started"
-        workers = {p for p in _children(proc.pid) if "spawn_main" in open(f"/proc/{p}/cmdline").read()}
+        workers = {p for p in _procs.children(proc.pid) if "spawn_main" in open(f"/proc/{p}/cmdline").read()}
         started = list((tmp_path / "runs").glob("*/config.json")) if (tmp_path / "runs").exists() else []
         workers = workers if len(started) >= 2 else set()
         time.sleep(0.1)
-    everyone = _children(proc.pid)
+    everyone = _procs.children(proc.pid)
     os.kill(proc.pid, signal.SIGKILL)  # the process only, as `kill -9 <pid of elr run>` does
     proc.wait()
     deadline = time.time() + 10
-    while any(_alive(p) for p in everyone) and time.time() < deadline:
+    while any(_procs.alive(p) for p in everyone) and time.time() < deadline:
         time.sleep(0.2)
-    survivors = [p for p in everyone if _alive(p)]
+    survivors = [p for p in everyone if _procs.alive(p)]
     for p in survivors:  # do not leave them to the rest of the test session
         os.kill(p, signal.SIGKILL)
     assert not survivors, f"children of the killed sweep still running: {survivors}"
