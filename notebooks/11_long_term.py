@@ -139,7 +139,7 @@ for ax, case in zip(axes.flat, cases):
     plots.layer_paths(r["steps"] + 1, r["predicted"], ax=ax, logx=True, style="--", lw=0.4, alpha=0.5)
     ax.set_title(name[case] + ("" if done[case][0] else ": diverged" + (f" at step {at_step[case][0]}"
                                                                        if at_step[case][0] is not None else "")),
-                 fontsize=9)
+                 fontsize=11)
 for ax in axes[-1]:
     ax.set_xlabel("step + 1")
 plots.add_depth_colorbar(fig, axes[0, -1], compare[cases[0]][0]["measured"].shape[1])
