@@ -162,7 +162,7 @@ def exact_copy(model: nn.Module, eps: float = 1e-30, dtype: torch.dtype = torch.
 
     eps is what breaks invariance: a BatchNorm of a layer scaled by γ normalises by √(γ² var + eps), so its
     output changes by about eps/(2 var) · (1 − 1/γ²). At the default 1e-30 that is below float64's rounding
-    for any variance above about 1e-14, also after a weight is scaled by 1e-3 (chapter 8 measures both).
+    for any variance above about 1e-14, also after a weight is scaled by 1e-3 (chapter 7 measures both).
     """
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")

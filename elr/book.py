@@ -88,7 +88,7 @@ def chapters() -> list[str]:
 
 
 def find_chapter(name: str) -> str:
-    """Resolve '05', '05_large_learning_rates', 'large_learning_rates' or a path to a chapter name."""
+    """Resolve '04', '04_large_learning_rates', 'large_learning_rates' or a path to a chapter name."""
     known = chapters()
     stem = Path(name).stem
     hits = [c for c in known if c == stem or c.split("_", 1)[0] == stem or c.split("_", 1)[1] == stem]

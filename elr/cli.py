@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_robust)
 
     p = sub.add_parser("run", help="execute one chapter into book/chapters/")
-    p.add_argument("chapter", help="e.g. 05, 05_large_learning_rates or large_learning_rates")
+    p.add_argument("chapter", help="e.g. 04, 04_large_learning_rates or large_learning_rates")
     p.add_argument("--profile", default="quick", choices=book.PROFILES)
     p.add_argument("-p", action="append", metavar="NAME=VALUE", help="override one parameter (repeatable)")
     p.add_argument("--fresh", action="store_true", help="retrain runs instead of reusing finished ones in runs/")

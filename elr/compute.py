@@ -84,9 +84,9 @@ def chapter_work(chapter: str, values: dict) -> list[Work]:
                 Work(v["eq_model"], v["dataset"], v["eq_batch_size"], len(v["eq_grid"]) * n, v["eq_steps"])]
     if chapter == "18_transformers":  # the ResNet runs compared with; the Transformer runs are not counted
         return [Work(f"resnet{v['resnet_depth']}", "digits", v["batch_size"], 2 * n, v["steps"])]
-    if chapter == "20_lars":  # four cases; claim 1's float64 runs on the digits MLP are not counted
+    if chapter == "19_lars":  # four cases; claim 1's float64 runs on the digits MLP are not counted
         return [Work(v["model"], v["dataset"], v["batch_size"], 4 * n, v["steps"], v["width"])]
-    return []  # Parts I and III simulate the model; chapter 8 does single forward/backward passes
+    return []  # Parts I and III simulate the model; chapter 7 does single forward/backward passes
 
 
 def measured_throughput(model: str = "resnet20", batch_size: int = 64, reps: int = 3) -> float:

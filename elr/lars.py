@@ -1,4 +1,4 @@
-"""The paper's ELR constraint (Eq. 33) beside LARS (You et al. 2017, timm's ``Lars``): chapter 20.
+"""The paper's ELR constraint (Eq. 33) beside LARS (You et al. 2017, timm's ``Lars``): chapter 19.
 
 At weight decay 0 and with ``always_adapt=True``, timm's ``Lars`` multiplies each adapted parameter's
 gradient g by η‖W‖/(‖g‖ + eps), so the weight moves by ``lr·η`` of its norm each step.
@@ -58,7 +58,7 @@ def trajectory_gap(seed: int, model: str = "bnrelu16", width: int = 64, steps: i
     """The relative gap |L_constraint − L_LARS|/L_LARS of the training loss at every step, for the same
     initialisation and batches (digits, drawn from ``seed``), in float64 with BatchNorm's ε at 1e-30, the
     constraint's ε and LARS's eps at 0, and LARS adapting exactly the constrained weights with η = elr_goal.
-    Zero up to rounding is what the derivation of chapter 20 predicts; anything else would be a difference
+    Zero up to rounding is what the derivation of chapter 19 predicts; anything else would be a difference
     between the two optimisers that the derivation missed."""
     from elr import train
 

@@ -191,7 +191,7 @@ def check_scale_invariance() -> Check:
     num_scale = np.linalg.norm(gs * g - ga) / np.linalg.norm(ga)
     # elr's own networks: every layer elr.nets calls scale-invariant obeys Eqs. (1)-(2) (and Prop. 3.1: scaling
     # it leaves the other layers' gradients alone), measured by elr.audit in float64 with BN's eps at 1e-30,
-    # where what is left is rounding (chapter 8)
+    # where what is left is rounding (chapter 7)
     net_worst = _scaling_residuals_of_elr_nets()
     net_ok = max(net_worst.values()) < 1e-10
     ok = (invariant and orthogonal and inverse and num_inv < 1e-12 and num_orth < 1e-12 and num_scale < 1e-12

@@ -359,7 +359,7 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, invariant: list
 
     LARS with ``always_adapt=True`` scales each adapted parameter's gradient g by η‖W‖/(‖g‖ + wd‖W‖ + 1e-8)
     after adding wd·W, so at ``wd=0`` every adapted weight moves by ``lr·η`` of its norm each step (before
-    momentum): the update ELR the paper's constraint sets with ``lr·elr_goal`` (chapter 20 compares the two).
+    momentum): the update ELR the paper's constraint sets with ``lr·elr_goal`` (chapter 19 compares the two).
     ``lars_scope="invariant"`` adapts only the scale-invariant weights (``invariant``, the ones
     :class:`elr.gradients.ConstrainELR` constrains) and trains every other parameter with plain SGD (a group with
     ``always_adapt=False`` and no weight decay); ``"all"`` adapts every parameter, biases and the classifier

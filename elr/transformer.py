@@ -9,7 +9,7 @@ Henry et al. 2020), :func:`sorting_task` (generated, no download), and
 
 Every linear layer is bias-free, so with QK-norm the query and key weights are
 exactly scale-invariant (a bias before a LayerNorm would break it, see
-chapter 8).
+chapter 7).
 """
 from __future__ import annotations
 

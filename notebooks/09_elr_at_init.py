@@ -18,7 +18,7 @@
 # ```
 #
 # The model of Part I starts from the base gradients of
-# {doc}`03_discrete_model`: $c_i \propto \alpha^{L-i}$ in a feed-forward
+# {doc}`02_discrete_model`: $c_i \propto \alpha^{L-i}$ in a feed-forward
 # BN-ReLU network (the paper's Eq. 6, after {cite}`yang2019meanfield`) and a
 # much flatter profile with shortcuts (Eq. 7). This chapter measures them
 # on freshly initialised networks with `elr.measure` and checks the norm

@@ -16,7 +16,7 @@
 # Part I predicts that training at a constant learning rate lowers the
 # spread of ELRs as long as $\lambda$ stays below the critical rate
 # $\kappa_{\ell h}$, and lowers it most near $\kappa_{\ell h}$
-# ({doc}`05_large_learning_rates`). Both rates can be computed from the ELRs
+# ({doc}`04_large_learning_rates`). Both rates can be computed from the ELRs
 # measured at initialisation. The paper's Figure 4 {cite}`mehmeti2024weight`
 # tests this: it trains a deep network without shortcuts for one pass over
 # the data at many constant learning rates, with random-walk and with real

@@ -112,7 +112,7 @@ display(Markdown(f"SymPy's fixed point: $\\sigma_*^4 = {sp.latex(sp.factor(s_sta
 # $E_*^2 = \mathrm{wd}(2-\lambda\,\mathrm{wd})/\lambda$. Weight decay
 # therefore removes the spread of ELRs entirely, and exponentially fast,
 # where plain SGD only lets it fade like a power of the step count
-# ({doc}`04_gradient_flow`). The step then turns the weight by
+# ({doc}`03_gradient_flow`). The step then turns the weight by
 # $\lambda E_* = \sqrt{\lambda\,\mathrm{wd}(2-\lambda\,\mathrm{wd})} \to \sqrt{2\lambda\,\mathrm{wd}}$,
 # and the whole update, gradient plus decay, has relative size
 # $\lVert\Delta W\rVert/\lVert W\rVert = \sqrt{\lambda^2(E_*^2+\mathrm{wd}^2)} = \sqrt{2\lambda\,\mathrm{wd}}$
@@ -375,7 +375,7 @@ for wd_show in (5e-4, 5e-3):
 # %% [markdown]
 # The paper's Appendix C.1 says that shrinking all weights by $\alpha$ is
 # the same as raising the learning rate by $\alpha$; it is $\alpha^2$ (the
-# {doc}`errata <07_errata>` page shows it).
+# {doc}`errata <06_errata>` page shows it).
 
 # %% [markdown]
 # ## Checks of the model

@@ -25,7 +25,7 @@
 # Write $t_i = i\lambda^2$. Eq. (5) reads
 # $\sigma^2(t_i + \lambda^2) = \sigma^2(t_i) + \lambda^2\,c^2/\sigma^2(t_i)$:
 # one explicit (forward) Euler step of size $h = \lambda^2$ on the gradient
-# flow $\mathrm{d}\sigma^2/\mathrm{d}t = c^2/\sigma^2$ of {doc}`04_gradient_flow`.
+# flow $\mathrm{d}\sigma^2/\mathrm{d}t = c^2/\sigma^2$ of {doc}`03_gradient_flow`.
 # The learning rate is the square root of the solver's step size.
 #
 # A perturbation $\delta$ of $\sigma^2$ is multiplied in one step by

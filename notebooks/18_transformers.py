@@ -88,7 +88,7 @@ for qk in (False, True):
 # feed a softmax, which is not homogeneous, and values, outputs and the MLP
 # write into the residual stream, which carries the unscaled input past
 # them to the next LayerNorm (the failure mode of a residual connection
-# before the normalisation, {doc}`08_scale_invariance`). With QK-norm the
+# before the normalisation, {doc}`07_scale_invariance`). With QK-norm the
 # query and key weights become exactly scale-invariant and nothing else
 # changes. (LayerNorm biases start at zero, so scaling them tests nothing;
 # the audit says so.)

@@ -64,7 +64,7 @@ def _small_batch():
 
 
 def test_scaling_residual_is_linear_in_bn_eps_and_rounding_at_tiny_eps():
-    """Chapter 8's account of the residual: ε's part grows like ε; at ε = 1e-30 what is left scales with the
+    """Chapter 7's account of the residual: ε's part grows like ε; at ε = 1e-30 what is left scales with the
     unit roundoff (float64 against float32)."""
     x, y = _small_batch()
     torch.manual_seed(0)

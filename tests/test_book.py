@@ -29,15 +29,15 @@ def test_every_profile_resolves(name, profile):
 
 
 def test_find_chapter_accepts_number_slug_and_path():
-    assert book.find_chapter("05") == "05_large_learning_rates"
-    assert book.find_chapter("large_learning_rates") == "05_large_learning_rates"
-    assert book.find_chapter("notebooks/05_large_learning_rates.py") == "05_large_learning_rates"
+    assert book.find_chapter("04") == "04_large_learning_rates"
+    assert book.find_chapter("large_learning_rates") == "04_large_learning_rates"
+    assert book.find_chapter("notebooks/04_large_learning_rates.py") == "04_large_learning_rates"
     with pytest.raises(book.ParameterError, match="unknown chapter"):
         book.find_chapter("99")
 
 
 def test_parameters_are_parsed_with_types_and_constraints():
-    params = book.read_parameters("05_large_learning_rates")
+    params = book.read_parameters("04_large_learning_rates")
     assert params["n_layers"].type == "int" and params["n_layers"].constraints == (">= 2",)
     assert "ResNet110" in params["n_layers"].help
 
@@ -51,23 +51,23 @@ def test_parameters_are_parsed_with_types_and_constraints():
 ])
 def test_bad_parameters_are_refused(pair, message):
     with pytest.raises(book.ParameterError, match=message):
-        book.resolve("05", "quick", book.parse_overrides([pair]))
+        book.resolve("04", "quick", book.parse_overrides([pair]))
 
 
 def test_list_parameters_are_checked_elementwise():
     with pytest.raises(book.ParameterError, match="'lrs' must satisfy '> 0'"):
-        book.resolve("04_gradient_flow", "quick", {"lrs": [0.1, -0.2]})
+        book.resolve("03_gradient_flow", "quick", {"lrs": [0.1, -0.2]})
     with pytest.raises(book.ParameterError, match="non-empty list"):
-        book.resolve("04_gradient_flow", "quick", {"lrs": []})
+        book.resolve("03_gradient_flow", "quick", {"lrs": []})
     with pytest.raises(book.ParameterError, match="%6==2"):
-        book.resolve("03_discrete_model", "quick", {"resnet_depths": [51]})
-    assert book.resolve("04_gradient_flow", "quick", {"lrs": [1, 0.5]})["lrs"] == [1.0, 0.5]
+        book.resolve("02_discrete_model", "quick", {"resnet_depths": [51]})
+    assert book.resolve("03_gradient_flow", "quick", {"lrs": [1, 0.5]})["lrs"] == [1.0, 0.5]
 
 
 @pytest.mark.parametrize("chapter, pair, message", [
     ("10", "n_seeds=10**9", r"chapter 10_short_term: 14,000,000,000 runs \(n_seeds=1000000000\).*more than this machine"),
     ("12", "depth=1000004", "parameter 'depth' of chapter 12_criticality: .*cannot be built on this machine"),
-    ("03", "resnet_depths=[20, 1000004]", "parameter 'resnet_depths' .*cannot be built"),
+    ("02", "resnet_depths=[20, 1000004]", "parameter 'resnet_depths' .*cannot be built"),
     ("10", "steps=10**12", "parameter 'steps' of chapter 10_short_term must be at most 10,000,000"),
     ("10", "seed=2**64", "parameter 'seed' of chapter 10_short_term must fit in 64 bits"),
     ("10", "seed=2**63-2", "seed \\+ n_seeds of chapter 10_short_term must stay below 2\\*\\*63"),
@@ -83,7 +83,7 @@ def test_timeouts_are_whole_seconds_and_bounded(value, capsys):
     if float(value) > 0 and value not in ("inf", "1e308"):
         assert book.chapter_timeout(float(value)) == 31
         return
-    assert cli.main(["run", "05", "--timeout", value]) == 2
+    assert cli.main(["run", "04", "--timeout", value]) == 2
     err = capsys.readouterr().err
     assert "the chapter timeout must be a number of seconds in (0, 2,000,000]" in err and "Traceback" not in err
 
@@ -104,14 +104,14 @@ def test_banner_values_are_shown_never_read_as_markup(scratch_book):
 
 def test_unknown_profile_and_profile_override_are_refused():
     with pytest.raises(book.ParameterError, match="unknown profile"):
-        book.resolve("05", "huge")
+        book.resolve("04", "huge")
     with pytest.raises(book.ParameterError, match="--profile"):
-        book.resolve("05", "quick", {"profile": "paper"})
+        book.resolve("04", "quick", {"profile": "paper"})
 
 
 def test_elr_run_with_bad_parameter_fails_fast_with_a_clear_message():
     env = dict(os.environ)
-    proc = subprocess.run([sys.executable, "-m", "elr.cli", "run", "05", "-p", "lr_decades=-3"],
+    proc = subprocess.run([sys.executable, "-m", "elr.cli", "run", "04", "-p", "lr_decades=-3"],
                           capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 2
     assert "parameter 'lr_decades' must satisfy '> 0'" in proc.stderr

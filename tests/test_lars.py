@@ -60,7 +60,7 @@ def test_the_scope_decides_which_parameters_lars_adapts(tmp_path):
 
 
 def test_timm_lars_at_weight_decay_zero_without_always_adapt_is_plain_sgd():
-    # what chapter 20 tells its readers about timm's defaults
+    # what chapter 19 tells its readers about timm's defaults
     from timm.optim import Lars
 
     torch.manual_seed(0)

@@ -152,10 +152,10 @@ def test_paper_file_checks(tmp_path):
     bad.write_text(base.format(chapters="[]", scale="", why=""))
     with pytest.raises(scoreboard.PaperFileError, match="untested"):
         scoreboard.load_paper(bad)
-    bad.write_text(base.format(chapters='["06_warmup"]', scale="", why="GPU"))
+    bad.write_text(base.format(chapters='["05_warmup"]', scale="", why="GPU"))
     with pytest.raises(scoreboard.PaperFileError, match="names no chapters"):
         scoreboard.load_paper(bad)
-    bad.write_text(base.format(chapters='["06_warmup"]', scale="model", why="") + "extra = 1\n")
+    bad.write_text(base.format(chapters='["05_warmup"]', scale="model", why="") + "extra = 1\n")
     with pytest.raises(scoreboard.PaperFileError, match="unknown extra"):
         scoreboard.load_paper(bad)
 

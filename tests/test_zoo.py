@@ -16,7 +16,7 @@ def _size(name):
     if name.startswith("vit_"):  # built for the size asked: the smallest multiple of the patch >= 32
         patch = int(name.rsplit("_", 1)[1])
         return patch * -(-32 // patch)
-    if name.startswith("swin"):  # pads to its windows: 32 works (chapter 19 audits Swin-T at 32)
+    if name.startswith("swin"):  # pads to its windows: 32 works (chapter 8 audits Swin-T at 32)
         return 32
     if name == "inception_v3":  # in train mode its auxiliary classifier needs 299 (283 fails; 75 is eval's minimum)
         return 299

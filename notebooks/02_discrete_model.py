@@ -58,7 +58,7 @@ plots.setup()
 # SymPy on a batch of three samples and a layer of two weights, then in
 # floating point at a random $W$, and then on every layer that `elr.nets`
 # calls scale-invariant in three small networks of its own, measured by
-# `elr.audit.scaling_checks` (chapter 8 measures the full-size ones):
+# `elr.audit.scaling_checks` (chapter 7 measures the full-size ones):
 
 # %%
 invariance = symbolic.check_scale_invariance()
@@ -261,7 +261,7 @@ display(Markdown(f"Spread before: {one_step.spread[0]:.2f}; after one step: {one
 #
 # Layers whose ELR was above $1/\lambda$ overshoot: their new ELR ends up
 # *below* that of layers that started lower. Chapter
-# {doc}`05_large_learning_rates` makes this precise.
+# {doc}`04_large_learning_rates` makes this precise.
 #
 # ## Checks
 #

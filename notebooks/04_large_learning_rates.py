@@ -175,7 +175,7 @@ print(once.report())
 # be taken off it. (The cruder $x_k^2 \ge 2k$ gives a needless extra
 # $\tfrac12$.)
 #
-# which replaces the paper's Eq. 42 (see {doc}`07_errata`). Both bounds grow
+# which replaces the paper's Eq. 42 (see {doc}`06_errata`). Both bounds grow
 # like $2n$, so $x_n/\sqrt{2n} \to 1$ for every layer and every ratio of ELRs
 # $E_j/E_k = x^{(k)}_n/x^{(j)}_n \to 1$. Numerically the remainder settles:
 # $x_n^2 = x_0^2 + 2n + \tfrac12\ln n + O(1)$.
@@ -212,7 +212,7 @@ plots.glue("ch05-n-asymptotic", f"{n_asymptotic:,}")
 # ## The spread after a few steps, against the learning rate
 #
 # How does one choose $\lambda$ for the first steps? Take the profile of a
-# deep network without shortcuts from {doc}`03_discrete_model`, start every
+# deep network without shortcuts from {doc}`02_discrete_model`, start every
 # layer at $\sigma^2 = 2$, run the discrete model for a few steps at a
 # constant $\lambda$ and measure the relative spread $S_{rel}$ of the ELRs.
 
@@ -256,7 +256,7 @@ print(f"κ_ℓh(0) = {kappa_crit:.3e}, κ_hh'(0) = {kappa_sub:.3e}; the smallest
 # spaced between the two extremes, so the map folds it onto itself and pairs
 # every layer with its mirror image. The subcritical rate $\kappa_{hh'}(0)$
 # is far smaller: it equalises only the two top layers per step, but it never
-# overshoots (chapter {doc}`06_warmup`).
+# overshoots (chapter {doc}`05_warmup`).
 #
 # ## Checks
 

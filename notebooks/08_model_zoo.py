@@ -14,7 +14,7 @@
 # # Which weights auto-tune in torchvision's models
 #
 # The paper's analysis covers the weights whose scale a normalisation
-# absorbs ({doc}`08_scale_invariance`). How much of a modern network is
+# absorbs ({doc}`07_scale_invariance`). How much of a modern network is
 # that? This chapter runs `elr.audit` on torchvision's classification
 # models at random initialisation (`weights=None`, nothing downloaded) and
 # counts, for the weights of linear and convolution layers, which auto-tune

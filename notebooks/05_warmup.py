@@ -13,7 +13,7 @@
 # %% [markdown]
 # # Warm-up in the model
 #
-# Chapter {doc}`05_large_learning_rates` showed that a step above the
+# Chapter {doc}`04_large_learning_rates` showed that a step above the
 # critical rate $\kappa_{\ell h}$ flips the ELRs of the extreme layers. At
 # initialisation the critical rate of a deep network without shortcuts is
 # tiny, so almost any sensible learning rate is super-critical in the first
@@ -47,7 +47,7 @@ plots.setup()
 # ELRs. Since $E_hE_{h'} \ge E_jE_k$ for every other pair, this is the
 # smallest flipping ratio of all, so no ratio flips. The top two ELRs become
 # equal, and equal ELRs stay equal (the ELR map of
-# {doc}`05_large_learning_rates` depends on $E$ alone). Each step therefore
+# {doc}`04_large_learning_rates` depends on $E$ alone). Each step therefore
 # merges the top group with the next ELR: $L$ distinct ELRs agree after
 # $L - 1$ steps. The schedule needs no hyper-parameter: it reads the rate off
 # the current ELRs.
@@ -131,7 +131,7 @@ plots.glue("ch06-spread", fig)
 # $\lambda_i$ lifts every flipping ratio to at least $2\lambda_i$: by Eq. (50)
 # of the paper's proof of Prop. A.1 and $E_j/E_k + E_k/E_j \ge 2$,
 # $\kappa_{jk}^2(t_{i+1}) \ge (\kappa_{jk} + \lambda_i^2/\kappa_{jk})^2 \ge
-# 4\lambda_i^2$ (chapter {doc}`05_large_learning_rates`). So a schedule that at most doubles from one step to the next,
+# 4\lambda_i^2$ (chapter {doc}`04_large_learning_rates`). So a schedule that at most doubles from one step to the next,
 # $\lambda_{i+1} \le 2\lambda_i$, can reverse a pair only in its first step.
 # The four fixed schedules here meet it (the linear warm-up doubles exactly
 # once, from its first step to its second); the subcritical one never

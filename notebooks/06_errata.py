@@ -120,7 +120,7 @@ display(Markdown("R over steps with λ = κ, then 0.3, then 5: " + ", ".join(f"{
 # **True.** $x_j^2 \ge 2(j-1)$ (from $x_{k+1}^2 = x_k^2 + 2 + 1/x_k^2$), while
 # $x_j \ge 2(j-1)$ is false from $j = 3$ on whenever $x_1$ is of order one.
 # The book states and proves the bound {eq}`ch05-bounds` of
-# {doc}`05_large_learning_rates` instead. We also evaluated the printed
+# {doc}`04_large_learning_rates` instead. We also evaluated the printed
 # Eq. (42), reading $u_1$ as $x_1$, on a grid of starting points: it holds
 # there, although it does not follow from Eq. (41) as printed.
 
@@ -227,7 +227,7 @@ display(Markdown(f"Mean squared norm over {n_draws} draws of a {shape} weight: p
 # $\max(\gamma a, \gamma b) = \gamma\max(a, b)$ for $\gamma > 0$, so it keeps
 # auto rate-tuning, like ReLU. A bias breaks it before a LayerNorm but not
 # before a BatchNorm, whose subtraction of the batch mean removes any
-# per-channel constant. The audit of {doc}`08_scale_invariance` measures
+# per-channel constant. The audit of {doc}`07_scale_invariance` measures
 # both (float64, $\epsilon = 10^{-30}$):
 
 # %%
@@ -251,7 +251,7 @@ display(Markdown("| between W and its normalisation | paper | after BatchNorm (m
 # $\gamma \approx 0.577$. The integral test gives $H_{n-1} \le 1 + \ln(n-1)$
 # instead (the first term, then $\sum_{k=2}^{n-1} 1/k \le \int_1^{n-1}dx/x$).
 # The extra constant is absorbed into the constant of Eq. (42), so the limit
-# (43) and Theorem 3.6 stand. {doc}`05_large_learning_rates` derives the
+# (43) and Theorem 3.6 stand. {doc}`04_large_learning_rates` derives the
 # bound by a route that avoids the slip ($x_k^2 \ge 2k + 2$ after the first
 # step) and checks it.
 

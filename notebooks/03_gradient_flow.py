@@ -14,7 +14,7 @@
 # # Gradient flow: the closed form and convergence
 #
 # For small learning rates the discrete model of
-# {doc}`03_discrete_model` becomes an ordinary differential equation that can
+# {doc}`02_discrete_model` becomes an ordinary differential equation that can
 # be solved exactly (the paper's Theorem 3.4). Its solution shows that all
 # effective learning rates end up equal (Theorem 3.5), however far apart
 # they start {cite}`mehmeti2024weight`. This chapter derives both with SymPy
@@ -100,7 +100,7 @@ print(limit.report())
 # The discrete model is one explicit Euler step of {eq}`ch04-ode` with step
 # size $h = \lambda^2$ (per step, in $\sigma^2$). Below, every layer of a
 # feed-forward BN-ReLU profile of $L$ layers starts from $\sigma_0^2 = 2$ with
-# the base gradients of {doc}`03_discrete_model`, and the discrete model at
+# the base gradients of {doc}`02_discrete_model`, and the discrete model at
 # several learning rates runs to the same time $t_{max}$ as the flow.
 
 # %%
@@ -138,7 +138,7 @@ plots.glue("ch04-kappa", f"{kappa0:.3g}")
 #
 # At the smallest learning rate the two models cannot be told apart. At a
 # learning rate near the critical rate $\kappa_{\ell h}(0)$ (chapter
-# {doc}`05_large_learning_rates`), the first step already pushes the lowest
+# {doc}`04_large_learning_rates`), the first step already pushes the lowest
 # layers' ELRs far below the flow's, and the discrete model needs a long time
 # to rejoin it. Euler's method is first-order in its step $h = \lambda^2$,
 # so the error at a fixed time should shrink like $\lambda^2$:

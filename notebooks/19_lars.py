@@ -48,7 +48,7 @@
 # division by $m$. For a weight that a normalisation makes scale-invariant,
 # dividing all such weights by one number $m$ changes neither the network's
 # function nor the direction of any gradient (the gradient scales as $1/m$,
-# {doc}`08_scale_invariance`). So in exact arithmetic, with both
+# {doc}`07_scale_invariance`). So in exact arithmetic, with both
 # $\varepsilon$'s at zero and LARS adapting exactly the constrained weights,
 # the two optimizers visit the same functions: the constraint's weights
 # are LARS's divided by one number per step.
@@ -217,18 +217,18 @@ plots.glue("ch20-lars", fig)
 
 # %%
 target = lr * elr_goal
-claims = claims_mod.Chapter("20_lars", seed=seed)
-claims.worst("20.float64-same-losses", gaps.max(axis=1))
-claims.worst("20.constraint-step", [lars.update_deviation(r.records, target) for r in runs["constraint"]])
-claims.worst("20.lars-step", [lars.update_deviation(r.records, target) for r in lars_runs])
-claims.worst("20.lars-norm-law", [lars.norm_law_deviation(r.records, lr, elr_goal) for r in lars_runs])
-claims.worst("20.constraint-largest-norm",
+claims = claims_mod.Chapter("19_lars", seed=seed)
+claims.worst("19.float64-same-losses", gaps.max(axis=1))
+claims.worst("19.constraint-step", [lars.update_deviation(r.records, target) for r in runs["constraint"]])
+claims.worst("19.lars-step", [lars.update_deviation(r.records, target) for r in lars_runs])
+claims.worst("19.lars-norm-law", [lars.norm_law_deviation(r.records, lr, elr_goal) for r in lars_runs])
+claims.worst("19.constraint-largest-norm",
              [np.max(np.abs(lars.largest_norm(r.records) - 1)) for r in runs["constraint"]])
-claims.paired("20.same-accuracy", acc["constraint"], acc["LARS, constrained weights"])
-claims.paired("20.all-parameters-accuracy", acc["LARS, every parameter"], acc["constraint"])
+claims.paired("19.same-accuracy", acc["constraint"], acc["LARS, constrained weights"])
+claims.paired("19.all-parameters-accuracy", acc["LARS, every parameter"], acc["constraint"])
 display(Markdown(claims.table()))
 plots.glue("ch20-verdicts", Markdown(claims.summary()))
-c4, c5 = claims.get("20.same-accuracy"), claims.get("20.all-parameters-accuracy")
+c4, c5 = claims.get("19.same-accuracy"), claims.get("19.all-parameters-accuracy")
 m = 100 * c4.threshold
 plots.glue("ch20-claim4", (
     f"The mean paired difference of test accuracy, constraint − LARS, is {100 * c4.interval.estimate:+.1f} points, "
