@@ -516,3 +516,49 @@ def propose_roles(directory: str | Path, registry: dict[str, Entry] | None = Non
     for k in candidates:
         out[k]["gate"] = True
     return out
+
+
+def confirm(candidates: Sequence[str], directories: Sequence[str | Path],
+            registry: dict[str, Entry] | None = None) -> dict[str, dict[str, Any]]:
+    """Whether each candidate gate claim met its expectation in each confirmation build, decided as the gate it
+    would be there: at the Bonferroni level of its chapter's candidates, with Student's t.
+
+    ``directories`` hold the claims records of builds at base seeds that did not set the expectation (a build
+    whose base seed is in a claim's ``set_by`` is refused for that claim). Returns ``{id: {"held": [seeds],
+    "missed": [(seed, verdicts)], "missing": [directories without it], "gate": bool}}``, where ``gate`` means
+    the claim held in every build that evaluated it, at ``MIN_CONFIRMATIONS`` or more distinct base seeds.
+    """
+    reg = load() if registry is None else registry
+    unknown = [k for k in candidates if k not in reg]
+    if unknown:
+        raise RegistryError(f"unknown claim id(s) {unknown}")
+    out = {k: {"held": [], "missed": [], "missing": [], "gate": False} for k in candidates}
+    for d in directories:
+        records = read_records(d)
+        family: dict[str, int] = {}
+        rows = {}
+        for k in candidates:
+            e = reg[k]
+            rows[k] = [r for r in records.get(e.chapter, {}).get("claims", []) if r["id"] == k]
+            if e.kind in _FAMILY_KINDS:
+                family[e.chapter] = family.get(e.chapter, 0) + len(rows[k])
+        for k in candidates:
+            e = reg[k]
+            if not rows[k]:
+                out[k]["missing"].append(str(d))
+                continue
+            seed = records[e.chapter].get("seed")
+            if seed is None or seed in e.set_by:
+                raise ValueError(f"claim {k}: the build in {d} ran at base seed {seed}, which "
+                                 + ("is not recorded" if seed is None else "set its expectation")
+                                 + "; a confirmation needs a base seed of its own")
+            m = family.get(e.chapter, 1) if e.kind in _FAMILY_KINDS else 1
+            confidence = 1 - FWER / m if e.kind in _FAMILY_KINDS else 0.95
+            decided = [_reclaim(r, e, confidence) for r in rows[k]]
+            if all(c.ok for c in decided):
+                out[k]["held"].append(int(seed))
+            else:
+                out[k]["missed"].append((int(seed), [c.verdict for c in decided]))
+    for k, o in out.items():
+        o["gate"] = not o["missed"] and len(set(o["held"])) >= MIN_CONFIRMATIONS
+    return out

@@ -68,6 +68,16 @@ def _cmd_claims(args) -> int:
             print(f"  {claim_id:40s} {'gate' if p['gate'] else 'report':6s} {p['why']}")
         gates = [p["p_flip"] for p in proposal.values() if p["gate"]]
         print(f"  {len(gates)} gate claims, sum of P(flip) {100 * sum(gates):.2f} %")
+        if len(dirs) > 1:
+            candidates = [k for k, p in proposal.items() if p["gate"]]
+            done = claims.confirm(candidates, dirs[1:])
+            print(f"\nconfirmations of the candidates in {', '.join(dirs[1:])} (decided as gates):")
+            for claim_id, c in done.items():
+                missed = "; ".join(f"seed {s}: {v}" for s, v in c["missed"])
+                print(f"  {claim_id:40s} {'gate' if c['gate'] else 'report':6s} held at {sorted(c['held'])}"
+                      + (f"; missed at {missed}" if missed else "") + (f"; not in {c['missing']}" if c["missing"] else ""))
+            confirmed = [proposal[k]["p_flip"] for k, c in done.items() if c["gate"]]
+            print(f"  {len(confirmed)} confirmed gate claims, sum of P(flip) {100 * sum(confirmed):.2f} %")
     return 0
 
 
@@ -306,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
                                       "flip probability, and the role the gate rule allows (notebooks/claims.toml)")
     p.add_argument("dirs", nargs="*", help="claims records of executed builds (default: book/chapters/claims)")
     p.add_argument("--propose", action="store_true", help="the roles the gate rule allows, from the pilot "
-                   "records in the first directory (each candidate decided again at its gate's Bonferroni level)")
+                   "records in the first directory (each candidate decided again at its gate's Bonferroni level); "
+                   "further directories are confirmation builds, at base seeds of their own")
     p.set_defaults(func=_cmd_claims)
 
     p = sub.add_parser("data", help="download a data set (needs network access)")

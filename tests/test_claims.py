@@ -204,3 +204,33 @@ def test_roles_are_proposed_at_the_gates_own_level_and_within_the_flip_budget(tm
     assert proposal["99.far"]["gate"] and proposal["99.far"]["p_flip"] < claims.MAX_FLIP
     assert not proposal["99.near"]["gate"] and "P(flip)" in proposal["99.near"]["why"]
     assert not proposal["99.vague"]["gate"] and "not a definite verdict" in proposal["99.vague"]["why"]
+
+
+def _build(tmp_path, reg, seed, shift, name):
+    """One build of the demo chapter at a base seed: claim 99.a measures a paired gap of ``shift``."""
+    ch = claims.Chapter("99_demo", seed=seed, registry=reg, out_dir=tmp_path / name)
+    x = np.random.default_rng(seed).normal(0.0, 1.0, 6)
+    ch.paired("99.a", x + shift, x + np.random.default_rng(seed + 1).normal(0.0, 0.3, 6))
+    ch.save()
+    return tmp_path / name
+
+
+def test_a_candidate_gates_only_after_holding_at_three_base_seeds_of_its_own(tmp_path):
+    reg = _registry(tmp_path, [dict(ENTRY, role="report", set_by=[100])])
+    good = [_build(tmp_path, reg, s, 10.0, f"b{s}") for s in (2000, 3000, 4000)]
+    done = claims.confirm(["99.a"], good, reg)["99.a"]
+    assert done["gate"] and sorted(done["held"]) == [2000, 3000, 4000] and not done["missed"]
+    # two builds are not enough
+    assert not claims.confirm(["99.a"], good[:2], reg)["99.a"]["gate"]
+    # one build where the gap is gone: the claim missed there, and it may not gate however many others held
+    bad = _build(tmp_path, reg, 5000, -10.0, "b5000")
+    done = claims.confirm(["99.a"], good + [bad], reg)["99.a"]
+    assert not done["gate"] and done["missed"] == [(5000, ["fails"])]
+    # the pilot's own base seed confirms nothing
+    pilot = _build(tmp_path, reg, 100, 10.0, "pilot")
+    with pytest.raises(ValueError, match="base seed 100, which set its expectation"):
+        claims.confirm(["99.a"], good + [pilot], reg)
+    # a build that did not evaluate the claim is named, not counted
+    (tmp_path / "empty").mkdir()
+    done = claims.confirm(["99.a"], good[:2] + [tmp_path / "empty"], reg)["99.a"]
+    assert not done["gate"] and done["missing"] == [str(tmp_path / "empty")]
