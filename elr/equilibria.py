@@ -22,8 +22,23 @@ class Approach:
 
     steps: np.ndarray      # (L,) first logged step with |s − s*| <= fraction·|s0 − s*|
     plateau: np.ndarray    # (L,) s* = mean of ‖W‖⁴ over the tail
-    drift: np.ndarray      # (L,) relative change of mean ‖W‖² between the two halves of the tail (small = settled)
+    drift: np.ndarray      # (L,) relative change of mean ‖W‖² between the two halves of the tail
     half_steps: int        # steps between the starts of the two halves of the tail (what ``drift`` spans)
+    tail_start: int        # the first logged step of the tail (where ``plateau`` is averaged)
+    tail_change: np.ndarray  # (L,) change of mean ‖W‖⁴ between the two halves of the tail, over |s0 − s*|
+    fraction: float = float(np.exp(-2.0))  # the part of its gap a layer may still have left at ``steps``
+
+    @property
+    def settled(self) -> bool:
+        """The approach is over: every layer closed all but ``fraction`` of its gap to the plateau before half
+        the tail's first step (so it had as long again, before the tail, to close the rest: to e⁻⁴ of it in the
+        model), and its plateau moves between the tail's two halves by less than ``fraction`` of the whole
+        approach, |s0 − s*|.
+
+        Both parts are measured on the approach's own scale, so the slow drift of the equilibrium norm itself
+        (σ*² = c/E* follows the base gradient c as the loss falls) does not read as unsettled, while a run still
+        on its way down, whose e⁻² point comes late, does."""
+        return bool(np.all(2 * self.steps < self.tail_start) and np.all(self.tail_change < self.fraction))
 
 
 def approach(steps: np.ndarray, weight_norm: np.ndarray, tail: float = 0.2,
@@ -45,8 +60,10 @@ def approach(steps: np.ndarray, weight_norm: np.ndarray, tail: float = 0.2,
     first = np.where(within.any(axis=0), np.argmax(within, axis=0), len(w) - 1)
     half = n_tail // 2
     drift = np.abs(np.mean(w[-half:] ** 2, axis=0) / np.mean(w[-n_tail:-half] ** 2, axis=0) - 1)
+    tail_change = np.abs(s[-half:].mean(axis=0) - s[-n_tail:-half].mean(axis=0)) / np.abs(s[0] - plateau)
     steps = np.asarray(steps)
-    return Approach(steps=steps[first], plateau=plateau, drift=drift, half_steps=int(steps[-1] - steps[-1 - half]))
+    return Approach(steps=steps[first], plateau=plateau, drift=drift, half_steps=int(steps[-1] - steps[-1 - half]),
+                    tail_start=int(steps[-n_tail]), tail_change=tail_change, fraction=fraction)
 
 
 def tail_rms(values: np.ndarray, tail: float = 0.2) -> np.ndarray:
@@ -89,14 +106,14 @@ def tail_spread(elr: np.ndarray, tail: float = 0.2) -> float:
 def summary(records, lr: float, wd: float, tail: float = 0.2) -> dict[str, Any]:
     """One run with weight decay against the model's equilibrium (chapter 14): per layer, the root mean squares
     over the last ``tail`` of the run of ‖ΔW‖/‖W‖ (``angular``) and of the ELR (``elr``) beside the predicted
-    ``angular_pred`` and ``elr_pred``; ``drift`` (the largest of :func:`approach`'s), ``settled`` (the drift below
-    a fifth of what the approach would still change over the tail), ``t_eq`` (the median over layers of the
-    steps to equilibrium) beside ``t_pred`` (2·relaxation_steps), and ``spread_end`` (:func:`tail_spread`)."""
+    ``angular_pred`` and ``elr_pred``; ``drift`` and ``tail_change`` (the largest over layers of
+    :func:`approach`'s), ``settled`` (:attr:`Approach.settled`), ``t_eq`` (the median over layers of the steps to
+    equilibrium) beside ``t_pred`` (2·relaxation_steps), and ``spread_end`` (:func:`tail_spread`)."""
     logged, w = records.matrix("weight_norm")
     e = records.matrix("elr_grad")[1]
     eq, appr = dynamics.equilibrium(lr, wd), approach(logged, w, tail=tail)
     return {"angular": tail_rms(records.matrix("elr_update")[1], tail), "elr": tail_rms(e, tail),
             "angular_pred": eq.angular, "elr_pred": eq.elr, "drift": float(appr.drift.max()),
-            "settled": bool(appr.drift.max() < 0.2 * (1 - (1 - lr * wd) ** (2 * appr.half_steps))),
+            "tail_change": float(appr.tail_change.max()), "settled": appr.settled,
             "t_eq": float(np.median(appr.steps)), "t_pred": 2 * float(dynamics.relaxation_steps(lr, wd)),
             "spread_end": tail_spread(e, tail)}
