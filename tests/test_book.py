@@ -21,6 +21,21 @@ def test_chapters_are_in_the_toc():
     assert len(CHAPTERS) >= 5
 
 
+def test_sidebar_numbers_follow_the_file_numbers():
+    """Jupyter Book numbers the pages of the numbered parts in one sequence (notation is 1); a chapter's number
+    there, its file's prefix and its `elr run` name must agree."""
+    import yaml
+
+    toc = yaml.safe_load((book.ROOT / "_toc.yml").read_text())
+    numbered = [entry["file"] for part in toc["parts"] if part.get("numbered") for entry in part["chapters"]]
+    assert numbered[0] == "book/notation"
+    chapters_in_order = [f.rsplit("/", 1)[-1] for f in numbered[1:]]
+    assert sorted(chapters_in_order) == sorted(CHAPTERS)  # every chapter is numbered, none twice
+    for number, name in enumerate(chapters_in_order, start=2):
+        assert name.startswith(f"{number:02d}_"), f"{name} is number {number} in the sidebar"
+        assert book.find_chapter(f"{number:02d}") == name
+
+
 @pytest.mark.parametrize("name", CHAPTERS)
 @pytest.mark.parametrize("profile", book.PROFILES)
 def test_every_profile_resolves(name, profile):
