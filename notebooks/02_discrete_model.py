@@ -45,14 +45,14 @@ plots.setup()
 #
 # $$
 # \nabla_W \mathcal{L}\,(\gamma W) = \frac{1}{\gamma}\,\nabla_W \mathcal{L}\,(W),
-# $$ (ch03-inverse-scaling)
+# $$ (ch02-inverse-scaling)
 #
 # and differentiating it with respect to $\gamma$ at $\gamma = 1$ (Euler's
 # theorem for functions homogeneous of degree zero) gives **orthogonality**,
 #
 # $$
 # \langle \nabla_W \mathcal{L}, W \rangle = 0 .
-# $$ (ch03-orthogonality)
+# $$ (ch02-orthogonality)
 #
 # These are the paper's Eqs. (1) and (2). `elr.symbolic` checks them with
 # SymPy on a batch of three samples and a layer of two weights, then in
@@ -68,9 +68,9 @@ print(invariance.report())
 # ## One SGD step grows the weight norm
 #
 # An SGD step is $W \leftarrow W - \lambda \nabla W$. By
-# {eq}`ch03-orthogonality` the two terms are orthogonal, so Pythagoras gives
+# {eq}`ch02-orthogonality` the two terms are orthogonal, so Pythagoras gives
 # $\lVert W_{new}\rVert^2 = \lVert W\rVert^2 + \lambda^2 \lVert\nabla W\rVert^2$:
-# the weight norm can only grow. By {eq}`ch03-inverse-scaling` the gradient
+# the weight norm can only grow. By {eq}`ch02-inverse-scaling` the gradient
 # norm falls as the weight norm grows. The paper models this with two
 # assumptions: weights and gradients behave like random matrices with
 # i.i.d. entries, and the **base gradient**
@@ -81,7 +81,7 @@ print(invariance.report())
 #
 # $$
 # \sigma^2(t_{i+1}) = \sigma^2(t_i) + \frac{\lambda^2 c^2}{\sigma^2(t_i)} .
-# $$ (ch03-discrete)
+# $$ (ch02-discrete)
 #
 # The **effective learning rate** of a layer is the relative size of its
 # gradient, $E = \lVert \nabla W\rVert/\lVert W\rVert = c/\sigma^2$ (Def. 3.2):
@@ -98,14 +98,14 @@ print(invariance.report())
 #
 # $$
 # c_i \propto \alpha^{L-i}.
-# $$ (ch03-feedforward)
+# $$ (ch02-feedforward)
 #
 # In a residual network the gradients of the blocks add instead of multiply
 # {cite}`he2016deep`, and with $s$ ReLUs per block the paper's Eq. (7) reads
 #
 # $$
 # c_i \propto 1 + \left\lfloor \frac{L-i}{s} \right\rfloor \alpha^{s} .
-# $$ (ch03-resnet)
+# $$ (ch02-resnet)
 #
 # The paper's experiments use CIFAR ResNet v1 networks of depth 56 and 110,
 # with shortcuts ("Short", basic blocks with $s = 2$) and without ("NoShort",
@@ -123,23 +123,23 @@ kappa56 = float(dynamics.critical_lr(dynamics.elr(dynamics.SIGMA2_HE,
 
 # %% tags=["hide-input"]
 fig = plots.layer_profiles(profiles, ylabel="initial base gradient $c_i$ (top layer = 1)")
-plots.glue("ch03-base-gradients", fig)
-plots.glue("ch03-depths", ", ".join(str(d) for d in resnet_depths))
-plots.glue("ch03-kappa56", f"{kappa56:.3g}")  # κ_ℓh(0) of ResNet56 NoShort in model units (c_L = 1)
+plots.glue("ch02-base-gradients", fig)
+plots.glue("ch02-depths", ", ".join(str(d) for d in resnet_depths))
+plots.glue("ch02-kappa56", f"{kappa56:.3g}")  # κ_ℓh(0) of ResNet56 NoShort in model units (c_L = 1)
 
 # %% [markdown]
-# ```{glue:figure} ch03-base-gradients
-# :name: fig-ch03-base-gradients
+# ```{glue:figure} ch02-base-gradients
+# :name: fig-ch02-base-gradients
 #
-# Initial base gradients $c_i$ of CIFAR ResNets of depth {glue:text}`ch03-depths`, from
-# {eq}`ch03-feedforward` (NoShort) and {eq}`ch03-resnet` with $s = 2$ (Short), normalised so
+# Initial base gradients $c_i$ of CIFAR ResNets of depth {glue:text}`ch02-depths`, from
+# {eq}`ch02-feedforward` (NoShort) and {eq}`ch02-resnet` with $s = 2$ (Short), normalised so
 # that the top layer has $c_L = 1$. The model only; no network was trained or measured here.
 # ```
 #
 # Without shortcuts the gradient of the lowest layer of ResNet110 is
 # $\alpha^{108} \approx 10^{9}$ times that of the top layer; with shortcuts the
 # excursion is linear in depth instead of exponential
-# ({numref}`fig-ch03-base-gradients`). All layers start from the same
+# ({numref}`fig-ch02-base-gradients`). All layers start from the same
 # per-unit weight norm $\sigma^2(0) = 2$ (He initialisation), so the initial
 # ELRs $E_i = c_i/2$ inherit this spread.
 #
@@ -155,7 +155,7 @@ plots.glue("ch03-kappa56", f"{kappa56:.3g}")  # κ_ℓh(0) of ResNet56 NoShort i
 # top-layer base gradient $c_L = \lVert W_L\rVert\lVert\nabla W_L\rVert$ to
 # convert it, or compare rates through $\lambda/\kappa_{\ell h}$, which has
 # no unit. This is why Part I's critical rate for ResNet56 without
-# shortcuts is {glue:text}`ch03-kappa56`, while the rate measured on a real
+# shortcuts is {glue:text}`ch02-kappa56`, while the rate measured on a real
 # ResNet56 in {doc}`12_criticality` is of order one (the rest of the gap is
 # how far the real profile is from Eq. (6)). Part I's figures and tables
 # say "model units" where they show $\lambda$.
@@ -165,16 +165,16 @@ plots.glue("ch03-kappa56", f"{kappa56:.3g}")  # κ_ℓh(0) of ResNet56 NoShort i
 # The paper measures the spread of ELRs across layers with the **relative
 # logarithmic spread** $S_{rel} = \operatorname{std}_i(\ln E_i)$ (Def. 4.1),
 # which does not change when all ELRs are multiplied by a common factor. For
-# the feed-forward profile {eq}`ch03-feedforward`, $\ln E_i$ is linear in $i$
+# the feed-forward profile {eq}`ch02-feedforward`, $\ln E_i$ is linear in $i$
 # with slope $-\ln\alpha$, so the spread has a closed form: the standard
 # deviation of $1, \dots, L$ is $\sqrt{(L^2-1)/12}$ and
 #
 # $$
 # S_{rel}^{\text{NoShort}}(0) = \ln\alpha \,\sqrt{\frac{L^2-1}{12}} ,
-# $$ (ch03-spread-feedforward)
+# $$ (ch02-spread-feedforward)
 #
 # linear in depth. With shortcuts the spread does not grow without bound: it
-# saturates. In {eq}`ch03-resnet` the layers of block $k = 0, \dots, K$
+# saturates. In {eq}`ch02-resnet` the layers of block $k = 0, \dots, K$
 # (counted from the top) have $c \propto 1 + k\alpha^2$, so
 # $\ln c = \ln(K\alpha^2) + \ln(k/K) + \ln(1 + 1/(k\alpha^2))$. The first
 # term is shared by all layers and leaves the standard deviation unchanged,
@@ -185,13 +185,13 @@ plots.glue("ch03-kappa56", f"{kappa56:.3g}")  # κ_ℓh(0) of ResNet56 NoShort i
 # $$
 # \lim_{L\to\infty} S_{rel}^{\text{Short}}(0) = \sqrt{\operatorname{Var}\ln U}
 # = \sqrt{\int_0^1 \ln^2 u\,du - \Big(\int_0^1 \ln u\,du\Big)^2} = \sqrt{2 - 1} = 1 ,
-# $$ (ch03-spread-short-limit)
+# $$ (ch02-spread-short-limit)
 #
 # whatever $\alpha$ and the number of ReLUs per block
 # (`symbolic.derive_short_spread_limit`; SymPy gives the variance
-# {glue:text}`ch03-short-limit`). The table below shows the approach from
+# {glue:text}`ch02-short-limit`). The table below shows the approach from
 # below for this profile (for larger $\alpha^s$ it comes from above). (For
-# the shallowest networks, depth 8 and 14, {eq}`ch03-resnet` gives the
+# the shallowest networks, depth 8 and 14, {eq}`ch02-resnet` gives the
 # larger spread: there $1 + k\alpha^2$ still exceeds $\alpha^{2k}$. From depth 20 on the network without shortcuts spreads more.)
 
 # %%
@@ -212,18 +212,18 @@ for label, values in spread.items():
 ax.plot(depths, closed_form, "k:", label="closed form, NoShort")
 ax.set(xlabel="network depth (6n+2)", ylabel="$S_{rel}$ at initialisation")
 ax.legend()
-plots.glue("ch03-spread-depth", fig)
-plots.glue("ch03-max-depth", f"{depths[-1]}")
-plots.glue("ch03-short-limit", f"{short_limit}")
+plots.glue("ch02-spread-depth", fig)
+plots.glue("ch02-max-depth", f"{depths[-1]}")
+plots.glue("ch02-short-limit", f"{short_limit}")
 display(Markdown("| depth | S_rel with shortcuts, Eq. (7) |\n|---|---|\n"
                  + "\n".join(f"| {d} | {v:.4f} |" for d, v in far.items()) + "\n| ∞ | 1 |"))
 
 # %% [markdown]
-# ```{glue:figure} ch03-spread-depth
-# :name: fig-ch03-spread-depth
+# ```{glue:figure} ch02-spread-depth
+# :name: fig-ch02-spread-depth
 #
-# Relative ELR spread at initialisation against depth (8 to {glue:text}`ch03-max-depth`), in the model, with
-# the closed form {eq}`ch03-spread-feedforward` for the network without shortcuts.
+# Relative ELR spread at initialisation against depth (8 to {glue:text}`ch02-max-depth`), in the model, with
+# the closed form {eq}`ch02-spread-feedforward` for the network without shortcuts.
 # ```
 #
 # ## One step of the model
@@ -231,7 +231,7 @@ display(Markdown("| depth | S_rel with shortcuts, Eq. (7) |\n|---|---|\n"
 # What does one SGD step do to this spread? Every layer's weight norm grows
 # by $\lambda^2 c_i^2/\sigma_i^2$, most where the gradient is largest, so the
 # largest ELRs fall most. Below are the ELRs of ResNet110 NoShort before and
-# after one step of {eq}`ch03-discrete` at the learning rate $\lambda$ of
+# after one step of {eq}`ch02-discrete` at the learning rate $\lambda$ of
 # this chapter's parameters.
 
 # %%
@@ -247,16 +247,16 @@ ax.plot(layers, one_step.elr[1], label=f"after one step, $\\lambda$ = {lr:g} (mo
 ax.axhline(1 / lr, color="C3", ls="--", lw=1, label=r"$1/\lambda$")
 ax.set(yscale="log", xlabel="layer i (1 = lowest)", ylabel="ELR $E_i$")
 ax.legend()
-plots.glue("ch03-one-step", fig)
-plots.glue("ch03-lr", f"{lr:g}")
+plots.glue("ch02-one-step", fig)
+plots.glue("ch02-lr", f"{lr:g}")
 display(Markdown(f"Spread before: {one_step.spread[0]:.2f}; after one step: {one_step.spread[1]:.2f}."))
 
 # %% [markdown]
-# ```{glue:figure} ch03-one-step
-# :name: fig-ch03-one-step
+# ```{glue:figure} ch02-one-step
+# :name: fig-ch02-one-step
 #
 # ELRs of the 109 layers of the ResNet110 NoShort profile before and after one step of the discrete model
-# at $\lambda$ = {glue:text}`ch03-lr`.
+# at $\lambda$ = {glue:text}`ch02-lr`.
 # ```
 #
 # Layers whose ELR was above $1/\lambda$ overshoot: their new ELR ends up

@@ -51,7 +51,7 @@ plots.setup()
 #
 # $$
 # \frac{d\sigma^2}{dt} = \frac{c^2}{\sigma^2} .
-# $$ (ch04-ode)
+# $$ (ch03-ode)
 #
 # `elr.symbolic.derive_closed_form` forms the difference quotient from the
 # discrete model, takes this limit and hands the equation to SymPy's `dsolve`
@@ -67,11 +67,11 @@ display(Math(r"\sigma^2(t) = " + sp.latex(solution)))
 #
 # $$
 # \sigma^2(t) = \sqrt{2 c^2 t + \sigma_0^4} ,
-# $$ (ch04-closed-form)
+# $$ (ch03-closed-form)
 #
 # the paper's Eq. (12) with $k_0 = \sigma_0^4$; He initialisation gives
 # $\sigma_0^2 = 2$ per output unit and so $k_0 = 4$. Multiplying
-# {eq}`ch04-ode` by $2\sigma^2$ shows why: $d(\sigma^4)/dt = 2c^2$, so the
+# {eq}`ch03-ode` by $2\sigma^2$ shows why: $d(\sigma^4)/dt = 2c^2$, so the
 # *fourth* power of the weight norm grows linearly in time. `elr prove`
 # checks this solution against `elr.dynamics.continuous_sigma2`, and against
 # the discrete model as $\lambda$ halves:
@@ -83,7 +83,7 @@ print(closed.report())
 # %% [markdown]
 # ## All ELRs become equal
 #
-# With {eq}`ch04-closed-form`, the effective learning rate
+# With {eq}`ch03-closed-form`, the effective learning rate
 # $E = c/\sigma^2 = c/\sqrt{2c^2t + \sigma_0^4}$ tends to $1/\sqrt{2t}$ for
 # *every* layer, whatever its base gradient $c$. So every ratio
 # $R_{jk} = E_j/E_k$ tends to 1 (Theorem 3.5). Layers with large gradients
@@ -97,7 +97,7 @@ print(limit.report())
 # %% [markdown]
 # ## The discrete model against the flow
 #
-# The discrete model is one explicit Euler step of {eq}`ch04-ode` with step
+# The discrete model is one explicit Euler step of {eq}`ch03-ode` with step
 # size $h = \lambda^2$ (per step, in $\sigma^2$). Below, every layer of a
 # feed-forward BN-ReLU profile of $L$ layers starts from $\sigma_0^2 = 2$ with
 # the base gradients of {doc}`02_discrete_model`, and the discrete model at
@@ -123,17 +123,17 @@ for ax, (lr, run) in zip(axes[0], runs.items()):
     plots.layer_paths(t, flows[lr], ax=ax, logx=True, style="k--", lw=0.6, xlabel="time $t = i\\lambda^2$")
     ax.set_title(f"$\\lambda$ = {lr:g} ({run.lr.size:,} steps)")
 plots.add_depth_colorbar(fig, axes[0].tolist(), n_layers)
-plots.glue("ch04-discrete-vs-flow", fig)
-plots.glue("ch04-setting", f"L = {n_layers} layers, c_i = α^(L−i), σ²(0) = 2, t_max = {t_max:g}")
-plots.glue("ch04-kappa", f"{kappa0:.3g}")
+plots.glue("ch03-discrete-vs-flow", fig)
+plots.glue("ch03-setting", f"L = {n_layers} layers, c_i = α^(L−i), σ²(0) = 2, t_max = {t_max:g}")
+plots.glue("ch03-kappa", f"{kappa0:.3g}")
 
 # %% [markdown]
-# ```{glue:figure} ch04-discrete-vs-flow
-# :name: fig-ch04-discrete-vs-flow
+# ```{glue:figure} ch03-discrete-vs-flow
+# :name: fig-ch03-discrete-vs-flow
 #
 # Per-layer ELRs of the discrete model (coloured, blue = lowest layer) and of the gradient flow
-# {eq}`ch04-closed-form` (dashed) against time, for several learning rates. Model only:
-# {glue:text}`ch04-setting`. The critical rate at initialisation is κ_ℓh(0) = {glue:text}`ch04-kappa`.
+# {eq}`ch03-closed-form` (dashed) against time, for several learning rates. Model only:
+# {glue:text}`ch03-setting`. The critical rate at initialisation is κ_ℓh(0) = {glue:text}`ch03-kappa`.
 # ```
 #
 # At the smallest learning rate the two models cannot be told apart. At a
@@ -152,16 +152,16 @@ ref = final_error[lr_sorted[0]] * (np.array(lr_sorted) / lr_sorted[0]) ** 2
 ax.loglog(lr_sorted, ref, "k:", label=r"$\propto \lambda^2$")
 ax.set(xlabel=r"learning rate $\lambda$ (model units, $c_L = 1$)", ylabel="relative error of the discrete model")
 ax.legend()
-plots.glue("ch04-error", fig)
+plots.glue("ch03-error", fig)
 for lr in lr_sorted:
     print(f"λ = {lr:<8g} (model units) error at t_max {final_error[lr]:.2e}   max error along the path {path_error[lr]:.2e}")
 
 # %% [markdown]
-# ```{glue:figure} ch04-error
-# :name: fig-ch04-error
+# ```{glue:figure} ch03-error
+# :name: fig-ch03-error
 #
 # Relative error of the discrete model against the closed form, in $\sigma^2$ at $t_{max}$ and in the
-# ELRs along the whole path. Model only: {glue:text}`ch04-setting`.
+# ELRs along the whole path. Model only: {glue:text}`ch03-setting`.
 # ```
 #
 # ## Checks

@@ -47,7 +47,7 @@ plots.setup()
 #
 # $$
 # E_{i+1} = f_\lambda(E_i), \qquad f_\lambda(E) = \frac{E}{1 + \lambda^2 E^2} .
-# $$ (ch05-elr-map)
+# $$ (ch04-elr-map)
 #
 # We did not find this form in the paper, but it makes every result of
 # Section 3.7 a property of one function. $f_\lambda$ rises for
@@ -78,13 +78,13 @@ for e_j, color in [(0.3, "C0"), (8.0, "C3")]:
 ax.axvline(1 / lam_demo, color="C2", lw=1, ls="--", label=r"peak at $1/\lambda$")
 ax.set(xlabel="ELR before the step", ylabel="ELR after the step")
 ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the axes: inside, it covers the curve
-plots.glue("ch05-elr-map", fig)
+plots.glue("ch04-elr-map", fig)
 
 # %% [markdown]
-# ```{glue:figure} ch05-elr-map
-# :name: fig-ch05-elr-map
+# ```{glue:figure} ch04-elr-map
+# :name: fig-ch04-elr-map
 #
-# The ELR map {eq}`ch05-elr-map` at $\lambda = 1$. A layer at $E = 8$ (red) lands below a layer that
+# The ELR map {eq}`ch04-elr-map` at $\lambda = 1$. A layer at $E = 8$ (red) lands below a layer that
 # started at $E = 0.3$ (blue): here $\lambda = 1 > \kappa = 1/\sqrt{8 \cdot 0.3} \approx 0.65$, so their
 # ratio flips.
 # ```
@@ -111,7 +111,7 @@ print(shrink.report())
 #
 # $$
 # \frac{R_{jk}(t_{i+1}) - 1}{\bigl(R_{jk}(t_i) - 1\bigr)\bigl(\kappa_{jk}^2 - \lambda^2\bigr)} > 0 ,
-# $$ (ch05-flip)
+# $$ (ch04-flip)
 #
 # so a ratio flips iff $\lambda > \kappa_{jk}$, keeps its side iff
 # $\lambda < \kappa_{jk}$, and lands exactly on 1 iff $\lambda = \kappa_{jk}$.
@@ -139,7 +139,7 @@ print(flip.report())
 # \kappa_{jk}^2(t_{i+1}) - 4\lambda^2
 # = \Bigl(\kappa_{jk} - \frac{\lambda^2}{\kappa_{jk}}\Bigr)^2
 # + \lambda^2\Bigl(\sqrt{R_{jk}} - \frac{1}{\sqrt{R_{jk}}}\Bigr)^2 \;\ge\; 0 ,
-# $$ (ch05-kappa-bound)
+# $$ (ch04-kappa-bound)
 #
 # an identity SymPy confirms. The paper's proof needs the assumption
 # $\lambda > \kappa_{jk}(t_i)$ at its Eq. 51; this identity does not.
@@ -157,7 +157,7 @@ print(once.report())
 #
 # $$
 # x_{n+1} = x_n + \frac{1}{x_n} ,
-# $$ (ch05-normalised)
+# $$ (ch04-normalised)
 #
 # which only differs between layers in its starting point
 # $x_0 = 1/(\lambda E_0)$. Squaring, $x_{n+1}^2 = x_n^2 + 2 + 1/x_n^2$, so
@@ -169,7 +169,7 @@ print(once.report())
 # $$
 # x_0^2 + 2n \;\le\; x_n^2 \;\le\; x_0^2 + 2n + \frac{1}{x_0^2} + \frac12 \ln n
 # \qquad (n \ge 1),
-# $$ (ch05-bounds)
+# $$ (ch04-bounds)
 #
 # with equality on the right at $n = 1$ for every $x_0$, so no constant can
 # be taken off it. (The cruder $x_k^2 \ge 2k$ gives a needless extra
@@ -197,15 +197,15 @@ for value, color, column in zip(x0, ["C0", "C1", "C3"], (seq[1:] ** 2 - x0**2 - 
 ax.plot(n, 0.5 * np.log(n), "k--", lw=0.8, label=r"$\frac{1}{2}\ln n$")
 ax.set(xscale="log", xlabel="step n", ylabel=r"$x_n^2 - x_0^2 - 2n$")
 ax.legend()
-plots.glue("ch05-asymptotics", fig)
-plots.glue("ch05-n-asymptotic", f"{n_asymptotic:,}")
+plots.glue("ch04-asymptotics", fig)
+plots.glue("ch04-n-asymptotic", f"{n_asymptotic:,}")
 
 # %% [markdown]
-# ```{glue:figure} ch05-asymptotics
-# :name: fig-ch05-asymptotics
+# ```{glue:figure} ch04-asymptotics
+# :name: fig-ch04-asymptotics
 #
-# The excess $x_n^2 - x_0^2 - 2n$ of the normalised recurrence {eq}`ch05-normalised` over
-# {glue:text}`ch05-n-asymptotic` steps (solid), the upper bound of {eq}`ch05-bounds` (dotted; the lower
+# The excess $x_n^2 - x_0^2 - 2n$ of the normalised recurrence {eq}`ch04-normalised` over
+# {glue:text}`ch04-n-asymptotic` steps (solid), the upper bound of {eq}`ch04-bounds` (dotted; the lower
 # bound is 0), and the asymptotic slope $\frac12 \ln n$ (dashed).
 # ```
 #
@@ -232,18 +232,18 @@ fig = plots.spread_against_lr(
     lr_grid, {f"after {n_steps} steps": spread_n, "at initialisation": spread0},
     {r"critical $\kappa_{\ell h}(0)$": kappa_crit, r"subcritical $\kappa_{hh'}(0)$": kappa_sub},
     xlabel=r"learning rate $\lambda$ (model units, $c_L = 1$)")
-plots.glue("ch05-spread", fig)
-plots.glue("ch05-setting", f"L = {n_layers} layers with c_i = α^(L−i) and σ²(0) = 2, {n_steps} steps")
+plots.glue("ch04-spread", fig)
+plots.glue("ch04-setting", f"L = {n_layers} layers with c_i = α^(L−i) and σ²(0) = 2, {n_steps} steps")
 print(f"κ_ℓh(0) = {kappa_crit:.3e}, κ_hh'(0) = {kappa_sub:.3e}; the smallest spread, {spread_n[best]:.3f}, "
       f"is at λ = {lr_grid[best]:.3e} = {lr_grid[best] / kappa_crit:.3f} κ_ℓh(0) (model units, c_L = 1)")
 
 # %% [markdown]
-# ```{glue:figure} ch05-spread
-# :name: fig-ch05-spread
+# ```{glue:figure} ch04-spread
+# :name: fig-ch04-spread
 #
 # Relative ELR spread of the discrete model after a few constant-λ steps (solid) and at initialisation
 # (dotted), with the critical and subcritical rates at initialisation. Model only:
-# {glue:text}`ch05-setting`. (The ICML text of the paper has no such figure; a one-page summary of
+# {glue:text}`ch04-setting`. (The ICML text of the paper has no such figure; a one-page summary of
 # the paper lists one, "simulated relative ELR spread after 10 steps", perhaps from another version.)
 # ```
 #

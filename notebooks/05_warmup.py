@@ -81,17 +81,17 @@ pure = dynamics.simulate(sigma2_start, c, dynamics.subcritical_policy(), n_steps
 
 # %% tags=["hide-input"]
 fig = plots.schedule_grid(runs)
-plots.glue("ch06-schedules", fig)
-plots.glue("ch06-setting", f"L = {n_layers} layers with c_i = α^(L−i) and σ²(0) = 2, {n_steps} steps, "
+plots.glue("ch05-schedules", fig)
+plots.glue("ch05-setting", f"L = {n_layers} layers with c_i = α^(L−i) and σ²(0) = 2, {n_steps} steps, "
                            f"peak rate {lr_max:g} (model units, c_L = 1)")
 
 # %% [markdown]
-# ```{glue:figure} ch06-schedules
-# :name: fig-ch06-schedules
+# ```{glue:figure} ch05-schedules
+# :name: fig-ch05-schedules
 #
 # The discrete model under five learning-rate schedules (columns): per-layer ELRs (top, blue = lowest
 # layer), squared weight norms (middle), and the learning rate against the critical rate κ_ℓh (bottom).
-# Model only: {glue:text}`ch06-setting`. The subcritical warm-up hands over to the constant target.
+# Model only: {glue:text}`ch05-setting`. The subcritical warm-up hands over to the constant target.
 # ```
 
 # %% tags=["hide-input"]
@@ -112,20 +112,20 @@ ax.plot(np.arange(n_layers + 1), pure.spread, "k:", label="subcritical, never ha
 ax.set(xlabel="step", ylabel="$S_{rel}$", yscale="symlog", ylim=(0, None))
 ax.set_yscale("symlog", linthresh=1e-3)
 ax.legend()
-plots.glue("ch06-spread", fig)
+plots.glue("ch05-spread", fig)
 
 # %% [markdown]
-# ```{glue:figure} ch06-spread
-# :name: fig-ch06-spread
+# ```{glue:figure} ch05-spread
+# :name: fig-ch05-spread
 #
-# Relative ELR spread over the steps of {numref}`fig-ch06-schedules` (symmetric-log axis, linear below
+# Relative ELR spread over the steps of {numref}`fig-ch05-schedules` (symmetric-log axis, linear below
 # $10^{-3}$); dotted: the pure subcritical schedule of Cor. 3.10, which never hands over and drives the
-# spread to zero. Model only: {glue:text}`ch06-setting`.
+# spread to zero. Model only: {glue:text}`ch05-setting`.
 # ```
 #
 # Every schedule that starts above $\kappa_{\ell h}(0)$ flips the extreme
 # layers in its first step, exactly when the bottom row of
-# {numref}`fig-ch06-schedules` shows $\lambda > \kappa_{\ell h}$. After the
+# {numref}`fig-ch05-schedules` shows $\lambda > \kappa_{\ell h}$. After the
 # first step none of these schedules reverses the order of any pair of
 # layers, and that needs a condition on the schedule. One step at rate
 # $\lambda_i$ lifts every flipping ratio to at least $2\lambda_i$: by Eq. (50)
@@ -136,7 +136,7 @@ plots.glue("ch06-spread", fig)
 # The four fixed schedules here meet it (the linear warm-up doubles exactly
 # once, from its first step to its second); the subcritical one never
 # reverses a pair by construction. A faster warm-up need not:
-# {glue:text}`ch06-exp-sentence`
+# {glue:text}`ch05-exp-sentence`
 #
 # Whether a warm-up helps depends on its first value: starting at a fraction
 # of the peak rate is not enough when the critical rate is orders of
@@ -153,7 +153,7 @@ exp_reversals = dynamics.reversal_steps(exp_run.elr)
 late = exp_reversals[exp_reversals >= 1]
 
 # %% tags=["hide-input"]
-plots.glue("ch06-exp-sentence",
+plots.glue("ch05-exp-sentence",
            f"an exponential warm-up that multiplies the rate by 3 per step, reaching the same peak in {exp_steps} "
            + (f"steps, reverses pairs of layers again at steps {', '.join(map(str, late))}." if late.size else
               "steps, reverses no pair after its first step in this setting."))

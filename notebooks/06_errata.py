@@ -119,7 +119,7 @@ display(Markdown("R over steps with λ = κ, then 0.3, then 5: " + ", ".join(f"{
 #
 # **True.** $x_j^2 \ge 2(j-1)$ (from $x_{k+1}^2 = x_k^2 + 2 + 1/x_k^2$), while
 # $x_j \ge 2(j-1)$ is false from $j = 3$ on whenever $x_1$ is of order one.
-# The book states and proves the bound {eq}`ch05-bounds` of
+# The book states and proves the bound {eq}`ch04-bounds` of
 # {doc}`04_large_learning_rates` instead. We also evaluated the printed
 # Eq. (42), reading $u_1$ as $x_1$, on a grid of starting points: it holds
 # there, although it does not follow from Eq. (41) as printed.
@@ -139,7 +139,7 @@ display(Markdown(
     f"Over {x1.size} starting values $x_1 \\in [10^{{-3}}, 10^3]$ and {n_check:,} steps: "
     f"'$x_j \\ge 2(j-1)$' fails for {100 * typo_fails:.1f}% of the pairs $(x_1, j \\ge 3)$; "
     f"$x_j^2 \\ge 2(j-1)$ fails {squared_fails} times; the printed Eq. (42) fails {printed_fails} times; "
-    f"our bound {{eq}}`ch05-bounds` fails {ours_fails} times."))
+    f"our bound {{eq}}`ch04-bounds` fails {ours_fails} times."))
 
 # %% [markdown]
 # ## Corollary 3.10: $L - 1$ steps, and ties
@@ -181,16 +181,16 @@ ax_b.plot(groups_literal, "s--", label="h' = second entry (literal)")
 ax_b.axvline(n_layers - 1, color="0.5", lw=0.8, ls=":", label="L − 1")
 ax_b.set(xlabel="step", ylabel="distinct ELRs")
 ax_b.legend()
-plots.glue("ch07-checks", fig)
-plots.glue("ch07-layers", f"{n_layers}")
+plots.glue("ch06-checks", fig)
+plots.glue("ch06-layers", f"{n_layers}")
 
 # %% [markdown]
-# ```{glue:figure} ch07-checks
-# :name: fig-ch07-checks
+# ```{glue:figure} ch06-checks
+# :name: fig-ch06-checks
 #
 # Left: the normalised sequence of the proof of Theorem 3.6 against the printed bound $x_j \ge 2(j-1)$,
 # which it violates, and the intended $x_j \ge \sqrt{2(j-1)}$. Right: distinct ELR values (equal to 9
-# decimals in $\ln E$) under the subcritical warm-up for {glue:text}`ch07-layers` random layers, with $h'$
+# decimals in $\ln E$) under the subcritical warm-up for {glue:text}`ch06-layers` random layers, with $h'$
 # read as the highest ELR strictly below the top, and read literally.
 # ```
 #

@@ -82,18 +82,18 @@ for ax, (title, key) in zip(axes, quantities.items()):
     ax.set(yscale="log", title=title, xlabel="layer k (1 = lowest)", ylim=(1e-18, 1))
 axes[0].set_ylabel("measured (float64)")
 axes[-1].legend(fontsize=6)
-plots.glue("ch08-checks", fig)
-plots.glue("ch08-setting", f"depths {', '.join(map(str, depths))}, γ = {gamma:g}, a batch of {batch_size} "
+plots.glue("ch07-checks", fig)
+plots.glue("ch07-setting", f"depths {', '.join(map(str, depths))}, γ = {gamma:g}, a batch of {batch_size} "
                            f"digits images (1x8x8)")
 display(Markdown("| quantity | worst over all layers and networks |\n|---|---|\n"
                  + "\n".join(f"| {t} | {v:.1e} |" for t, v in worst.items())))
 
 # %% [markdown]
-# ```{glue:figure} ch08-checks
-# :name: fig-ch08-checks
+# ```{glue:figure} ch07-checks
+# :name: fig-ch07-checks
 #
 # Eq. (1), Eq. (2) and Prop. 3.1 measured on every convolution of CIFAR ResNets with and without
-# shortcuts ({glue:text}`ch08-setting`), in float64 with BN ε = 1e-30. The model predicts exactly
+# shortcuts ({glue:text}`ch07-setting`), in float64 with BN ε = 1e-30. The model predicts exactly
 # zero; what is measured is float64 rounding (next section). The networks take 1-channel 8x8 inputs
 # here; the measured quantities do not depend on the data set.
 # ```
@@ -158,19 +158,19 @@ display(Markdown(f"{deep}, BN ε = 1e-30, worst over its layers:\n\n"
                               f"{double[k] / single[k]:.1e} |" for t, k in quantities.items())))
 eps_slope = {k: float(np.log(by_eps[max(eps_sweep)][k] / by_eps[min(eps_sweep)][k])
                       / np.log(max(eps_sweep) / min(eps_sweep))) for k in quantities.values()}
-plots.glue("ch08-eps-slope", ", ".join(f"{v:.2f}" for v in eps_slope.values()))
-plots.glue("ch08-eps12", f"{max(by_eps[1e-12].values()):.1e}" if 1e-12 in by_eps else "not measured")
-plots.glue("ch08-floor", f"{max(by_eps[1e-30].values()):.1e}")
-plots.glue("ch08-worst64", f"{max(worst.values()):.1e}")
-plots.glue("ch08-ratio", ", ".join(f"{double[k] / single[k]:.1e}" for k in quantities.values()))
-plots.glue("ch08-single-grad", f"{max(single['inverse_scaling_error'], single['others_change']):.2f}")
+plots.glue("ch07-eps-slope", ", ".join(f"{v:.2f}" for v in eps_slope.values()))
+plots.glue("ch07-eps12", f"{max(by_eps[1e-12].values()):.1e}" if 1e-12 in by_eps else "not measured")
+plots.glue("ch07-floor", f"{max(by_eps[1e-30].values()):.1e}")
+plots.glue("ch07-worst64", f"{max(worst.values()):.1e}")
+plots.glue("ch07-ratio", ", ".join(f"{double[k] / single[k]:.1e}" for k in quantities.values()))
+plots.glue("ch07-single-grad", f"{max(single['inverse_scaling_error'], single['others_change']):.2f}")
 
 # %% [markdown]
 # Between the two larger ε the residual grows with slope
-# {glue:text}`ch08-eps-slope` against ε on log axes (the four quantities in
+# {glue:text}`ch07-eps-slope` against ε on log axes (the four quantities in
 # order): linear, as the ε term predicts. At ε = 1e-12 the shallow
-# network's largest residual is {glue:text}`ch08-eps12`, against
-# {glue:text}`ch08-floor` at ε = 1e-30. An earlier version of this chapter
+# network's largest residual is {glue:text}`ch07-eps12`, against
+# {glue:text}`ch07-floor` at ε = 1e-30. An earlier version of this chapter
 # ran at 1e-12 and called a residual of about 1e-9 "rounding"; it was ε.
 # The ε term grows as a weight is scaled *down* (it is about
 # $\epsilon/(2\operatorname{var}\,\gamma^2)$), which is why `elr.audit`,
@@ -178,17 +178,17 @@ plots.glue("ch08-single-grad", f"{max(single['inverse_scaling_error'], single['o
 # nonlinearities, also runs at ε = 1e-30.
 #
 # At ε = 1e-30 the float64 residual of the deep network is
-# {glue:text}`ch08-ratio` times its float32 residual (the four quantities
+# {glue:text}`ch07-ratio` times its float32 residual (the four quantities
 # in order), against $u_{64}/u_{32} = 2^{-29} \approx 1.9\times10^{-9}$.
 # For the output and the cosine the residual scales with the unit
 # roundoff: it is rounding. For the two gradient quantities we stated the
 # same before the run, and it does not hold: float64 does far *better*
 # than the scaling predicts. In float32 the gradients of this network's
-# lowest layers are off by up to {glue:text}`ch08-single-grad` (relative),
+# lowest layers are off by up to {glue:text}`ch07-single-grad` (relative),
 # which is past the regime where rounding errors add up linearly in $u$,
 # so $r_{32}/u_{32}$ overstates their amplification and their float64
 # threshold is conservative. The largest float64 residual over all
-# networks is {glue:text}`ch08-worst64`; each quantity is checked against
+# networks is {glue:text}`ch07-worst64`; each quantity is checked against
 # its threshold $10\,A\,u_{64}$ below.
 #
 # ## Which layers keep auto rate-tuning: the Section 3.1 table

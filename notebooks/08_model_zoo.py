@@ -89,20 +89,20 @@ ax.barh(names, zero, left=tunes, color="C0", alpha=0.35, label="auto-tune only w
 ax.set(xlim=(0, 1), xlabel="fraction of linear and convolution weights")
 ax.invert_yaxis()
 ax.legend(fontsize=7, loc="lower right")
-plots.glue("ch19-zoo", fig)
-plots.glue("ch19-seconds", f"{seconds:.0f}")
-plots.glue("ch19-setting", f"{image_size}x{image_size} inputs, batches of {batch_size}, seed {seed}")
+plots.glue("ch08-zoo", fig)
+plots.glue("ch08-seconds", f"{seconds:.0f}")
+plots.glue("ch08-setting", f"{image_size}x{image_size} inputs, batches of {batch_size}, seed {seed}")
 
 # %% [markdown]
-# ```{glue:figure} ch19-zoo
-# :name: fig-ch19-zoo
+# ```{glue:figure} ch08-zoo
+# :name: fig-ch08-zoo
 #
 # The share of each model's linear and convolution weights that auto-tune at random initialisation
-# ({glue:text}`ch19-setting`), and the share that does so only while a zero bias, or a zero
+# ({glue:text}`ch08-setting`), and the share that does so only while a zero bias, or a zero
 # classification head, stays zero.
 # ```
 #
-# The audit of {glue:text}`ch19-setting` took {glue:text}`ch19-seconds` s.
+# The audit of {glue:text}`ch08-setting` took {glue:text}`ch08-seconds` s.
 #
 # Every count agrees with the table of predictions above. Two things are
 # worth seeing in it. First, the classical convolutional networks are

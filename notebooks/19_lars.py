@@ -25,7 +25,7 @@
 #
 # **Verdicts of this build.**
 #
-# ```{glue:md} ch20-verdicts
+# ```{glue:md} ch19-verdicts
 # :format: myst
 # ```
 #
@@ -107,16 +107,16 @@
 #    the data should not refute ("not fails"), reported, not asserted.
 #
 # **The setting.** A BN-ReLU MLP of 16 layers of width 64 on the digits
-# data ({glue:text}`ch20-train-size` training images of 8x8), batches of
+# data ({glue:text}`ch19-train-size` training images of 8x8), batches of
 # 64, $\lambda = 1$ and $E_{goal} = \eta = 0.03$, so every adapted weight
 # moves by 3 % of its norm each step: a few milliseconds per step, so each
-# case can carry many seeds ({glue:text}`ch20-n-seeds`), for the power of
+# case can carry many seeds ({glue:text}`ch19-n-seeds`), for the power of
 # claims 4 and 5. The MLP has exactly one weight that no normalisation
 # follows, the classifier, which makes difference 3 a single, visible
 # choice. The exact comparison of claim 1 runs at $\lambda = 0.3$ for 60
 # steps: at $\lambda = 1$ rounding alone is amplified to order one within a
 # few dozen steps, which would test the chaos of training, not the
-# optimizers. It runs on fewer seeds ({glue:text}`ch20-exact-seeds`): it is
+# optimizers. It runs on fewer seeds ({glue:text}`ch19-exact-seeds`): it is
 # an identity, so every seed either agrees to rounding or shows a
 # difference the derivation missed. A run that diverges counts as chance
 # accuracy (10 %).
@@ -159,10 +159,10 @@ gaps = np.array([lars.trajectory_gap(s, model=model if model.startswith("bnrelu"
 acc = evidence.per_seed(runs, lambda r: r.accuracy(diverged=0.1))
 setting = (f"{model} on {dataset}, {steps} steps of batch {batch_size}, λ = {lr:g}, E_goal = η = {elr_goal:g}, "
            f"seeds {seed}–{seed + n_seeds - 1}")
-plots.glue("ch20-setting", setting)
-plots.glue("ch20-train-size", f"{len(data.load(dataset, train=True, root=data_root)):,}")
-plots.glue("ch20-n-seeds", str(n_seeds))
-plots.glue("ch20-exact-seeds", str(exact_seeds))
+plots.glue("ch19-setting", setting)
+plots.glue("ch19-train-size", f"{len(data.load(dataset, train=True, root=data_root)):,}")
+plots.glue("ch19-n-seeds", str(n_seeds))
+plots.glue("ch19-exact-seeds", str(exact_seeds))
 display(Markdown(f"{len(cases) * n_seeds} runs: {setting}. Diverged runs (counted at chance, 10 %): "
                  f"{sum(r.status != 'completed' for rs in runs.values() for r in rs)}.\n\n"
                  "| case | test accuracy, mean [95 % interval] |\n|---|---|\n"
@@ -184,11 +184,11 @@ axes[1].plot(steps_logged, np.mean([lars.largest_norm(r.records) for r in runs["
 axes[1].set(xlabel="step", ylabel=r"$\|W_t\|/\|W_0\|$")
 axes[1].legend(fontsize=7)
 plots.seed_strip(acc, ax=axes[2], ylabel="test accuracy")
-plots.glue("ch20-lars", fig)
+plots.glue("ch19-lars", fig)
 
 # %% [markdown]
-# ```{glue:figure} ch20-lars
-# :name: fig-ch20-lars
+# ```{glue:figure} ch19-lars
+# :name: fig-ch19-lars
 #
 # Left: the relative gap between the training losses of the constraint and
 # LARS at every step of the float64 comparison (every seed, one dot each;
@@ -196,7 +196,7 @@ plots.glue("ch20-lars", fig)
 # the first step under LARS (mean over layers, band over seeds) against
 # $(1+\lambda^2\eta^2)^{t/2}$, and the constraint's largest norm. Right: test
 # accuracy per case, one dot per seed, the mean as a bar and its 95 %
-# bootstrap interval as a line. Measured: {glue:text}`ch20-setting`.
+# bootstrap interval as a line. Measured: {glue:text}`ch19-setting`.
 # ```
 #
 # The left panel is the derivation's identity: the two optimizers are one
@@ -209,9 +209,9 @@ plots.glue("ch20-lars", fig)
 # %% [markdown]
 # ## Accuracy: the same method?
 #
-# {glue:text}`ch20-claim4`
+# {glue:text}`ch19-claim4`
 #
-# {glue:text}`ch20-claim5`
+# {glue:text}`ch19-claim5`
 #
 # ## Checks
 
@@ -227,10 +227,10 @@ claims.worst("19.constraint-largest-norm",
 claims.paired("19.same-accuracy", acc["constraint"], acc["LARS, constrained weights"])
 claims.paired("19.all-parameters-accuracy", acc["LARS, every parameter"], acc["constraint"])
 display(Markdown(claims.table()))
-plots.glue("ch20-verdicts", Markdown(claims.summary()))
+plots.glue("ch19-verdicts", Markdown(claims.summary()))
 c4, c5 = claims.get("19.same-accuracy"), claims.get("19.all-parameters-accuracy")
 m = 100 * c4.threshold
-plots.glue("ch20-claim4", (
+plots.glue("ch19-claim4", (
     f"The mean paired difference of test accuracy, constraint − LARS, is {100 * c4.interval.estimate:+.1f} points, "
     f"{100 * c4.interval.confidence:.3g} % interval {100 * c4.interval.low:+.1f} to {100 * c4.interval.high:+.1f}. " + {
         "holds": f"The whole interval lies within ±{m:g} points: the two reach the same accuracy within {m:g} "
@@ -244,7 +244,7 @@ plots.glue("ch20-claim4", (
        <= c4.interval.high else " It excludes 0: " + ("the constraint" if c4.interval.low > 0 else "LARS")
        + " reaches the higher accuracy on average.")))
 m = 100 * c5.threshold
-plots.glue("ch20-claim5", (
+plots.glue("ch19-claim5", (
     f"LARS on every parameter against the constraint: {100 * c5.interval.estimate:+.1f} points "
     f"({100 * c5.interval.low:+.1f} to {100 * c5.interval.high:+.1f}), claim 5 " + {
         "holds": f"holds: within ±{m:g} points of the constraint.",
