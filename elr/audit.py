@@ -304,6 +304,14 @@ def _combine(states: list[str]) -> tuple[str, str]:
                    "before the normalisation)"
 
 
+def _only_live_input(node: fx.Node, name: str, position: int, state: Mapping[fx.Node, str]) -> bool:
+    """Whether the argument ``name`` (or the positional one at ``position``) is the only input of ``node`` that
+    carries the traced weight's scale."""
+    arg = node.args[position] if len(node.args) > position else node.kwargs.get(name)
+    live = [a for a in node.all_input_nodes if state.get(a, CONST) != CONST]
+    return isinstance(arg, fx.Node) and live == [arg]
+
+
 def _trace_reason(gm: fx.GraphModule, module_name: str) -> str:
     """Follow the scale of ``module_name``'s weight through the traced graph to the output."""
     return _trace(gm, module_name)[0]
@@ -426,6 +434,11 @@ def _trace(gm: fx.GraphModule, module_name: str, zero_bias: Collection[str] = ()
                 new, why = BROKEN, "a product of two terms that both carry the scale (degree 2, e.g. q·kᵀ)"
             elif divisor:
                 new, why = BROKEN, "a division by a term that carries the scale"
+        elif node.op == "call_function" and node.target is F.scaled_dot_product_attention and \
+                _only_live_input(node, "value", 2, state):
+            # softmax(q kᵀ) v is linear in the values v when nothing else carries the scale; a bias on v passes
+            # through too (the attention weights sum to 1), so the state stays what it was
+            pass
         elif (node.op == "call_function" and _homogeneous_function(node.target)) or \
                 (node.op == "call_method" and node.target in SHAPE_METHODS):
             if s_in == SHIFTED and node.target not in REARRANGEMENTS:

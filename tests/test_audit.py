@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from elr import audit, cli, nets
 
@@ -372,6 +373,25 @@ def test_hf_models_get_traced_reasons_and_qk_norm_auto_tunes():
     assert "silu" in rows["model.layers.0.mlp.gate_proj.weight"].reason
     assert [n for n, _ in audit.invariant_weights(model, kwargs=ids)] == \
         ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"]
+
+
+def test_attention_is_linear_in_its_values_but_not_in_queries_and_keys():
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = (torch.nn.Linear(8, 8, bias=False) for _ in range(3))
+            self.norm = torch.nn.LayerNorm(8)
+
+        def forward(self, x):
+            out = F.scaled_dot_product_attention(self.q(x), self.k(x), value=self.v(x))
+            return self.norm(out)
+
+    torch.manual_seed(0)
+    rows = {r.name: r for r in _same_verdicts(Attention(), torch.randn(2, 5, 8), params="weights")}
+    assert rows["v.weight"].verdict == "auto-tunes" and "normalised by 'norm' (LayerNorm)" in rows["v.weight"].reason
+    for name in ("q.weight", "k.weight"):
+        assert rows[name].verdict == "breaks auto-tuning"
+        assert "scaled_dot_product_attention is not positively homogeneous" in rows[name].reason
 
 
 def test_params_weights_includes_multihead_attentions_input_projection():
