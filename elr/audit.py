@@ -304,12 +304,17 @@ def _combine(states: list[str]) -> tuple[str, str]:
                    "before the normalisation)"
 
 
-def _only_live_input(node: fx.Node, name: str, position: int, state: Mapping[fx.Node, str]) -> bool:
-    """Whether the argument ``name`` (or the positional one at ``position``) is the only input of ``node`` that
-    carries the traced weight's scale."""
-    arg = node.args[position] if len(node.args) > position else node.kwargs.get(name)
-    live = [a for a in node.all_input_nodes if state.get(a, CONST) != CONST]
-    return isinstance(arg, fx.Node) and live == [arg]
+def _attention_linear_in_values(node: fx.Node, state: Mapping[fx.Node, str]) -> bool:
+    """Whether ``F.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, ...)`` passes the traced
+    scale on unchanged: only the value carries it (not the query, the key or the mask, not even as the same node),
+    and, when the value also carries a bias, no dropout (with dropout the weights no longer sum to 1)."""
+    names = ("query", "key", "value", "attn_mask", "dropout_p")
+    args = {n: node.args[i] if len(node.args) > i else node.kwargs.get(n) for i, n in enumerate(names)}
+    live = lambda a: isinstance(a, fx.Node) and state.get(a, CONST) != CONST  # noqa: E731
+    if not live(args["value"]) or any(live(args[n]) for n in ("query", "key", "attn_mask")):
+        return False
+    dropout = args["dropout_p"] or 0.0
+    return state[args["value"]] == HOM or (state[args["value"]] == SHIFTED and dropout == 0.0)
 
 
 def _trace_reason(gm: fx.GraphModule, module_name: str) -> str:
@@ -435,9 +440,9 @@ def _trace(gm: fx.GraphModule, module_name: str, zero_bias: Collection[str] = ()
             elif divisor:
                 new, why = BROKEN, "a division by a term that carries the scale"
         elif node.op == "call_function" and node.target is F.scaled_dot_product_attention and \
-                _only_live_input(node, "value", 2, state):
-            # softmax(q kᵀ) v is linear in the values v when nothing else carries the scale; a bias on v passes
-            # through too (the attention weights sum to 1), so the state stays what it was
+                _attention_linear_in_values(node, state):
+            # softmax(q kᵀ) v is linear in the values v when nothing else carries the scale; without dropout a
+            # bias on v passes through too (the attention weights sum to 1), so the state stays what it was
             pass
         elif (node.op == "call_function" and _homogeneous_function(node.target)) or \
                 (node.op == "call_method" and node.target in SHAPE_METHODS):

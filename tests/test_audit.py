@@ -394,6 +394,34 @@ def test_attention_is_linear_in_its_values_but_not_in_queries_and_keys():
         assert "scaled_dot_product_attention is not positively homogeneous" in rows[name].reason
 
 
+class _SelfAttention(torch.nn.Module):
+    """One projection h, then attention in which h plays the parts ``parts`` says, then a normalisation."""
+
+    def __init__(self, parts: str, bias: bool = False, dropout: float = 0.0, norm: str = "layer"):
+        super().__init__()
+        self.h = torch.nn.Linear(8, 8, bias=bias)
+        self.other = torch.nn.Parameter(torch.randn(1, 5, 8))
+        self.parts, self.dropout = parts, dropout
+        self.norm = torch.nn.LayerNorm(8) if norm == "layer" else torch.nn.BatchNorm1d(5)
+
+    def forward(self, x):
+        h = self.h(x)
+        q, k, v = (h if p == "h" else self.other.expand_as(h) for p in self.parts)
+        return self.norm(F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout))
+
+
+@pytest.mark.parametrize("parts, bias, dropout, norm", [("hhh", False, 0.0, "layer"), ("ohh", False, 0.0, "layer"),
+                                                         ("ooh", True, 0.5, "batch")])
+def test_attention_breaks_invariance_when_the_value_is_also_query_or_key_or_dropped(parts, bias, dropout, norm):
+    torch.manual_seed(0)
+    model = _SelfAttention(parts, bias=bias, dropout=dropout, norm=norm)
+    x = torch.randn(4, 5, 8)
+    for method in ("screen", "factors"):  # two audited weights at most: the trace decides alone in the screen
+        row = audit.audit(model, x, params="weights", method=method, seed=0)[0]
+        assert row.name == "h.weight" and row.verdict == "breaks auto-tuning", (method, row)
+    assert audit.audit(_SelfAttention("ooh"), x, params="weights")[0].verdict == "auto-tunes"  # values alone
+
+
 def test_params_weights_includes_multihead_attentions_input_projection():
     class Attention(torch.nn.Module):
         def __init__(self):
