@@ -25,20 +25,6 @@ class Approach:
     drift: np.ndarray      # (L,) relative change of mean ‖W‖² between the two halves of the tail
     half_steps: int        # steps between the starts of the two halves of the tail (what ``drift`` spans)
     tail_start: int        # the first logged step of the tail (where ``plateau`` is averaged)
-    tail_change: np.ndarray  # (L,) change of mean ‖W‖⁴ between the two halves of the tail, over |s0 − s*|
-    fraction: float = float(np.exp(-2.0))  # the part of its gap a layer may still have left at ``steps``
-
-    @property
-    def settled(self) -> bool:
-        """The approach is over: every layer closed all but ``fraction`` of its gap to the plateau before half
-        the tail's first step (so it had as long again, before the tail, to close the rest: to e⁻⁴ of it in the
-        model), and its plateau moves between the tail's two halves by less than ``fraction`` of the whole
-        approach, |s0 − s*|.
-
-        Both parts are measured on the approach's own scale, so the slow drift of the equilibrium norm itself
-        (σ*² = c/E* follows the base gradient c as the loss falls) does not read as unsettled, while a run still
-        on its way down, whose e⁻² point comes late, does."""
-        return bool(np.all(2 * self.steps < self.tail_start) and np.all(self.tail_change < self.fraction))
 
 
 def approach(steps: np.ndarray, weight_norm: np.ndarray, tail: float = 0.2,
@@ -60,10 +46,9 @@ def approach(steps: np.ndarray, weight_norm: np.ndarray, tail: float = 0.2,
     first = np.where(within.any(axis=0), np.argmax(within, axis=0), len(w) - 1)
     half = n_tail // 2
     drift = np.abs(np.mean(w[-half:] ** 2, axis=0) / np.mean(w[-n_tail:-half] ** 2, axis=0) - 1)
-    tail_change = np.abs(s[-half:].mean(axis=0) - s[-n_tail:-half].mean(axis=0)) / np.abs(s[0] - plateau)
     steps = np.asarray(steps)
     return Approach(steps=steps[first], plateau=plateau, drift=drift, half_steps=int(steps[-1] - steps[-1 - half]),
-                    tail_start=int(steps[-n_tail]), tail_change=tail_change, fraction=fraction)
+                    tail_start=int(steps[-n_tail]))
 
 
 def tail_rms(values: np.ndarray, tail: float = 0.2) -> np.ndarray:
@@ -94,6 +79,18 @@ def loglog_fit(x: np.ndarray, y: np.ndarray) -> LogLogFit:
     return LogLogFit(float(slope), float(np.sqrt(cov[0, 0] * sigma2)), float(intercept))
 
 
+ELR_DRIFT = 0.05  # a settled layer's ELR moves across the tail by less than half the 10 % of chapter 14's claims
+
+
+def tail_drift(values: np.ndarray, tail: float = 0.2) -> np.ndarray:
+    """Per column, |rms over the second half of the tail / rms over its first half − 1| (the tail: the last
+    ``tail`` fraction of rows, at least 2)."""
+    v = np.asarray(values, dtype=float)
+    n_tail = max(int(round(tail * len(v))), 2)
+    half = n_tail // 2
+    return np.abs(np.sqrt(np.mean(v[-half:] ** 2, axis=0) / np.mean(v[-n_tail:-half] ** 2, axis=0)) - 1)
+
+
 def tail_spread(elr: np.ndarray, tail: float = 0.2) -> float:
     """Mean relative spread S_rel of the layers' ELRs (rows: logged steps, columns: layers) over the last
     ``tail`` fraction of rows (at least one)."""
@@ -106,14 +103,21 @@ def tail_spread(elr: np.ndarray, tail: float = 0.2) -> float:
 def summary(records, lr: float, wd: float, tail: float = 0.2) -> dict[str, Any]:
     """One run with weight decay against the model's equilibrium (chapter 14): per layer, the root mean squares
     over the last ``tail`` of the run of ‖ΔW‖/‖W‖ (``angular``) and of the ELR (``elr``) beside the predicted
-    ``angular_pred`` and ``elr_pred``; ``drift`` and ``tail_change`` (the largest over layers of
-    :func:`approach`'s), ``settled`` (:attr:`Approach.settled`), ``t_eq`` (the median over layers of the steps to
-    equilibrium) beside ``t_pred`` (2·relaxation_steps), and ``spread_end`` (:func:`tail_spread`)."""
+    ``angular_pred`` and ``elr_pred``; ``elr_drift`` (the largest over layers of :func:`tail_drift` of the gradient
+    ELR); ``settled``; ``t_eq`` (the median over layers of the steps to equilibrium) beside ``t_pred``
+    (2·relaxation_steps); and ``spread_end`` (:func:`tail_spread`).
+
+    A run is ``settled`` when every layer's ‖W‖⁴ came within e⁻² of its plateau before the tail began and its
+    gradient ELR moves between the tail's two halves by less than :data:`ELR_DRIFT`. The ELR and not the norm:
+    the equilibrium norm σ*² = c/E* follows the base gradient c as the loss falls, while E* does not depend on
+    c, so a settled layer's norm may drift but its ELR stays; a layer still on its way down from a large norm has
+    an ELR below E* that is still rising."""
     logged, w = records.matrix("weight_norm")
     e = records.matrix("elr_grad")[1]
     eq, appr = dynamics.equilibrium(lr, wd), approach(logged, w, tail=tail)
+    elr_drift = float(np.max(tail_drift(e, tail)))
     return {"angular": tail_rms(records.matrix("elr_update")[1], tail), "elr": tail_rms(e, tail),
-            "angular_pred": eq.angular, "elr_pred": eq.elr, "drift": float(appr.drift.max()),
-            "tail_change": float(appr.tail_change.max()), "settled": appr.settled,
+            "angular_pred": eq.angular, "elr_pred": eq.elr, "drift": float(appr.drift.max()), "elr_drift": elr_drift,
+            "settled": bool(np.all(appr.steps < appr.tail_start) and elr_drift < ELR_DRIFT),
             "t_eq": float(np.median(appr.steps)), "t_pred": 2 * float(dynamics.relaxation_steps(lr, wd)),
             "spread_end": tail_spread(e, tail)}
