@@ -1,10 +1,11 @@
 """Tiny versions of the Transformers people train today, built from their libraries' own configs (chapter 20).
 
-GPT-2, Llama and Qwen3 come from Hugging Face ``transformers`` (``pip install 'elr[hf]'``), ViT from torchvision;
-nothing is downloaded. They are small enough for a CPU (two blocks of width 64 by default) but keep each
-architecture's layer order, which is all the audit's verdicts depend on: GPT-2 and ViT normalise with LayerNorm,
-Llama with RMSNorm, all three *before* each residual branch (pre-norm); Qwen3 adds an RMSNorm on every head's
-queries and keys (QK-norm).
+GPT-2, Llama, Qwen3 and OLMo 2 come from Hugging Face ``transformers`` (``pip install 'elr[hf]'``), ViT from
+torchvision; nothing is downloaded. They are small enough for a CPU (two blocks of width 64 by default) but keep
+each architecture's layer order, which is all the audit's verdicts depend on: GPT-2 and ViT normalise with
+LayerNorm, Llama with RMSNorm, all three *before* each residual branch (pre-norm); Qwen3 adds an RMSNorm on every
+head's queries and keys (QK-norm); OLMo 2 normalises the queries and keys and, instead of each branch's input, its
+output, before the residual addition.
 
 :func:`train_sequence` trains the language models on :func:`elr.transformer.sorting_task` with plain SGD and an
 :class:`elr.measure.ELRMonitor` attached to the optimizer (``monitor.attach``), the way a user's loop would.
@@ -21,9 +22,10 @@ from torch import nn
 from elr import measure
 from elr.transformer import SequenceTask, sequence_loss
 
-FAMILIES = ("gpt2", "llama", "qwen3", "vit")
-LANGUAGE_MODELS = ("gpt2", "llama", "qwen3")
-LABELS = {"gpt2": "GPT-2", "llama": "Llama", "qwen3": "Qwen3 (QK-norm)", "vit": "ViT"}
+FAMILIES = ("gpt2", "llama", "qwen3", "olmo2", "vit")
+LANGUAGE_MODELS = ("gpt2", "llama", "qwen3", "olmo2")
+LABELS = {"gpt2": "GPT-2", "llama": "Llama", "qwen3": "Qwen3 (QK-norm)", "olmo2": "OLMo 2 (QK-norm, norm after each branch)",
+          "vit": "ViT"}
 
 
 def _transformers():
@@ -89,9 +91,11 @@ def build(family: str, width: int = 64, n_layers: int = 2, heads: int = 4, vocab
                                use_cache=False, **common)
         model = tf.GPT2LMHeadModel(config)
     else:
-        kind = dict(llama=(tf.LlamaConfig, tf.LlamaForCausalLM), qwen3=(tf.Qwen3Config, tf.Qwen3ForCausalLM))[family]
+        kind = dict(llama=(tf.LlamaConfig, tf.LlamaForCausalLM), qwen3=(tf.Qwen3Config, tf.Qwen3ForCausalLM),
+                    olmo2=(tf.Olmo2Config, tf.Olmo2ForCausalLM))[family]
+        head_dim = {} if family == "olmo2" else {"head_dim": width // heads}  # OLMo 2's is width // heads
         config = kind[0](hidden_size=width, intermediate_size=2 * width, num_hidden_layers=n_layers,
-                         num_attention_heads=heads, num_key_value_heads=heads, head_dim=width // heads,
+                         num_attention_heads=heads, num_key_value_heads=heads, **head_dim,
                          max_position_embeddings=seq_len, rms_norm_eps=norm_eps, attention_dropout=0.0,
                          tie_word_embeddings=False, use_cache=False, **common)
         model = kind[1](config)
