@@ -5,7 +5,9 @@
 - a **traceback** ("Traceback (most recent call last)", papermill's "An Exception was encountered");
 - a **warning** printed by the code ("UserWarning", "DeprecationWarning", ... or any "Warning:" line);
 - a **path of the build machine**: the repository root, the home directory, ``/root`` or the temporary
-  directory, e.g. in a warning's file name or a figure's path.
+  directory, e.g. in a warning's file name or a figure's path;
+- a **chapter numbered unlike its file**: the number jupyter-book gives ``book/chapters/NN_slug.html`` (in its
+  title and the sidebar) must be NN, the number ``elr run NN`` takes.
 
 What the authors wrote as example code (the chapters' code cells, and code blocks of the Markdown pages,
 such as the intro's ``papermill /tmp/ch05.ipynb ...``) is not searched for ``/tmp``: there a path is an
@@ -77,6 +79,22 @@ class _Text(HTMLParser):
             (self.code if state == "code" else self.prose).append(data)
 
 
+_TITLE = re.compile(r"<title>\s*(\d+)\.\s", re.IGNORECASE)
+_CHAPTER_FILE = re.compile(r"^book/chapters/(\d+)_[^/]+\.html$")
+
+
+def number_problem(markup: str, name: str) -> list[str]:
+    """A chapter page (``book/chapters/NN_slug.html``) whose title does not start with its file's number NN."""
+    file = _CHAPTER_FILE.match(name.replace(os.sep, "/"))
+    if not file:
+        return []
+    title = _TITLE.search(markup)
+    shown = title.group(1) if title else "no number"
+    if title and int(shown) == int(file.group(1)):
+        return []
+    return [f"{name}: numbered {shown} in the book, {int(file.group(1))} by its file name and `elr run`"]
+
+
 def page_problems(markup: str, name: str, paths: list[str]) -> list[str]:
     """Problems of one page's HTML (see the module doc), each naming the page and quoting the text."""
     parser = _Text()
@@ -117,5 +135,6 @@ def check_html(html_dir: str | Path, root: str | Path | None = None) -> list[str
         rel = page.relative_to(html_dir)
         if rel.name in _SKIP or rel.parts[0].startswith("_"):
             continue
-        problems += page_problems(page.read_text(encoding="utf-8", errors="replace"), str(rel), paths)
+        markup = page.read_text(encoding="utf-8", errors="replace")
+        problems += page_problems(markup, str(rel), paths) + number_problem(markup, str(rel))
     return problems

@@ -327,7 +327,8 @@ def test_built_chapter_pages_offer_downloads_and_the_rerun_box(tmp_path, monkeyp
     (root / "book" / "references.bib").write_text("")
     config = (book.ROOT / "_config.yml").read_text()
     (root / "_config.yml").write_text(config.replace("  - book/references.bib", "  - book/references.bib"))
-    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/chapters/01_tiny\n")
+    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\noptions:\n  numbered: true\n"
+                                   "chapters:\n  - file: book/chapters/01_tiny\n")
     monkeypatch.setattr(book, "ROOT", root)
     monkeypatch.setattr(book, "NOTEBOOKS", root / "notebooks")
     monkeypatch.setattr(book, "CHAPTERS_OUT", root / "book" / "chapters")

@@ -58,6 +58,18 @@ def test_each_problem_is_found_in_outputs(tmp_path, out, kind, what):
     assert any(what in p for p in problems), problems
 
 
+def test_a_chapter_page_numbered_unlike_its_file_is_found(tmp_path):
+    html = _book(tmp_path, ch=CLEAN)
+    for name, title in (("10_short_term", "10. Validating the model"), ("03_gradient_flow", "4. Gradient flow"),
+                        ("05_warmup", "Warm-up")):
+        (html / "book" / "chapters" / f"{name}.html").write_text(_page(CLEAN).replace("<title>t</title>",
+                                                                                     f"<title>{title} &#8212; Book</title>"))
+    problems = pages.check_html(html, root=tmp_path)
+    assert sorted(p.split(":")[0] for p in problems) == ["book/chapters/03_gradient_flow.html",
+                                                         "book/chapters/05_warmup.html"], problems
+    assert "numbered 4 in the book, 3 by its file name" in " ".join(problems)
+
+
 def test_paths_in_prose_and_authored_code(tmp_path):
     # the repository's path is a leak anywhere, even in code a chapter shows
     leak = CELL.format(code=f'open("{tmp_path}/notebooks/x.py")', kind="stream", out="1")
@@ -137,7 +149,8 @@ def test_check_html_on_a_book_jupyter_book_built(tmp_path, monkeypatch):
     (root / "book" / "intro.md").write_text("# Intro\n\n```bash\npapermill /tmp/ch.ipynb /tmp/out.ipynb\n```\n")
     (root / "book" / "references.bib").write_text("")
     (root / "_config.yml").write_text((book.ROOT / "_config.yml").read_text())
-    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/chapters/01_tiny\n")
+    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\noptions:\n  numbered: true\n"
+                                   "chapters:\n  - file: book/chapters/01_tiny\n")
     monkeypatch.setattr(book, "ROOT", root)
     monkeypatch.setattr(book, "NOTEBOOKS", root / "notebooks")
     monkeypatch.setattr(book, "CHAPTERS_OUT", root / "book" / "chapters")
