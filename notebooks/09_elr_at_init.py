@@ -262,9 +262,4 @@ plots.glue("ch09-identity-sentence", (
     f"The identity does not hold to float32 rounding in every run: the largest relative error is {worst:.1e} "
     "(see the table below)."))
 plots.glue("ch09-verdicts", Markdown(claims.summary()))
-if check_claims:
-    claims.check()
-else:
-    claims.save()
-print("every gate claim of this chapter has its registered verdict" if check_claims
-      else "claims not checked at this profile")
+claims.finish(check_claims)

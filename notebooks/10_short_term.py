@@ -207,9 +207,4 @@ plots.glue("ch10-real-sentence", (
        "fails": " A run at a rate up to λ = 1 diverged (claim 5 fails), and it counts against claims 1 to 4 as stated "
                 "above."}.get(claims.get("10.no-divergence").verdict, "")))
 plots.glue("ch10-verdicts", Markdown(claims.summary()))
-if check_claims:
-    claims.check()
-else:
-    claims.save()
-print("every gate claim of this chapter has its registered verdict" if check_claims
-      else "claims not checked at this profile")
+claims.finish(check_claims)

@@ -289,9 +289,4 @@ with np.errstate(invalid="ignore"):  # a case whose runs all diverged has no mea
     plots.glue("ch11-walk-small-low", "— (a run diverged)" if not done[walk_s].all()
                else f"{np.mean(stat['low_ratio'][walk_s]):.1%}")
 plots.glue("ch11-verdicts", Markdown(claims.summary()))
-if check_claims:
-    claims.check()
-else:
-    claims.save()
-print("every gate claim of this chapter has its registered verdict" if check_claims
-      else "claims not checked at this profile")
+claims.finish(check_claims)

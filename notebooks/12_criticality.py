@@ -194,12 +194,7 @@ for key, cid in [("v1", "12.rw-below-critical-lowers"), ("v2", "12.real-below-cr
 plots.glue("ch12-best-rw", ", ".join(f"{b:g}" for b in best["random_walk"]))
 plots.glue("ch12-best-real", ", ".join(f"{b:g}" for b in best["none"]))
 plots.glue("ch12-kcrit", evidence.cell(evidence.mean_interval(k_crit), digits=3))
-if check_claims:
-    claims.check()
-else:
-    claims.save()
-print("every gate claim of this chapter has its registered verdict" if check_claims
-      else "claims not checked at this profile")
+claims.finish(check_claims)
 
 # %% [markdown]
 # ## Discussion

@@ -242,9 +242,4 @@ plots.glue("ch13-acc-sentence", (
        "inconclusive": "is inconclusive, neither network is established to train better"}[c7.verdict] + "."))
 acc_range = [100 * (acc[k].max() - acc[k].min()) for k in cases]
 plots.glue("ch13-acc-range", f"{min(acc_range):.0f} to {max(acc_range):.0f}")
-if check_claims:
-    claims.check()
-else:
-    claims.save()
-print("every gate claim of this chapter has its registered verdict" if check_claims
-      else "claims not checked at this profile")
+claims.finish(check_claims)

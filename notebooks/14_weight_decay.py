@@ -395,9 +395,4 @@ for wd_show in (5e-4, 5e-3):
 eq_sim = dynamics.equilibrium(0.1, 5e-3)
 assert np.allclose(sims["wd = 0.005"].elr[-1], eq_sim.elr, rtol=1e-6), "model: every layer ends at E_*"
 assert spread_end["wd = 0.005"] < 1e-6 < 1 < spread_end["wd = 0"], "model: weight decay removes the spread, plain SGD keeps it"
-if check_claims:
-    claims.check()
-else:
-    claims.save()
-print("every gate claim of this chapter has its registered verdict" if check_claims
-      else "claims not checked at this profile")
+claims.finish(check_claims)

@@ -371,9 +371,4 @@ low = ratios < 0.05
 assert np.all(sim[0.9]["spread"][low] < sim[0.0]["spread"][low]), "model: well below (1−μ)κ momentum reduces the spread"
 high = ratios > 1.5
 assert np.all(sim[0.9]["spread"][high] > sim[0.0]["spread"][high]), "model: above κ momentum increases the spread"
-if check_claims:
-    claims.check()
-else:
-    claims.save()
-print("every gate claim of this chapter has its registered verdict" if check_claims
-      else "claims not checked at this profile")
+claims.finish(check_claims)

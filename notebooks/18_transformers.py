@@ -243,9 +243,4 @@ drift = {name: claims.get("18.drift-exceeds-growth", name) for name in table}
 plots.glue("ch18-drift-sentence", f"over these {steps} steps at λ = {lr:g}, does the base gradient drift by more "
            "than log σ² grows? Mean paired difference, drift − |growth|, with its interval and verdict: " + "; ".join(
                f"{name}: {evidence.shown(c)}, {c.verdict}" for name, c in drift.items()) + ".")
-if check_claims:
-    claims.check()
-else:
-    claims.save()
-print("every gate claim of this chapter has its registered verdict" if check_claims
-      else "claims not checked at this profile")
+claims.finish(check_claims)

@@ -251,9 +251,4 @@ plots.glue("ch19-claim5", (
         "fails": f"fails: more than {m:g} points from the constraint on average.",
         "inconclusive": f"is inconclusive: neither within ±{m:g} points nor {m:g} points apart is established."}[
         c5.verdict]))
-if check_claims:
-    claims.check()
-else:
-    claims.save()
-print("every gate claim of this chapter has its registered verdict" if check_claims
-      else "claims not checked at this profile")
+claims.finish(check_claims)
