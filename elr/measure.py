@@ -44,6 +44,27 @@ from torch import nn
 from elr import dynamics
 from elr.nets import scale_invariant_layers
 
+
+def _outside_compile(fn):
+    """``torch.compiler.disable`` without importing Dynamo in a process that never compiles.
+
+    Decorating with ``torch.compiler.disable`` imports ``torch._dynamo`` (about 2 s and 900 modules, sympy
+    among them) when this module is imported, in every process that measures, compiled or not. Here the
+    hook asks ``torch.compiler.is_compiling()`` (a flag, no import): eager code calls ``fn`` itself; code
+    that Dynamo traces sees True and calls the disabled ``fn``, so the hook still runs outside the graph.
+    """
+    disabled = []
+
+    @functools.wraps(fn)
+    def hook(*args, **kwargs):
+        if not torch.compiler.is_compiling():
+            return fn(*args, **kwargs)
+        if not disabled:
+            disabled.append(torch.compiler.disable(fn))
+        return disabled[0](*args, **kwargs)
+
+    return hook
+
 #: Quantities recorded per layer (channel = -1) and, with ``per_channel``, per output channel.
 LAYER_QUANTITIES = ("weight_norm", "grad_norm", "elr_grad", "elr_grad_max",
                     "update_norm", "elr_update", "elr_update_max")
@@ -392,7 +413,7 @@ class ELRMonitor:
             self._model = model
             self._audit_hook = model.register_forward_pre_hook(self._audit_at_first_forward, with_kwargs=True)
 
-    @torch.compiler.disable
+    @_outside_compile
     def _audit_at_first_forward(self, module, args, kwargs):
         self._audit_hook.remove()  # before the audit: its copies of the model must not carry this hook
         self._audit_hook = None
@@ -458,7 +479,7 @@ class ELRMonitor:
         * under FSDP2 (``fully_shard``), each rank computes the squared norms of its shards and one all-reduce
           per logged step sums them, on every rank (so every rank must attach); rank 0 records (all ranks with
           ``rank_zero_only=False``). The ELRs equal those of one process.
-        * the hooks run outside ``torch.compile`` (``torch.compiler.disable``), also under
+        * the hooks run outside ``torch.compile`` (``torch.compiler.disable``, applied when compiling), also under
           ``torch.compile(optimizer.step)``.
 
         With plain ``torch.optim.SGD`` (not Nesterov) the update is read from the optimizer (λ·‖buf‖ with
@@ -470,14 +491,14 @@ class ELRMonitor:
 
     # ------------------------------------------------------------- measuring
 
-    @torch.compiler.disable
+    @_outside_compile
     @torch.no_grad()
     def observe_gradients(self, step: int) -> None:
         """Call after ``backward()`` (under AMP: after ``scaler.unscale_(optimizer)``): gradient and weight norms,
         kept on the device until the update."""
         self._gradients(step, None)
 
-    @torch.compiler.disable
+    @_outside_compile
     @torch.no_grad()
     def observe_update(self, step: int) -> bool:
         """Call after ``optimizer.step()``: the update norms, then one transfer of everything.
@@ -720,7 +741,7 @@ class _Hooks:
         _wrap_grad_scaler()
         _ATTACHED.setdefault(optimizer, []).append(self)
 
-    @torch.compiler.disable
+    @_outside_compile
     def _pre(self, optimizer, args, kwargs) -> None:
         self._ran = True
         found_inf = getattr(optimizer, "found_inf", None)  # set by GradScaler for fused optimizers only
@@ -730,7 +751,7 @@ class _Hooks:
             self.monitor._gradients(self.step, optimizer, getattr(optimizer, "grad_scale", None), found_inf,
                                     self.active)
 
-    @torch.compiler.disable
+    @_outside_compile
     def _post(self, optimizer, args, kwargs) -> None:
         with torch.no_grad():
             self.monitor._update(self.step, optimizer, self.active)

@@ -27,8 +27,8 @@ import numpy as np, torch
 from torch import nn
 import elr, elr.audit, elr.dynamics, elr.gradients, elr.measure, elr.schedules
 assert elr.__file__.startswith(%(root)r), elr.__file__
-# sympy may be imported, but only through torch's own Dynamo (the monitor's hooks are marked
-# torch.compiler.disable, so that torch.compile leaves them alone): it is one of torch's requirements, not elr's
+# sympy may be imported, but only through torch's own Dynamo, which torch.optim imports when an optimizer is
+# built (elr's imports do not: tests/test_measure.py): it is one of torch's requirements, not elr's
 
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(8, 8, bias=False), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
