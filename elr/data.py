@@ -58,13 +58,35 @@ class TensorData:
         return tuple(self.inputs.shape[1:])
 
 
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The images (1797, 8, 8) and labels of scikit-learn's digits, as ``sklearn.datasets.load_digits`` gives them.
+
+    Read from the file scikit-learn ships (``sklearn/datasets/data/digits.csv.gz``) the way ``load_digits``
+    reads it, without importing scikit-learn (about 3 s, paid again by every training process of a sweep);
+    if the file is not where this version of scikit-learn keeps it, ``load_digits`` itself.
+    ``tests/test_data.py`` checks that both give the same arrays.
+    """
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    path = (Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+            if spec is not None and spec.submodule_search_locations else None)
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits  # raises ImportError naming scikit-learn if it is missing
+
+        bunch = load_digits()
+        return bunch.images, bunch.target
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        table = np.loadtxt(f, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
+
+
 def digits(train: bool = True, test_fraction: float = 0.25, split_seed: int = 0) -> TensorData:
     """scikit-learn's digits, split once (fixed seed) into a training and a test part."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = bunch.images.astype(np.float32) / 16.0
-    y = bunch.target.astype(np.int64)
+    images, target = _digits_arrays()
+    x = images.astype(np.float32) / 16.0
+    y = target.astype(np.int64)
     order = np.random.default_rng(split_seed).permutation(len(y))
     n_test = int(round(test_fraction * len(y)))
     test, tr = order[:n_test], order[n_test:]

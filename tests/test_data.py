@@ -16,6 +16,29 @@ def test_digits_is_the_offline_real_data_set():
     assert abs(float(train.inputs.mean())) < 1e-5 and abs(float(train.inputs.std()) - 1) < 1e-3
 
 
+def test_digits_are_read_without_scikit_learn_and_equal_load_digits():
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images, target = data._digits_arrays()
+    np.testing.assert_array_equal(images, bunch.images)
+    np.testing.assert_array_equal(target, bunch.target)
+    code = "import sys, elr.data; elr.data.digits(True); print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_digits_fall_back_to_load_digits_where_the_file_is_elsewhere(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    images, target = data._digits_arrays()
+    assert images.shape == (1797, 8, 8) and target.shape == (1797,)
+
+
 def _write_cifar10(root, n=6):
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
