@@ -18,7 +18,11 @@ statistics), with dropout masks fixed by seeding:
   1e3 against γ = 1 (:data:`FACTORS`), compared leaf by leaf. They catch
   what a derivative at γ = 1 cannot: saturating nonlinearities (ReLU6 clips
   only at large γ), a weight invariant only while an all-zero bias stays
-  zero, a NaN at γ = 1e3.
+  zero, a NaN at γ = 1e3. Where ``torch.fx`` traces the model, each of these
+  passes recomputes only the nodes the scaled parameter reaches and reads the
+  rest from one kept full pass (:class:`_Suffix`): the same outputs bit for
+  bit, checked against the eager pass, and declined (a whole pass instead)
+  wherever an in-place operation could make a kept value stale.
 * **structurally**, for linear and convolution weights (transformers'
   ``Conv1D`` included): a trace of the model, following how the weight's
   scale propagates to the output: through layers homogeneous of degree 1
@@ -537,10 +541,18 @@ def _screen(m64: nn.Module, args: tuple, kwargs: dict, names: list[str], project
 
 
 def _factor_changes(m64: nn.Module, args: tuple, kwargs: dict, names: list[str], factors: tuple, seed: int,
-                    stop_above: float) -> dict[str, float]:
+                    stop_above: float, runner: "_Suffix | None" = None, moved: Collection[str] = ()) -> dict[str, float]:
     """The finite factors on the prepared float64 model, for the named parameters only (one shared base pass);
-    each parameter is restored exactly after each factor."""
-    base = _forward(m64, args, kwargs, seed, grad=False)
+    each parameter is restored exactly after each factor. With a ``runner`` (:class:`_Suffix`, built before
+    the parameters ``moved`` were changed), each pass recomputes only what the changed parameters reach."""
+
+    def forward(changed):
+        out = runner.rerun([*moved, *changed]) if runner is not None and (moved or changed) else None
+        if out is None and runner is not None and not moved and not changed:
+            out = runner.output()
+        return out if out is not None else _forward(m64, args, kwargs, seed, grad=False)
+
+    base = forward(())
     params = dict(m64.named_parameters())
     out = {}
     for n in names:
@@ -549,7 +561,7 @@ def _factor_changes(m64: nn.Module, args: tuple, kwargs: dict, names: list[str],
         for g in factors:
             with torch.no_grad():
                 p.mul_(g)
-            worst = max(worst, _relative_change(_forward(m64, args, kwargs, seed, grad=False), base))
+            worst = max(worst, _relative_change(forward((n,)), base))
             with torch.no_grad():
                 p.copy_(keep)
             if worst > stop_above:
@@ -559,7 +571,8 @@ def _factor_changes(m64: nn.Module, args: tuple, kwargs: dict, names: list[str],
 
 
 def _decide(m64: nn.Module, args: tuple, kwargs: dict, names: list[str], proven: Mapping[str, bool],
-            factors: tuple, tol: float, seed: int, projections: int) -> dict[str, tuple[bool, float, str]]:
+            factors: tuple, tol: float, seed: int, projections: int, runner: "_Suffix | None" = None,
+            moved: Collection[str] = ()) -> dict[str, tuple[bool, float, str]]:
     """(invariant, change, method) per name: the screen where it decides, the finite factors elsewhere. For a
     few names (the checks of one moved bias) the screen costs more than it saves: a proven weight is then
     invariant by the trace alone, and the others go straight to the factors (one pass if they break)."""
@@ -568,7 +581,7 @@ def _decide(m64: nn.Module, args: tuple, kwargs: dict, names: list[str], proven:
     if len(names) <= 2:
         result = {n: (True, 0.0, "trace") for n in names if proven.get(n, False)}
         rest = [n for n in names if n not in result]
-        changes = _factor_changes(m64, args, kwargs, rest, factors, seed, tol) if rest else {}
+        changes = _factor_changes(m64, args, kwargs, rest, factors, seed, tol, runner, moved) if rest else {}
         result.update({n: (c < tol, c, "factors") for n, c in changes.items()})
         return result
     screen = _screen(m64, args, kwargs, names, projections, seed)
@@ -581,7 +594,7 @@ def _decide(m64: nn.Module, args: tuple, kwargs: dict, names: list[str], proven:
             result[n] = (True, rate, "screen+trace")
         else:
             undecided.append(n)
-    changes = _factor_changes(m64, args, kwargs, undecided, factors, seed, tol) if undecided else {}
+    changes = _factor_changes(m64, args, kwargs, undecided, factors, seed, tol, runner, moved) if undecided else {}
     result.update({n: (c < tol, c, "factors") for n, c in changes.items()})
     return result
 
@@ -622,7 +635,7 @@ def _zero_output(gm: fx.GraphModule | None, zero_params: set[str]) -> str:
 
 def audit(model: nn.Module, *inputs: Any, tol: float = 1e-8, factors: tuple = FACTORS,
           kwargs: dict | None = None, params: str = "all", only: Collection[str] | None = None,
-          method: str = "screen", projections: int = 2, seed: int = 0) -> list[AuditRow]:
+          method: str = "screen", projections: int = 2, seed: int = 0, fast: bool = True) -> list[AuditRow]:
     """Audit every parameter of ``model`` on the inputs ``model(*inputs, **kwargs)`` (a batch of at least 2
     samples, for batch statistics).
 
@@ -637,6 +650,9 @@ def audit(model: nn.Module, *inputs: Any, tol: float = 1e-8, factors: tuple = FA
     convolution layers and of attention's input projections (the layers the paper's analysis is about).
     ``only`` audits just the named parameters among those (each verdict depends on its own parameter alone, so
     a large model's audit can be split across processes). ``seed`` fixes the dropout masks and projections.
+    ``fast`` (default) lets the finite factors recompute only the part of the model a scaled parameter
+    reaches, where the model's fx graph allows it (:class:`_Suffix`; the same outputs, bit for bit);
+    ``fast=False`` runs the whole model for every factor.
     """
     if params not in ("all", "weights"):
         raise ValueError(f"params must be 'all' or 'weights', got {params!r}")
@@ -733,18 +749,21 @@ def audit(model: nn.Module, *inputs: Any, tol: float = 1e-8, factors: tuple = FA
         args64, kwargs64 = _cast(inputs, torch.float64), _cast(kwargs, torch.float64)
         live = [n for n, _ in named if n not in zero_params]
         base = _forward(m64, args64, kwargs64, seed, grad=False)
+        runner = None
         if zero_out and not any(bool(o.abs().max() > 0) for o in base if o.numel()):
             # the output is 0 · (anything finite): no weight before that layer can change it
             decided = {n: (True, 0.0, "zero output") for n in live}
         else:
-            decided = _decide(m64, args64, kwargs64, live, proof_now, factors, tol, seed, projections)
+            runner = _Suffix.build(m64, args64, kwargs64, seed, base) if fast else None
+            decided = _decide(m64, args64, kwargs64, live, proof_now, factors, tol, seed, projections, runner)
         decided.update({n: (False, 0.0, "zero") for n, _ in named if n in zero_params})
         suspects = [n for n in live if decided[n][0] and not proof_any.get(n, False)]
         if zero_params and suspects:
             everything = dict(model.named_parameters())
             dtypes = {n: p.dtype for n, p in everything.items()}
             _set_moved(m64, zero_params, dtypes)
-            after = _decide(m64, args64, kwargs64, suspects, proof_any, factors, tol, seed, projections)
+            after = _decide(m64, args64, kwargs64, suspects, proof_any, factors, tol, seed, projections, runner,
+                            [n for n in zero_params if n in everything])
             with torch.no_grad():
                 for n, prm in m64.named_parameters():
                     if n in zero_params:
@@ -767,7 +786,7 @@ def audit(model: nn.Module, *inputs: Any, tol: float = 1e-8, factors: tuple = FA
                         proven[n] = False
                 _set_moved(m64, {bias}, dtypes)
                 alone.update({n: v[0] for n, v in _decide(m64, args64, kwargs64, names, proven, factors, tol, seed,
-                                                          projections).items()})
+                                                          projections, runner, [bias]).items()})
                 with torch.no_grad():
                     dict(m64.named_parameters())[bias].zero_()
             conditional = {n: (own[n],) if n in own and not alone[n] else tuple(sorted(zero_params))
@@ -814,6 +833,156 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return _is_conv1d(m) or _is_rmsnorm(m) or super().is_leaf_module(m, qualname)
+
+
+class _Suffix:
+    """Forward passes that recompute only what a change of some parameters can reach.
+
+    One full pass of the model's fx graph keeps every node's value and the random-number state before it (so
+    that dropout and stochastic depth draw the same masks); a later pass for changed parameters recomputes the
+    nodes downstream of those parameters' modules, reading the rest from the full pass. Each pass gives the
+    output that a whole forward pass gives, bit for bit: :meth:`build` checks the full pass against the eager
+    one, and refuses graphs whose in-place operations could make a kept value stale (a tensor changed in
+    place that some other node also reads). Inputs that a recomputed node takes from the full pass are passed
+    as copies, so an in-place operation never changes a kept value.
+    """
+
+    def __init__(self, gm: fx.GraphModule, args: tuple, seed: int):
+        self.gm, self.args, self.seed = gm, args, seed
+        self.nodes = list(gm.graph.nodes)
+        self.index = {n: i for i, n in enumerate(self.nodes)}
+        self.env: dict[fx.Node, Any] = {}
+        self.rng: dict[fx.Node, torch.Tensor] = {}
+        self.changes: dict[fx.Node, list[int]] = {}  # nodes whose storage later nodes change in place: by which
+        self.made: dict[fx.Node, torch.Tensor] = {}  # and a copy of their value as it was made
+        self._sources_of: dict[str, list[fx.Node]] = {}
+        self.storage: dict[fx.Node, int] = {}  # the storage of each tensor value (not parameters)
+        self.changed_by: dict[fx.Node, set[int]] = {}  # the storages each node changed in place
+
+    @classmethod
+    def build(cls, m64: nn.Module, args: tuple, kwargs: dict, seed: int, base: list[torch.Tensor]) -> "_Suffix | None":
+        """The runner for the float64 copy, or None where it cannot be trusted to equal the eager passes (no
+        fx trace, keyword inputs, an in-place change that other nodes could read, or a full pass that differs
+        from the eager output ``base`` in any bit)."""
+        if kwargs:
+            return None
+        try:
+            gm = fx.GraphModule(m64, _Tracer().trace(m64))
+            placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+            if len(placeholders) != len(args):
+                return None
+            runner = cls(gm, args, seed)
+            if not runner._full():
+                return None
+            out = runner.output()
+        except Exception:  # an untraceable model, or one the graph cannot run: the eager passes decide
+            return None
+        if len(out) != len(base) or not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(out, base)):
+            return None
+        return runner
+
+    def _full(self) -> bool:
+        """Run every node, keeping its value, the RNG state before it, and which nodes changed which tensor
+        storage in place. False where that bookkeeping cannot vouch for the kept values (a tensor changed in
+        place by something other than a node that received it)."""
+        interp = fx.Interpreter(self.gm)
+        interp.args_iter = iter(self.args)
+        interp.env = self.env
+        torch.manual_seed(self.seed)
+        made: dict[fx.Node, int] = {}
+        made_copy: dict[fx.Node, torch.Tensor] = {}
+        changes: dict[int, list[int]] = {}  # storage -> indices of the nodes that changed it in place
+        with torch.no_grad(), _KeepFloat64():
+            for i, node in enumerate(self.nodes):
+                self.rng[node] = torch.get_rng_state()
+                inputs = {id(self.env[a]): self.env[a] for a in node.all_input_nodes
+                          if isinstance(self.env.get(a), torch.Tensor)}
+                before = {k: t._version for k, t in inputs.items()}
+                self.env[node] = value = interp.run_node(node)
+                for k, t in inputs.items():
+                    if t._version != before[k]:
+                        changes.setdefault(_storage(t), []).append(i)
+                        self.changed_by.setdefault(node, set()).add(_storage(t))
+                if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+                    made[node] = value._version
+                    made_copy[node] = value.clone()
+                    self.storage[node] = _storage(value)
+        self.changes = {}
+        for node, version in made.items():
+            value = self.env[node]
+            later = [c for c in changes.get(_storage(value), ()) if c > self.index[node]]
+            if value._version != version and not later:
+                return False  # changed in place, but not by a node it was handed to
+            if later:
+                self.changes[node] = later
+                self.made[node] = made_copy[node]
+        return True
+
+    def output(self, env: dict | None = None) -> list[torch.Tensor]:
+        env = self.env if env is None else env
+        out = self.nodes[-1]
+        return _leaves(fx.node.map_arg(out.args[0], lambda n: env[n]))
+
+    def sources(self, name: str) -> list[fx.Node]:
+        """The nodes through which parameter ``name`` enters the graph (its module's calls, or a get_attr)."""
+        if name not in self._sources_of:
+            self._sources_of[name] = [
+                n for n in self.nodes
+                if (n.op == "call_module" and name.startswith(n.target + "."))
+                or (n.op == "get_attr" and (n.target == name or name.startswith(n.target + ".")))]
+        return self._sources_of[name]
+
+    def rerun(self, changed: Collection[str]) -> list[torch.Tensor] | None:
+        """The output after the named parameters changed (the others as in the full pass); None where this
+        pass cannot be trusted to equal a whole forward pass (a parameter that enters the graph by no node
+        found here, or a tensor changed in place that the recomputed nodes read in more than one place), and
+        the caller then runs the whole model."""
+        starts = []
+        for name in changed:
+            found = self.sources(name)
+            if not found:
+                return None
+            starts += found
+        if not starts:
+            return self.output()
+        # what the changed parameters reach: through the graph's edges, and through storage that a recomputed
+        # node changes in place (a later node reading that storage by another node reads the change)
+        todo, dirty = set(starts), set()
+        for node in self.nodes[min(self.index[n] for n in starts):]:
+            if node in todo or any(a in todo or self.storage.get(a) in dirty for a in node.all_input_nodes):
+                todo.add(node)
+                dirty |= self.changed_by.get(node, set())
+        # kept inputs of recomputed nodes whose storage some node changes in place: each may be read once, as
+        # it was when that node read it in the full pass (before any of those changes, or after all of them)
+        env = dict(self.env)
+        reads: dict[int, list[tuple[fx.Node, fx.Node]]] = {}
+        for node in todo:
+            for a in node.all_input_nodes:
+                if a not in todo and a in self.changes:
+                    reads.setdefault(_storage(self.env[a]), []).append((a, node))
+        for pairs in reads.values():
+            if len(pairs) > 1:
+                return None
+            (a, reader), = pairs
+            at = self.index[reader]
+            if all(c < at for c in self.changes[a]):
+                env[a] = self.env[a].clone()
+            elif all(c >= at for c in self.changes[a]):
+                env[a] = self.made[a].clone()
+            else:
+                return None
+        interp = fx.Interpreter(self.gm)
+        interp.env = env
+        with torch.no_grad(), _KeepFloat64():
+            for node in self.nodes:
+                if node in todo and node.op != "output":
+                    torch.set_rng_state(self.rng[node])
+                    env[node] = interp.run_node(node)
+        return self.output(env)
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
 
 
 class _Recorded:

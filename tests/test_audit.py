@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
 from elr import audit, cli, nets
 
@@ -465,3 +466,107 @@ def test_reasons_by_kind_groups_the_weights_that_do_not_auto_tune():
     assert text.count("×") == len({(r.verdict, audit.reason_kind(r.reason)) for r in broken})
     counts = [int(part.split("×")[0]) for part in text.split("<br>")]
     assert sum(counts) == len(broken) and counts == sorted(counts, reverse=True)
+
+
+# ------------------------------------------------------------------- the factors' partial passes (_Suffix)
+
+
+class _Trap(torch.nn.Module):
+    """A small network with one in-place pattern where a value kept from the full pass is not what a node
+    read in it (``kind``), followed by BatchNorm and a head."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.a, self.b, self.c, self.down = (torch.nn.Linear(6, 6) for _ in range(4))
+        self.drop = torch.nn.Dropout(0.3)
+        self.norm = torch.nn.BatchNorm1d(6)
+        self.head = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        if self.kind == "added in place":  # add_ reads b's output as it was made, then changes it
+            z = self.b(x).add_(self.down(x))
+        elif self.kind == "read before and after":  # t is read before and after its in-place change
+            s, t = self.c(x), self.a(x)
+            r1 = s + t
+            t.mul_(2.0)
+            z = r1 + s * t
+        elif self.kind == "changed behind the graph":  # add_ changes b's output, which c then reads
+            out = self.b(x)
+            out.add_(self.down(x))
+            z = self.c(out)
+        else:  # "relu_ of a kept residual", with dropout: the residual is read after the in-place ReLU
+            h = self.a(x)
+            keep = h
+            h = torch.relu_(h)
+            z = self.drop(self.b(h)) + keep
+        return self.head(self.norm(z))
+
+
+TRAPS = ["added in place", "read before and after", "changed behind the graph", "relu_ of a kept residual"]
+
+
+def _runner_case(model, x):
+    m64 = audit.exact_copy(model)
+    args = audit._cast((x,), torch.float64)
+    base = audit._forward(m64, args, {}, 0, grad=False)
+    return m64, args, base, audit._Suffix.build(m64, args, {}, 0, base)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: (_Trap("added in place"), torch.randn(8, 6)),
+    lambda: (_Trap("read before and after"), torch.randn(8, 6)),
+    lambda: (_Trap("changed behind the graph"), torch.randn(8, 6)),
+    lambda: (_Trap("relu_ of a kept residual"), torch.randn(8, 6)),
+    lambda: (torchvision.models.resnet18(num_classes=10), torch.randn(2, 3, 32, 32)),
+    lambda: (torchvision.models.efficientnet_b0(num_classes=10), torch.randn(2, 3, 32, 32)),
+], ids=TRAPS + ["resnet18", "efficientnet_b0 (stochastic depth)"])
+def test_partial_passes_equal_whole_passes_bit_for_bit_or_decline(make):
+    torch.manual_seed(0)
+    model, x = make()
+    m64, args, base, runner = _runner_case(model, x)
+    assert runner is not None  # every case must use the partial passes, or nothing is tested
+    params = list(m64.named_parameters())
+    picked = params if len(params) <= 16 else params[::len(params) // 12]  # spread over the depth of the model
+    bias = next(n for n, _ in params if n.endswith("bias"))
+    used = 0
+    for moved in ((), (bias,)):  # the reference pass's parameters, then one bias moved as the audit moves them
+        if moved:
+            audit._set_moved(m64, set(moved), {n: p.dtype for n, p in params})
+        for name, p in picked:
+            with torch.no_grad():
+                keep = p.detach().clone()
+                p.mul_(3.0)
+            eager = audit._forward(m64, args, {}, 0, grad=False)
+            partial = runner.rerun([*moved, name])
+            if partial is not None:
+                used += 1
+                assert all(torch.equal(a, b) for a, b in zip(partial, eager)), (moved, name)
+            with torch.no_grad():
+                p.copy_(keep)
+        with torch.no_grad():
+            for n in moved:
+                dict(params)[n].zero_()
+    assert used > 0
+    again = runner.output()
+    assert all(torch.equal(a, b) for a, b in zip(again, base))  # the kept values were never changed
+
+
+@pytest.mark.parametrize("kind", TRAPS)
+def test_the_audit_of_in_place_traps_is_the_same_with_partial_passes(kind):
+    torch.manual_seed(0)
+    model, x = _Trap(kind), torch.randn(8, 6)
+    fast = audit.audit(model, x, fast=True)
+    slow = audit.audit(model, x, fast=False)
+    assert [(r.name, r.verdict, r.change, r.reason, r.method) for r in fast] == \
+        [(r.name, r.verdict, r.change, r.reason, r.method) for r in slow]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "regnet_y_400mf"])
+def test_the_audit_with_partial_passes_gives_the_same_rows(name):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    rows = {fast: [(r.name, r.verdict, r.change, r.reason, r.method, r.only_while_zero)
+                   for r in audit.audit(model, x, params="weights", fast=fast)] for fast in (True, False)}
+    assert rows[True] == rows[False]
