@@ -885,7 +885,7 @@ class _Suffix:
         """Run every node, keeping its value, the RNG state before it, and which nodes changed which tensor
         storage in place. False where that bookkeeping cannot vouch for the kept values (a tensor changed in
         place by something other than a node that received it)."""
-        interp = fx.Interpreter(self.gm)
+        interp = self._interp = fx.Interpreter(self.gm)
         interp.args_iter = iter(self.args)
         interp.env = self.env
         torch.manual_seed(self.seed)
@@ -971,7 +971,7 @@ class _Suffix:
                 env[a] = self.made[a].clone()
             else:
                 return None
-        interp = fx.Interpreter(self.gm)
+        interp = self._interp  # one per runner: building one lists every submodule
         interp.env = env
         with torch.no_grad(), _KeepFloat64():
             for node in self.nodes:

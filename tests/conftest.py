@@ -1,5 +1,10 @@
 """Tests run the same whatever the caller's environment: no book-level worker count or forced retraining."""
+import json
+from pathlib import Path
+
 import pytest
+
+ZOO_SECONDS = Path(__file__).with_name("zoo_seconds.json")
 
 
 @pytest.fixture(autouse=True)
@@ -10,8 +15,8 @@ def _clean_environment(monkeypatch):
 
 def pytest_addoption(parser):
     parser.addoption("--shard", default=None, metavar="I/N",
-                     help="run only every N-th collected test, from the I-th (0-based): `make test-zoo` runs the "
-                          "zoo as two shards in parallel")
+                     help="run the I-th of N shards (0-based) of the collected tests, balanced by the seconds in "
+                          "tests/zoo_seconds.json: `make test-zoo` runs the zoo as two shards in parallel")
 
 
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected theirs, so that the shards split what runs
@@ -25,5 +30,17 @@ def pytest_collection_modifyitems(config, items):
             raise ValueError
     except ValueError:
         raise pytest.UsageError(f"--shard must be I/N with 0 <= I < N, e.g. 0/2; got {shard!r}") from None
-    config.hook.pytest_deselected(items=[item for k, item in enumerate(items) if k % n != i])
-    items[:] = items[i::n]
+    # largest first, each to the shard with the least so far, by the seconds measured for the zoo (others: the
+    # median); without measurements, round robin
+    costs = json.loads(ZOO_SECONDS.read_text())["seconds"] if ZOO_SECONDS.exists() else {}
+    param = [item.callspec.params.get("name") if hasattr(item, "callspec") else None for item in items]
+    known = sorted(costs.values())
+    median = known[len(known) // 2] if known else 1.0
+    load, shard_of = [0.0] * n, {}
+    for k in sorted(range(len(items)), key=lambda k: (-costs.get(param[k], median), k)):
+        s = min(range(n), key=lambda j: (load[j], j))
+        shard_of[k] = s
+        load[s] += costs.get(param[k], median)
+    keep = [item for k, item in enumerate(items) if shard_of[k] == i]
+    config.hook.pytest_deselected(items=[item for k, item in enumerate(items) if shard_of[k] != i])
+    items[:] = keep
