@@ -659,6 +659,9 @@ def audit(model: nn.Module, *inputs: Any, tol: float = 1e-8, factors: tuple = FA
     if method not in ("screen", "factors"):
         raise ValueError(f"method must be 'screen' (Eq. 1, then finite factors where undecided) or 'factors' "
                          f"(finite factors for every parameter), got {method!r}")
+    if not isinstance(fast, bool):
+        raise ValueError(f"fast must be True (partial forward passes where the fx graph allows) or False (whole "
+                         f"passes), got {fast!r}")
     if isinstance(projections, bool) or not isinstance(projections, int) or projections < 1:
         raise ValueError(f"projections must be an integer >= 1 (random output functionals of the screen), "
                          f"got {projections!r}")

@@ -570,3 +570,9 @@ def test_the_audit_with_partial_passes_gives_the_same_rows(name):
     rows = {fast: [(r.name, r.verdict, r.change, r.reason, r.method, r.only_while_zero)
                    for r in audit.audit(model, x, params="weights", fast=fast)] for fast in (True, False)}
     assert rows[True] == rows[False]
+
+
+def test_fast_must_be_a_bool():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False), torch.nn.BatchNorm1d(4))
+    with pytest.raises(ValueError, match="fast must be True"):
+        audit.audit(model, torch.randn(4, 4), fast="no")
