@@ -821,10 +821,19 @@ def audit(model: nn.Module, *inputs: Any, tol: float = 1e-8, factors: tuple = FA
 def _fx_trace(model: nn.Module, args: tuple = (), kwargs: dict | None = None, seed: int = 0):
     """``torch.fx``'s symbolic trace; where it fails (Hugging Face models, data-dependent control flow), the
     operations of one real forward pass (:func:`_record`). Returns (graph or None, why neither worked)."""
+    added = set()
     try:
-        return fx.GraphModule(model, _Tracer().trace(model)), ""
+        before = set(vars(model))
+        graph = _Tracer().trace(model)
+        # the tracer stores the constants it makes (values read at trace time) on the traced module: copied
+        # into the graph's module, then taken off the user's model again
+        added = {k for k in set(vars(model)) - before if k.startswith("_tensor_constant")}
+        return fx.GraphModule(model, graph), ""
     except Exception as err:  # data-dependent control flow and the like
         symbolic = f"{type(err).__name__}"
+    finally:
+        for k in added:
+            delattr(model, k)
     try:
         return _record(model, args, kwargs or {}, seed), ""
     except Exception as err:
@@ -843,38 +852,59 @@ class _Suffix:
 
     One full pass of the model's fx graph keeps every node's value and the random-number state before it (so
     that dropout and stochastic depth draw the same masks); a later pass for changed parameters recomputes the
-    nodes downstream of those parameters' modules, reading the rest from the full pass. Each pass gives the
-    output that a whole forward pass gives, bit for bit: :meth:`build` checks the full pass against the eager
-    one, and refuses graphs whose in-place operations could make a kept value stale (a tensor changed in
-    place that some other node also reads). Inputs that a recomputed node takes from the full pass are passed
-    as copies, so an in-place operation never changes a kept value.
+    nodes downstream of those parameters, reading the rest from the full pass. Each pass must give the output
+    a whole forward pass gives, bit for bit; where that cannot be vouched for, the runner declines (``build``
+    returns None, or ``rerun`` does) and the audit runs the whole model:
+
+    * ``build`` declines a graph whose full pass differs from the eager one, that holds constants the tracer
+      made (values read at trace time), that draws from a ``torch.Generator`` of its own, that changes a
+      parameter in place, or where a tensor changes in place other than through a node it was handed to;
+    * a shared (tied) parameter is never rerun partially;
+    * in-place changes are followed through tensor storage, also inside tuples and lists: a node that reads a
+      storage a recomputed node changed is recomputed too; a kept tensor that recomputed nodes read in more
+      than one place, or read between two in-place changes, declines;
+    * every kept tensor a recomputed node reads is passed as a copy, and a recomputed node that changes other
+      inputs in place than it did in the full pass declines (an in-place change that depends on the values).
     """
 
-    def __init__(self, gm: fx.GraphModule, args: tuple, seed: int):
-        self.gm, self.args, self.seed = gm, args, seed
+    def __init__(self, gm: fx.GraphModule, args: tuple, seed: int, shared: set[str]):
+        self.gm, self.args, self.seed, self.shared = gm, args, seed, shared
         self.nodes = list(gm.graph.nodes)
         self.index = {n: i for i, n in enumerate(self.nodes)}
         self.env: dict[fx.Node, Any] = {}
         self.rng: dict[fx.Node, torch.Tensor] = {}
         self.changes: dict[fx.Node, list[int]] = {}  # nodes whose storage later nodes change in place: by which
-        self.made: dict[fx.Node, torch.Tensor] = {}  # and a copy of their value as it was made
-        self._sources_of: dict[str, list[fx.Node]] = {}
-        self.storage: dict[fx.Node, int] = {}  # the storage of each tensor value (not parameters)
+        self.made: dict[fx.Node, Any] = {}  # and a copy of their value as it was made
+        self.storage: dict[fx.Node, set[int]] = {}  # the storages of each node's tensors (not parameters)
         self.changed_by: dict[fx.Node, set[int]] = {}  # the storages each node changed in place
+        self.mutates: dict[fx.Node, set[tuple[int, int]]] = {}  # which (input, tensor) each node changed in place
+        self._sources_of: dict[str, list[fx.Node]] = {}
 
     @classmethod
     def build(cls, m64: nn.Module, args: tuple, kwargs: dict, seed: int, base: list[torch.Tensor]) -> "_Suffix | None":
-        """The runner for the float64 copy, or None where it cannot be trusted to equal the eager passes (no
-        fx trace, keyword inputs, an in-place change that other nodes could read, or a full pass that differs
-        from the eager output ``base`` in any bit)."""
+        """The runner for the float64 copy, or None where it cannot be trusted to equal the eager passes."""
         if kwargs:
             return None
+        if any(isinstance(v, torch.Generator) for m in m64.modules() for v in vars(m).values()):
+            return None  # a module's own generator: its draws are not restored with the global RNG state
         try:
             gm = fx.GraphModule(m64, _Tracer().trace(m64))
             placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
             if len(placeholders) != len(args):
                 return None
-            runner = cls(gm, args, seed)
+            known = {n for n, _ in m64.named_parameters()} | {n for n, _ in m64.named_buffers()}
+            for node in gm.graph.nodes:
+                if node.op == "get_attr" and node.target not in known:
+                    return None  # a constant the tracer made from a value read at trace time
+                found = []
+                fx.node.map_aggregate((node.args, node.kwargs), lambda v: found.append(v) or v)
+                if any(isinstance(v, torch.Generator) for v in found):
+                    return None
+            counts: dict[int, int] = {}
+            for _, p in m64.named_parameters(remove_duplicate=False):
+                counts[id(p)] = counts.get(id(p), 0) + 1
+            shared = {n for n, p in m64.named_parameters() if counts[id(p)] > 1}
+            runner = cls(gm, args, seed, shared)
             if not runner._full():
                 return None
             out = runner.output()
@@ -884,41 +914,46 @@ class _Suffix:
             return None
         return runner
 
+    def _inputs(self, node: fx.Node, env: dict) -> list[tuple[tuple[int, int], torch.Tensor]]:
+        """The tensors a node receives, as ((input position, tensor position), tensor)."""
+        return [((i, j), t) for i, a in enumerate(node.all_input_nodes) for j, t in enumerate(_tensors(env.get(a)))]
+
     def _full(self) -> bool:
         """Run every node, keeping its value, the RNG state before it, and which nodes changed which tensor
-        storage in place. False where that bookkeeping cannot vouch for the kept values (a tensor changed in
-        place by something other than a node that received it)."""
+        storage in place. False where that bookkeeping cannot vouch for the kept values."""
         interp = self._interp = fx.Interpreter(self.gm)
         interp.args_iter = iter(self.args)
         interp.env = self.env
         torch.manual_seed(self.seed)
-        made: dict[fx.Node, int] = {}
-        made_copy: dict[fx.Node, torch.Tensor] = {}
+        made: dict[fx.Node, list[tuple[torch.Tensor, int]]] = {}
         changes: dict[int, list[int]] = {}  # storage -> indices of the nodes that changed it in place
         with torch.no_grad(), _KeepFloat64():
             for i, node in enumerate(self.nodes):
                 self.rng[node] = torch.get_rng_state()
-                inputs = {id(self.env[a]): self.env[a] for a in node.all_input_nodes
-                          if isinstance(self.env.get(a), torch.Tensor)}
-                before = {k: t._version for k, t in inputs.items()}
+                inputs = self._inputs(node, self.env)
+                before = [t._version for _, t in inputs]
                 self.env[node] = value = interp.run_node(node)
-                for k, t in inputs.items():
-                    if t._version != before[k]:
+                for (where, t), v in zip(inputs, before):
+                    if t._version != v:
+                        if isinstance(t, nn.Parameter):
+                            return False  # the model changes its own parameter in place
                         changes.setdefault(_storage(t), []).append(i)
                         self.changed_by.setdefault(node, set()).add(_storage(t))
-                if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
-                    made[node] = value._version
-                    made_copy[node] = value.clone()
-                    self.storage[node] = _storage(value)
-        self.changes = {}
-        for node, version in made.items():
-            value = self.env[node]
-            later = [c for c in changes.get(_storage(value), ()) if c > self.index[node]]
-            if value._version != version and not later:
-                return False  # changed in place, but not by a node it was handed to
+                        self.mutates.setdefault(node, set()).add(where)
+                leaves = [t for t in _tensors(value) if not isinstance(t, nn.Parameter)]
+                if leaves:
+                    made[node] = [(t, t._version) for t in leaves]
+                    self.storage[node] = {_storage(t) for t in leaves}
+                    self.made[node] = _clone(value)
+        for node, leaves in made.items():
+            later = sorted({c for st in self.storage[node] for c in changes.get(st, ()) if c > self.index[node]})
+            for t, version in leaves:
+                if t._version != version and not any(c > self.index[node] for c in changes.get(_storage(t), ())):
+                    return False  # changed in place, but not by a node it was handed to
             if later:
                 self.changes[node] = later
-                self.made[node] = made_copy[node]
+            else:
+                del self.made[node]
         return True
 
     def output(self, env: dict | None = None) -> list[torch.Tensor]:
@@ -928,6 +963,8 @@ class _Suffix:
 
     def sources(self, name: str) -> list[fx.Node]:
         """The nodes through which parameter ``name`` enters the graph (its module's calls, or a get_attr)."""
+        if name in self.shared:
+            return []  # tied to another name: the caller runs the whole model
         if name not in self._sources_of:
             self._sources_of[name] = [
                 n for n in self.nodes
@@ -936,10 +973,8 @@ class _Suffix:
         return self._sources_of[name]
 
     def rerun(self, changed: Collection[str]) -> list[torch.Tensor] | None:
-        """The output after the named parameters changed (the others as in the full pass); None where this
-        pass cannot be trusted to equal a whole forward pass (a parameter that enters the graph by no node
-        found here, or a tensor changed in place that the recomputed nodes read in more than one place), and
-        the caller then runs the whole model."""
+        """The output after the named parameters changed (the others as in the full pass), or None where this
+        pass cannot be trusted to equal a whole forward pass; the caller then runs the whole model."""
         starts = []
         for name in changed:
             found = self.sources(name)
@@ -952,40 +987,80 @@ class _Suffix:
         # node changes in place (a later node reading that storage by another node reads the change)
         todo, dirty = set(starts), set()
         for node in self.nodes[min(self.index[n] for n in starts):]:
-            if node in todo or any(a in todo or self.storage.get(a) in dirty for a in node.all_input_nodes):
+            if node in todo or any(a in todo or self.storage.get(a, set()) & dirty for a in node.all_input_nodes):
                 todo.add(node)
                 dirty |= self.changed_by.get(node, set())
-        # kept inputs of recomputed nodes whose storage some node changes in place: each may be read once, as
-        # it was when that node read it in the full pass (before any of those changes, or after all of them)
+        # kept inputs whose storage some node changes in place: each may be read once, as it was when that node
+        # read it in the full pass (before any of those changes, or after all of them)
         env = dict(self.env)
         reads: dict[int, list[tuple[fx.Node, fx.Node]]] = {}
+        frontier = {a for node in todo for a in node.all_input_nodes if a not in todo}
         for node in todo:
             for a in node.all_input_nodes:
-                if a not in todo and a in self.changes:
-                    reads.setdefault(_storage(self.env[a]), []).append((a, node))
+                if a in frontier and a in self.changes:
+                    for st in self.storage[a]:
+                        reads.setdefault(st, []).append((a, node))
+        chosen: dict[fx.Node, Any] = {}
         for pairs in reads.values():
             if len(pairs) > 1:
                 return None
             (a, reader), = pairs
             at = self.index[reader]
             if all(c < at for c in self.changes[a]):
-                env[a] = self.env[a].clone()
+                chosen[a] = self.env[a]
             elif all(c >= at for c in self.changes[a]):
-                env[a] = self.made[a].clone()
+                chosen[a] = self.made[a]
             else:
                 return None
+        memo: dict[int, torch.Tensor] = {}  # one copy per tensor, so that aliases stay aliases
+        for a in frontier:
+            env[a] = _clone(chosen.get(a, self.env[a]), memo)
         interp = self._interp  # one per runner: building one lists every submodule
         interp.env = env
         with torch.no_grad(), _KeepFloat64():
             for node in self.nodes:
                 if node in todo and node.op != "output":
+                    inputs = self._inputs(node, env)
+                    before = [t._version for _, t in inputs]
                     torch.set_rng_state(self.rng[node])
                     env[node] = interp.run_node(node)
+                    now = {where for (where, t), v in zip(inputs, before) if t._version != v}
+                    if now != self.mutates.get(node, set()):
+                        return None  # an in-place change that depends on the values
         return self.output(env)
 
 
 def _storage(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors in a node's value: a tensor, or tuples, lists and dicts of them."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+def _clone(value: Any, memo: dict[int, torch.Tensor] | None = None) -> Any:
+    """A copy of the tensors in ``value`` (parameters stay themselves: they are the model's), one per tensor."""
+    memo = {} if memo is None else memo
+    if isinstance(value, nn.Parameter):
+        return value
+    if isinstance(value, torch.Tensor):
+        if id(value) not in memo:
+            memo[id(value)] = value.clone()
+        return memo[id(value)]
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_clone(v, memo) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_clone(v, memo) for v in value)
+    if isinstance(value, dict):
+        return {k: _clone(v, memo) for k, v in value.items()}
+    return value
 
 
 class _Recorded:

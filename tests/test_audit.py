@@ -576,3 +576,100 @@ def test_fast_must_be_a_bool():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False), torch.nn.BatchNorm1d(4))
     with pytest.raises(ValueError, match="fast must be True"):
         audit.audit(model, torch.randn(4, 4), fast="no")
+
+
+def _only_some_values(h, y):  # changes h in place only when y is large: not at the reference weights
+    if bool(y.abs().max() > 50):
+        h.add_(1.0)
+    return y
+
+
+torch.fx.wrap("_only_some_values")
+
+
+class _Declines(torch.nn.Module):
+    """Patterns where a partial pass must decline (or the runner not be built), found by an independent review:
+    in-place changes of tensors inside a tuple, tied weights, a value read at trace time, a generator of the
+    module's own, an in-place change that depends on the values."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+        self.v = torch.nn.Parameter(torch.rand(4) + 0.5)
+        self.c = torch.nn.Parameter(torch.zeros(4))
+        self.norm = torch.nn.BatchNorm1d(4)
+        if kind == "tied":
+            self.b.weight = self.a.weight
+        if kind == "generator":
+            self.gen = torch.Generator().manual_seed(0)
+
+    def forward(self, x):
+        if self.kind == "tuple changed in place":
+            t = self.a(x).chunk(2, 1)
+            t[0].add_(self.b(x)[:, :2])
+            return torch.cat(t, 1)
+        if self.kind == "foreach on a tuple":
+            t = torch.aminmax(self.a(x), dim=1)
+            y = (x * self.v).sum(1)
+            torch._foreach_add_(t, [y, y])
+            return torch.stack((t[0], t[1], y), 1)
+        if self.kind == "tied":  # b is not downstream of a: a partial pass from a alone misses it
+            return self.b(x) + 2.0 * self.a(x)
+        if self.kind == "read at trace time":  # a constant of the graph, stale once a.weight is scaled
+            return self.a(x) * self.a._parameters["weight"].detach().sum()
+        if self.kind == "generator":
+            return self.norm(self.a(x)) + self.c * torch.randn(x.shape, generator=self.gen, dtype=x.dtype)
+        h = self.a(x)  # "changed for some values"
+        y = _only_some_values(h, self.b(x))
+        return h * y, h * 2.0  # h * 2 is not downstream of b: kept, unless the in-place change is noticed
+
+
+DECLINES = ["tuple changed in place", "foreach on a tuple", "tied", "read at trace time", "generator",
+            "changed for some values"]
+
+
+@pytest.mark.parametrize("kind", DECLINES)
+def test_partial_passes_decline_what_they_cannot_vouch_for(kind):
+    torch.manual_seed(0)
+    model, x = _Declines(kind), torch.randn(8, 4)
+    m64, args, base, runner = _runner_case(model, x)
+    params = dict(m64.named_parameters())
+    for moved in ((), ("c",)):
+        if moved:
+            audit._set_moved(m64, set(moved), {n: p.dtype for n, p in params.items()})
+        for name, p in params.items():
+            for g in (1e3, 0.5, 3.0):
+                with torch.no_grad():
+                    keep = p.detach().clone()
+                    p.mul_(g)
+                eager = audit._forward(m64, args, {}, 0, grad=False)
+                partial = runner.rerun([*moved, name]) if runner is not None else None
+                with torch.no_grad():
+                    p.copy_(keep)
+                if partial is not None:
+                    assert all(torch.equal(a, b) for a, b in zip(partial, eager)), (moved, name, g)
+        with torch.no_grad():
+            params["c"].zero_()
+    if runner is not None:
+        assert all(torch.equal(a, b) for a, b in zip(runner.output(), base))  # the kept pass is intact
+    if kind in ("tuple changed in place", "foreach on a tuple"):
+        return  # autograd refuses these in-place changes, so the audit's screen (a backward pass) cannot run
+    fast, slow = (audit.audit(model, x, fast=f) for f in (True, False))
+    assert [dataclasses.astuple(r) for r in fast] == [dataclasses.astuple(r) for r in slow]
+
+
+def test_the_audit_leaves_no_trace_constants_on_the_users_model():
+    class ReadsItsWeight(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(4, 4, bias=False)
+
+        def forward(self, x):
+            return self.a(x) * next(iter(self.a.parameters())).abs().sum()
+
+    model = ReadsItsWeight()
+    before = set(vars(model))
+    rows = audit.audit(model, torch.randn(8, 4))
+    assert set(vars(model)) == before
+    assert rows[0].verdict == "breaks auto-tuning"
