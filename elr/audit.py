@@ -729,6 +729,11 @@ def audit(model: nn.Module, *inputs: Any, tol: float = 1e-8, factors: tuple = FA
                 proof_now[name] = proof_any[name] or prove(name, p, module_name, zero_bias)
             except Exception as err:  # an unusual graph: keep the numerical verdict
                 reasons[name] = f"numerical check only: the trace could not be followed ({type(err).__name__})"
+    if gm is not None and _writes_in_place(gm):
+        # the trace follows a graph's edges, and an in-place write (into a view of another branch, say) is not
+        # one: no structural proof then, the numerical checks decide
+        proof_any = {n: False for n in proof_any}
+        proof_now = {n: False for n in proof_now}
     conditional: dict[str, tuple] = {}
     if method == "factors":
         changes = _numeric(model, inputs, kwargs, factors, names=wanted, stop_above=tol)
@@ -816,6 +821,20 @@ def audit(model: nn.Module, *inputs: Any, tol: float = 1e-8, factors: tuple = FA
         rows.append(AuditRow(name, tuple(p.shape), invariant and not zero, change, reason, zero, only_zero,
                              "zero" if zero else how))
     return rows
+
+
+def _writes_in_place(gm) -> bool:
+    """Whether the graph holds an in-place operation (``x.add_(…)``, ``torch.relu_``, ``operator.iadd``), other
+    than torch.nn modules with ``inplace=True``, whose write the trace would not follow."""
+    for node in gm.graph.nodes:
+        if node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_"):
+            return True
+        if node.op == "call_function":
+            name = getattr(node.target, "__name__", "")
+            if (name.endswith("_") and not name.startswith("_")) or name.startswith("_foreach_") or \
+                    node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv):
+                return True
+    return False
 
 
 def _fx_trace(model: nn.Module, args: tuple = (), kwargs: dict | None = None, seed: int = 0):

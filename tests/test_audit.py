@@ -673,3 +673,22 @@ def test_the_audit_leaves_no_trace_constants_on_the_users_model():
     rows = audit.audit(model, torch.randn(8, 4))
     assert set(vars(model)) == before
     assert rows[0].verdict == "breaks auto-tuning"
+
+
+def test_an_in_place_write_into_another_branch_is_not_proven_invariant():
+    """b writes into a view of a's output; the trace's edges do not show it, so no structural proof may stand."""
+
+    class WritesIntoA(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 4, bias=False), torch.nn.Linear(4, 2, bias=False)
+            self.norm = torch.nn.BatchNorm1d(4, affine=False)
+
+        def forward(self, x):
+            t = self.a(x).chunk(2, dim=1)
+            t[0].add_(self.b(x))
+            return self.norm(torch.cat(t, dim=1))
+
+    torch.manual_seed(0)
+    rows = {r.name: r for r in audit.audit(WritesIntoA(), torch.randn(8, 4))}
+    assert rows["b.weight"].verdict == "breaks auto-tuning" and rows["b.weight"].change > 0.01
