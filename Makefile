@@ -41,7 +41,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 # the audit of every torchvision classification model at random initialisation: two shards in parallel, one
-# thread each, balanced by tests/zoo_seconds.json (599 s on two idle cores, 2026-12-03; Swin-V2-B, ConvNeXt-L and
+# thread each, balanced by tests/zoo_seconds.json (754 s on two idle cores, 2026-12-03; Swin-V2-B, ConvNeXt-L and
 # EfficientNet-B7 are the slowest); exits non-zero if either shard fails
 test-zoo: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m zoo tests/test_zoo.py --shard 0/2 & shard=$$!; \
