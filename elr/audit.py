@@ -546,10 +546,8 @@ def _factor_changes(m64: nn.Module, args: tuple, kwargs: dict, names: list[str],
     each parameter is restored exactly after each factor. With a ``runner`` (:class:`_Suffix`, built before
     the parameters ``moved`` were changed), each pass recomputes only what the changed parameters reach."""
 
-    def forward(changed):
-        out = runner.rerun([*moved, *changed]) if runner is not None and (moved or changed) else None
-        if out is None and runner is not None and not moved and not changed:
-            out = runner.output()
+    def forward(changed):  # rerun of nothing is the kept full pass; None means it declined
+        out = runner.rerun([*moved, *changed]) if runner is not None else None
         return out if out is not None else _forward(m64, args, kwargs, seed, grad=False)
 
     base = forward(())
