@@ -41,8 +41,8 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 # the audit of every torchvision classification model at random initialisation: two shards in parallel, one
-# thread each, balanced by tests/zoo_seconds.json (754 s on two idle cores, 2026-12-03; Swin-V2-B, ConvNeXt-L and
-# EfficientNet-B7 are the slowest); exits non-zero if either shard fails
+# thread each, balanced by tests/zoo_seconds.json (499 s on two idle cores, 2026-12-03; Swin-V2-B, RegNetY-128GF and
+# Swin-V2-S are the slowest); exits non-zero if either shard fails
 test-zoo: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m zoo tests/test_zoo.py --shard 0/2 & shard=$$!; \
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m zoo tests/test_zoo.py --shard 1/2; rc=$$?; \

@@ -9,6 +9,10 @@ initialisation (32 px, batch 2, one thread, params="weights" unless --all), the 
 ones (``fast=True``, the default: only what a scaled parameter reaches is recomputed), and checks that every
 row is the same, its measured change included, bit for bit.
 
+``--depthwise`` times the audit with torch's float64 grouped convolution (one group at a time) against the
+audit's depthwise path (one unfold and one product where few output positions make that faster), and checks
+that every row keeps its verdict, reason and method (the measured changes differ in the last bits).
+
 With ``--out``, the table is also written to F (atomically, once every model is done).
 """
 import argparse
@@ -52,6 +56,7 @@ def main(argv=None):
     ap.add_argument("--new-only", action="store_true", help="time the screen only")
     ap.add_argument("--out", help="also write the table to this file")
     ap.add_argument("--partial", action="store_true", help="whole against partial forward passes of the factors")
+    ap.add_argument("--depthwise", action="store_true", help="torch's float64 depthwise convolution against the audit's")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     params = "all" if a.all else "weights"
@@ -67,6 +72,9 @@ def main(argv=None):
     if a.partial:
         emit("| model | rows | whole passes (s) | partial passes (s) | ratio | rows equal, changes included |")
         emit("|---|---|---|---|---|---|")
+    elif a.depthwise:
+        emit("| model | rows | torch's convolution (s) | depthwise path (s) | ratio | verdicts, reasons, methods equal |")
+        emit("|---|---|---|---|---|---|")
     else:
         emit(f"| model | params | rows | factors (s) | screen (s) | ratio | rows equal | decided by |")
         emit("|---|---|---|---|---|---|---|---|")
@@ -79,6 +87,23 @@ def main(argv=None):
                 t = time.process_time()
                 rows[fast] = [dataclasses.astuple(r) for r in audit.audit(model, x, params=params, fast=fast)]
                 times[fast] = time.process_time() - t
+            same = rows[True] == rows[False]
+            bad += not same
+            emit(f"| {name} | {len(rows[True])} | {times[False]:.1f} | {times[True]:.1f} | "
+                 f"{times[False] / times[True]:.2f}x | {'yes' if same else 'NO'} |")
+        a.models = []
+    if a.depthwise:
+        own = audit._depthwise_conv2d
+        for name in a.models:
+            model, x = build(name)
+            times, rows = {}, {}
+            for path in (False, True):
+                audit._depthwise_conv2d = own if path else (lambda *args, **kwargs: None)
+                t = time.process_time()
+                rows[path] = [(r.name, r.verdict, r.reason, r.method)
+                              for r in audit.audit(model, x, params=params)]
+                times[path] = time.process_time() - t
+            audit._depthwise_conv2d = own
             same = rows[True] == rows[False]
             bad += not same
             emit(f"| {name} | {len(rows[True])} | {times[False]:.1f} | {times[True]:.1f} | "

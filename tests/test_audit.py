@@ -692,3 +692,50 @@ def test_an_in_place_write_into_another_branch_is_not_proven_invariant():
     torch.manual_seed(0)
     rows = {r.name: r for r in audit.audit(WritesIntoA(), torch.randn(8, 4))}
     assert rows["b.weight"].verdict == "breaks auto-tuning" and rows["b.weight"].change > 0.01
+
+
+@pytest.mark.parametrize("n, c, size, kernel, stride, padding, dilation", [
+    (2, 384, 2, (7, 7), 1, 3, 1), (2, 96, 4, (5, 5), 2, 2, 1), (1, 8, 3, (3, 3), 1, (1, 2), 2),
+    (2, 16, 4, (3, 1), (1, 2), (1, 0), 1), (2, 4, 1, (3, 3), 1, 1, 1)])
+def test_the_float64_depthwise_convolution_equals_torchs(n, c, size, kernel, stride, padding, dilation):
+    """The audit's depthwise convolution (float64, few output positions) is torch's to float64 rounding, values
+    and gradients, with and without a bias."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c, size, size, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(c, 1, *kernel, dtype=torch.float64, generator=g, requires_grad=True)
+    for b in (None, torch.randn(c, dtype=torch.float64, generator=g)):
+        ref = F.conv2d(x, w, b, stride, padding, dilation, c)
+        out = audit._depthwise_conv2d(x, w, b, stride, padding, dilation, c)
+        assert out is not None and out.shape == ref.shape
+        assert (out - ref).abs().max() <= 1e-14 * ref.abs().max()
+        probe = torch.randn(ref.shape, dtype=torch.float64, generator=g)
+        grads, ref_grads = (torch.autograd.grad((o * probe).sum(), (x, w)) for o in (out, ref))
+        for a, r in zip(grads, ref_grads):
+            assert (a - r).abs().max() <= 1e-14 * r.abs().max()
+        with audit._KeepFloat64():  # the audit's passes take this path
+            assert torch.equal(F.conv2d(x, w, b, stride, padding, dilation, c), out)
+
+
+def test_the_depthwise_path_leaves_the_other_convolutions_to_torch():
+    x, w = torch.randn(2, 8, 16, 16, dtype=torch.float64), torch.randn(8, 1, 3, 3, dtype=torch.float64)
+    assert audit._depthwise_conv2d(x, w, None, 1, 1, 1, 8) is None  # many output positions: torch's loop is faster
+    small = x[:, :, :2, :2]
+    assert audit._depthwise_conv2d(small.float(), w.float(), None, 1, 1, 1, 8) is None  # float32: oneDNN's kernel
+    assert audit._depthwise_conv2d(small, torch.randn(8, 4, 3, 3, dtype=torch.float64), None, 1, 1, 1, 2) is None
+    assert audit._depthwise_conv2d(small, torch.randn(8, 8, 3, 3, dtype=torch.float64), None, 1, 1, 1, 1) is None
+    assert audit._depthwise_conv2d(small, w, None, 1, "same", 1, 8) is None
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenet_v3_small"])
+def test_the_audit_gives_the_same_verdicts_without_the_depthwise_path(name, monkeypatch):
+    """Depthwise EfficientNet and MobileNet: the same verdicts, reasons and methods with torch's own convolution
+    (the measured changes differ in the last bits, as any other order of summation would)."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    fast = audit.audit(model, x, params="weights")
+    monkeypatch.setattr(audit, "_depthwise_conv2d", lambda *a, **k: None)
+    slow = audit.audit(model, x, params="weights")
+    assert [(r.name, r.verdict, r.reason, r.method) for r in fast] == [(r.name, r.verdict, r.reason, r.method)
+                                                                      for r in slow]
+    assert any(r.auto_tunes for r in fast) and not all(r.auto_tunes for r in fast)
