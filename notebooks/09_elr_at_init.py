@@ -52,7 +52,8 @@ ff_depths: list[int] = [10, 20, 40]  # depths of the BN-ReLU feed-forward nets {
 ff_width: int = 512  # width of the feed-forward nets {>= 16}
 resnet_depths: list[int] = [20, 56, 110]  # CIFAR ResNet depths 6n+2 for the spread, with and without shortcuts {>= 8, %6==2}
 batch_size: int = 512  # images per gradient measurement {>= 16}
-n_seeds: int = 5  # initialisations per network, seeds seed ... seed + n_seeds - 1 {>= 2}
+n_seeds: int = 5  # initialisations per ResNet, seeds seed ... seed + n_seeds - 1 {>= 2}
+ff_seeds: int = 10  # initialisations per feed-forward net, seeds seed ... seed + ff_seeds - 1 {>= 2}
 seed: int = 0  # base seed of the initialisations and of the norm-identity runs {>= 0}
 walk_steps: int = 10  # SGD steps of the norm-growth check {>= 2}
 walk_lr: float = 0.5  # learning rate of the norm-growth check {> 0}
@@ -87,7 +88,7 @@ ff = {}
 for depth in ff_depths:
     profiles, fits = [], []
     for rec in measure.at_init(partial(nets.bnrelu, depth, width=ff_width, in_features=64),
-                               digits.inputs[:batch], digits.labels[:batch], n_seeds, seed):
+                               digits.inputs[:batch], digits.labels[:batch], ff_seeds, seed):
         c = rec.model_state(0)[1]  # c_i = ‖W_i‖·‖∇W_i‖
         inner = np.arange(1, depth - 1)
         fits.append(float(np.exp(-np.polyfit(inner, np.log(c[inner]), 1)[0])))
@@ -102,7 +103,7 @@ for depth, res in ff.items():
 ax.set(yscale="log", xlabel="layer i (1 = lowest)", ylabel="$c_i / c_L$")
 ax.legend()
 plots.glue("ch09-feedforward", fig)
-plots.glue("ch09-ff-setting", f"width {ff_width}, seeds {seed}–{seed + n_seeds - 1}, a batch of {batch} digits images")
+plots.glue("ch09-ff-setting", f"width {ff_width}, seeds {seed}–{seed + ff_seeds - 1}, a batch of {batch} digits images")
 display(Markdown("| depth L | fitted α per seed | mean [95 % interval] | vs √(π/(π−1)) = 1.2112 |\n|---|---|---|---|\n"
                  + "\n".join(f"| {d} | {', '.join(f'{a:.4f}' for a in r['alpha_fits'])} | "
                              f"{evidence.cell(evidence.mean_interval(r['alpha_fits']), digits=4)} | "

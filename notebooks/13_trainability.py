@@ -98,7 +98,7 @@
 depth: int = 56  # depth of the CIFAR ResNets (6n+2); the paper's Figure 5 uses ResNet110 {>= 8, %6==2}
 dataset: str = "digits"  # digits (offline, quick), cifar10 or cifar100 {in digits|cifar10|cifar100}
 data_root: str = "data"  # where CIFAR lives
-steps: int = 120  # SGD steps per run, cosine cool-down to zero over them {>= 20}
+steps: int = 80  # SGD steps per run, cosine cool-down to zero over them {>= 20}
 batch_size: int = 128  # examples per step {>= 2}
 lr: float = 1.0  # peak learning rate of every protocol (the paper's Table 1: 0.4) {> 0}
 elr_goal: float = 0.03  # goal ELR of the constrained protocols {> 0}

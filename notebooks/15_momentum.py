@@ -84,7 +84,7 @@ depth: int = 20  # depth of the NoShort CIFAR ResNet for the spread measurement 
 dataset: str = "digits"  # digits (offline, quick), cifar10 or cifar100 {in digits|cifar10|cifar100}
 data_root: str = "data"  # where CIFAR lives
 batch_size: int = 128  # examples per step {>= 2}
-steps: int = 50  # SGD steps per spread run {>= 5}
+steps: int = 30  # SGD steps per spread run {>= 5}
 lrs: list[float] = [0.001, 0.00316, 0.01, 0.0316, 0.1, 0.316, 1.0]  # constant learning rates of the spread runs {> 0}
 momenta: list[float] = [0.0, 0.9]  # heavy-ball momenta compared {>= 0, < 1}
 eq_model: str = "bnrelu6"  # network of the equilibrium runs
