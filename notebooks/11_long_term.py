@@ -83,7 +83,7 @@ dataset: str = "digits"  # digits (offline, quick), cifar10 or cifar100 {in digi
 data_root: str = "data"  # where CIFAR lives
 steps: int = 100  # SGD steps per run {>= 20}
 log_every: int = 10  # steps between ELR measurements {>= 1}
-batch_size: int = 128  # examples per step {>= 2}
+batch_size: int = 64  # examples per step {>= 2}
 lr_small: float = 0.05  # the small learning rate (below the critical rate at initialisation) {> 0}
 lr_large: float = 1.0  # the large learning rate (the paper's λ = 1) {> 0}
 n_seeds: int = 5  # runs per case, seeds seed ... seed + n_seeds - 1 {>= 2}
