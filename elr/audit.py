@@ -252,7 +252,7 @@ class _KeepFloat64(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor | None:
+def _depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor | None:  # noqa: A002
     """A float64 depthwise convolution on the CPU over few output positions, as one unfold and one product,
     or None where torch's own is the faster (or the only) way. Torch computes a float64 grouped convolution
     on the CPU one group at a time (no oneDNN kernel for float64), about 20 us per channel however small the
@@ -260,6 +260,7 @@ def _depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, gro
     output positions and hundreds of channels, and that loop dominated their audits. The result equals
     torch's to float64 rounding (~1e-16 relative), far below the audit's tolerance; every pass of one audit
     takes the same path, so its passes stay comparable bit for bit."""
+    x = input  # torch.conv2d's own names, so that calls by keyword arrive here too
     if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and x.dtype == torch.float64
             and x.device.type == "cpu" and x.dim() == 4 and weight.dim() == 4 and isinstance(groups, int)
             and groups > 1 and weight.shape[0] == groups and weight.shape[1] == 1 and x.shape[1] == groups

@@ -712,8 +712,10 @@ def test_the_float64_depthwise_convolution_equals_torchs(n, c, size, kernel, str
         grads, ref_grads = (torch.autograd.grad((o * probe).sum(), (x, w)) for o in (out, ref))
         for a, r in zip(grads, ref_grads):
             assert (a - r).abs().max() <= 1e-14 * r.abs().max()
-        with audit._KeepFloat64():  # the audit's passes take this path
+        with audit._KeepFloat64():  # the audit's passes take this path, also when called by keyword
             assert torch.equal(F.conv2d(x, w, b, stride, padding, dilation, c), out)
+            assert torch.equal(F.conv2d(input=x, weight=w, bias=b, stride=stride, padding=padding,
+                                        dilation=dilation, groups=c), out)
 
 
 def test_the_depthwise_path_leaves_the_other_convolutions_to_torch():
