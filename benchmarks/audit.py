@@ -79,35 +79,33 @@ def main(argv=None):
         emit(f"| model | params | rows | factors (s) | screen (s) | ratio | rows equal | decided by |")
         emit("|---|---|---|---|---|---|---|---|")
     bad = 0
-    if a.partial:
-        for name in a.models:
-            model, x = build(name)
-            times, rows = {}, {}
-            for fast in (False, True):
-                t = time.process_time()
-                rows[fast] = [dataclasses.astuple(r) for r in audit.audit(model, x, params=params, fast=fast)]
-                times[fast] = time.process_time() - t
-            same = rows[True] == rows[False]
-            bad += not same
-            emit(f"| {name} | {len(rows[True])} | {times[False]:.1f} | {times[True]:.1f} | "
-                 f"{times[False] / times[True]:.2f}x | {'yes' if same else 'NO'} |")
-        a.models = []
-    if a.depthwise:
-        own = audit._depthwise_conv2d
-        for name in a.models:
-            model, x = build(name)
-            times, rows = {}, {}
-            for path in (False, True):
-                audit._depthwise_conv2d = own if path else (lambda *args, **kwargs: None)
-                t = time.process_time()
-                rows[path] = [(r.name, r.verdict, r.reason, r.method)
-                              for r in audit.audit(model, x, params=params)]
-                times[path] = time.process_time() - t
+    own = audit._depthwise_conv2d
+
+    def both_ways(name, rows_of):
+        """Time ``rows_of(model, x, way)`` the old way (False) and the new (True); emit one row of the table."""
+        model, x = build(name)
+        times, rows = {}, {}
+        for way in (False, True):
+            t = time.process_time()
+            rows[way] = rows_of(model, x, way)
+            times[way] = time.process_time() - t
+        same = rows[True] == rows[False]
+        emit(f"| {name} | {len(rows[True])} | {times[False]:.1f} | {times[True]:.1f} | "
+             f"{times[False] / times[True]:.2f}x | {'yes' if same else 'NO'} |")
+        return not same
+
+    def partial(model, x, fast):
+        return [dataclasses.astuple(r) for r in audit.audit(model, x, params=params, fast=fast)]
+
+    def depthwise(model, x, path):
+        audit._depthwise_conv2d = own if path else (lambda *args, **kwargs: None)
+        try:
+            return [(r.name, r.verdict, r.reason, r.method) for r in audit.audit(model, x, params=params)]
+        finally:
             audit._depthwise_conv2d = own
-            same = rows[True] == rows[False]
-            bad += not same
-            emit(f"| {name} | {len(rows[True])} | {times[False]:.1f} | {times[True]:.1f} | "
-                 f"{times[False] / times[True]:.2f}x | {'yes' if same else 'NO'} |")
+
+    if a.partial or a.depthwise:
+        bad += sum(both_ways(name, partial if a.partial else depthwise) for name in a.models)
         a.models = []
     for name in a.models:
         model, x = build(name)

@@ -52,6 +52,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.nn.modules.utils import _pair
 from torch.overrides import TorchFunctionMode
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
@@ -266,8 +267,7 @@ def _depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1,
             and groups > 1 and weight.shape[0] == groups and weight.shape[1] == 1 and x.shape[1] == groups
             and not isinstance(padding, str) and weight.dtype == torch.float64):
         return None
-    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
-    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     n, c, h, w = x.shape
     kh, kw = weight.shape[2:]
     ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
