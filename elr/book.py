@@ -117,7 +117,8 @@ class Parameter:
         where = f" (from {source})" if source else ""
         if self.type.startswith("list["):
             inner = self.type[5:-1]
-            if not isinstance(value, (list, tuple)) or len(value) == 0:
+            # a list may be empty only where the chapter's own default is empty (an optional sweep, say)
+            if not isinstance(value, (list, tuple)) or (len(value) == 0 and self.default != []):
                 raise ParameterError(f"parameter {self.name!r} must be a non-empty list of {inner}, got {value!r}{where}")
             return [self._check_one(v, inner, where) for v in value]
         return self._check_one(value, self.type, where)

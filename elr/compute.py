@@ -71,10 +71,21 @@ def chapter_work(chapter: str, values: dict) -> list[Work]:
     if chapter == "12_criticality":
         epoch = max(TRAIN_SIZE[v["dataset"]] // v["batch_size"], 1)
         return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], 2 * len(v["lrs"]) * n, epoch + 1)]
-    if chapter == "13_trainability":  # every protocol without shortcuts, the unconstrained ones also with them
-        protocols = v["protocols"]
-        cases = len(protocols) + sum(not p.startswith("constrained") for p in protocols)
-        return [Work(f"resnet{v['depth']}", v["dataset"], v["batch_size"], cases * n, v["steps"], log_every=5)]
+    if chapter == "13_trainability":  # four protocols with and without shortcuts at every depth; the other
+        # protocols (constrained + OneCycle) without shortcuts at the table depth only
+        sweep = [p for p in v["protocols"] if p in ("none", "OneCycle", "subcritical", "constrained")]
+        out = []
+        for depth in v["depths"]:
+            for shortcut in (False, True):
+                model = (f"resnet{depth}" if v["family"] == "resnet" else
+                         f"{'resmlp' if shortcut else 'bnrelu'}{depth}")
+                cases = len(sweep) + (len(v["protocols"]) - len(sweep)
+                                      if depth == v["table_depth"] and not shortcut else 0)
+                if depth == v["table_depth"]:  # Figure 5's further rates: none, subcritical, constrained
+                    cases += 3 * len([r for r in v["lrs"] if r != v["lr"]])
+                out.append(Work(model, v["dataset"], v["batch_size"], cases * n, v["steps"], v["width"],
+                                log_every=v["log_every"]))
+        return out
     if chapter == "14_weight_decay":
         return [Work(v["model"], v["dataset"], v["batch_size"], (len(v["grid"]) + 1) * n, v["steps"], v["width"],
                      v["log_every"])]

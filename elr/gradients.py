@@ -9,6 +9,7 @@ chapter can measure the difference.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -61,6 +62,19 @@ def _layer_weights(model_or_weights) -> list[torch.Tensor]:
     if isinstance(model_or_weights, nn.Module):
         return [m.weight for _, m in scale_invariant_layers(model_or_weights)]
     return list(model_or_weights)
+
+
+@torch.no_grad()
+def channel_max_elrs(weights) -> np.ndarray:
+    """Per layer, the largest ELR ‖∇W_c‖/‖W_c‖ over output channels c (dimension 0) of the current gradients:
+    the quantity the ELR monitor records as ``elr_grad_max``, read before a transform changes the gradients.
+    A layer without a gradient counts as ELR 0."""
+    out = []
+    for w in _layer_weights(weights):
+        w2 = w.detach().flatten(1).norm(dim=1)
+        g2 = w.grad.flatten(1).norm(dim=1) if w.grad is not None else torch.zeros_like(w2)
+        out.append(float((g2 / w2.clamp_min(torch.finfo(w2.dtype).tiny)).max()))
+    return np.array(out)
 
 
 class RandomWalk:

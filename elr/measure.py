@@ -801,6 +801,14 @@ def at_init(build, inputs: torch.Tensor, targets: torch.Tensor, seeds: int, base
     return out
 
 
+def critical_lr_at_init(build, inputs: torch.Tensor, targets: torch.Tensor, seeds: int,
+                        base_seed: int = 0) -> np.ndarray:
+    """κ_ℓh(0) = 1/√(E_min E_max) (:func:`elr.dynamics.critical_lr`) of ``seeds`` fresh models, one per seed, from
+    one forward/backward pass on ``inputs`` each (:func:`at_init`); layer ELRs ‖∇W‖/‖W‖ of the whole layer."""
+    return np.array([float(dynamics.critical_lr(r.matrix("elr_grad")[1][0]))
+                     for r in at_init(build, inputs, targets, seeds, base_seed)])
+
+
 # ----------------------------------------------- base gradients of recorded runs (Part III)
 
 

@@ -301,6 +301,22 @@ class RunResult:
             return float(diverged)
         return float(self.metrics["final"]["test_acc"])
 
+    def gradient_spread(self) -> float:
+        """S_rel of the loss gradient's ELRs (per-layer maximum over channels) averaged over the logged steps,
+        before any transform of the gradient: under ``transform='constrain'`` the ELRs the constraint was
+        given (``elr_grad_max`` records the rescaled gradient, whose ELRs it has set equal), otherwise
+        :meth:`mean_spread`."""
+        import numpy as np
+
+        before = [h["spread_before_constraint"] for h in self.metrics.get("history", ())
+                  if "spread_before_constraint" in h]
+        if before:
+            return float(np.nanmean(before))
+        config = self.run_dir / "config.json"
+        if config.is_file() and json.loads(config.read_text()).get("transform") == "constrain":
+            return float("nan")  # constrained, but diverged before its first logged step
+        return self.mean_spread()
+
     def mean_spread(self, key: str = "elr_grad_max") -> float:
         """S_rel of ``key`` averaged over the logged steps of the run (NaN steps after a divergence left out)."""
         import numpy as np

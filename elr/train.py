@@ -595,6 +595,11 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
         loss.backward()
         if isinstance(transform, gradients.RandomWalk):
             transform.generator.manual_seed(int(np.random.SeedSequence([config.seed, step, 3]).generate_state(1)[0]))
+        before = None
+        if isinstance(transform, gradients.ConstrainELR) and monitor.logs(step):
+            # the constraint sets every ELR to E_goal, so the monitor, which reads the rescaled gradient, sees
+            # almost no spread: keep the spread of the loss gradient's own ELRs, the paper's per-channel maximum
+            before = float(dynamics.relative_spread(gradients.channel_max_elrs(weights)))
         if transform is not None:
             transform()
         monitor.observe_gradients(step)
@@ -605,7 +610,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, rank: int, world: i
             status, diverged_at = "diverged", step
             break
         if monitor.logs(step):
-            history.append({"step": step, "train_loss": loss.item(), "lr": lr})
+            history.append({"step": step, "train_loss": loss.item(), "lr": lr,
+                            **({} if before is None else {"spread_before_constraint": before})})
         if len(step_seconds) < 5:
             step_seconds.append(time.perf_counter() - tick)
         if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps and rank == 0:

@@ -77,6 +77,10 @@ def test_list_parameters_are_checked_elementwise():
     with pytest.raises(book.ParameterError, match="%6==2"):
         book.resolve("02_discrete_model", "quick", {"resnet_depths": [51]})
     assert book.resolve("03_gradient_flow", "quick", {"lrs": [1, 0.5]})["lrs"] == [1.0, 0.5]
+    # an optional sweep, whose default is empty, may stay empty; its elements are still checked
+    assert book.resolve("13_trainability", "quick", {"lrs": []})["lrs"] == []
+    with pytest.raises(book.ParameterError, match="'lrs' must satisfy '> 0'"):
+        book.resolve("13_trainability", "quick", {"lrs": [0.1, 0.0]})
 
 
 @pytest.mark.parametrize("chapter, pair, message", [

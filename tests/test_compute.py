@@ -12,6 +12,10 @@ def test_chapter_work_mirrors_the_chapters():
     spread, eq = compute.chapter_work("15_momentum", v)
     assert spread.runs == len(v["lrs"]) * len(v["momenta"]) * v["spread_seeds"] and eq.runs == len(v["eq_grid"]) * v["n_seeds"]
     assert compute.chapter_work("16_stiff_ode", book.resolve("16_stiff_ode", "paper")) == []
+    v = book.resolve("13_trainability", "quick")  # 4 protocols x 2 networks per depth, Table 1's fifth row once
+    work = compute.chapter_work("13_trainability", v)
+    assert sum(w.runs for w in work) == (8 * len(v["depths"]) + len(v["protocols"]) - 4) * v["n_seeds"]
+    assert {w.model for w in work} == {f"{m}{d}" for m in ("bnrelu", "resmlp") for d in v["depths"]}
 
 
 def test_plan_markdown_converts_flops_with_the_stated_rates():

@@ -1,8 +1,9 @@
 """elr.gradients: the random walk is orthogonal with the gradient's norm; the ELR constraint hits its goal."""
+import numpy as np
 import pytest
 import torch
 
-from elr import gradients, nets
+from elr import gradients, measure, nets
 
 
 @pytest.mark.parametrize("per_channel", [True, False])
@@ -54,3 +55,14 @@ def test_constraint_sets_every_elr_to_the_goal():
     assert max(float(w.detach().norm()) for w in layers) == pytest.approx(1.0, rel=1e-6)
     with pytest.raises(ValueError, match="elr_goal"):
         gradients.ConstrainELR(model, elr_goal=0)
+
+
+def test_channel_max_elrs_are_what_the_monitor_records_as_elr_grad_max():
+    torch.manual_seed(0)
+    model = nets.bnrelu(6, width=16, in_features=64)
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    records = measure.measure_once(model, x, y)
+    layers = [m.weight for _, m in nets.scale_invariant_layers(model)]
+    np.testing.assert_allclose(gradients.channel_max_elrs(layers), records.matrix("elr_grad_max")[1][0], rtol=1e-5)
+    model.zero_grad(set_to_none=True)
+    assert np.all(gradients.channel_max_elrs(layers) == 0)  # no gradient: ELR 0, not an error

@@ -441,3 +441,13 @@ def test_importing_the_toolkit_does_not_import_dynamo():
             "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_critical_lr_at_init_is_one_over_the_geometric_mean_of_the_extreme_elrs():
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    build = lambda: nets.bnrelu(8, width=16, in_features=64)  # noqa: E731
+    kappa = measure.critical_lr_at_init(build, x, y, seeds=2, base_seed=5)
+    for k, records in zip(kappa, measure.at_init(build, x, y, seeds=2, base_seed=5)):
+        e = records.matrix("elr_grad")[1][0]
+        assert k == pytest.approx(1 / np.sqrt(e.min() * e.max()))
+    assert kappa[0] != kappa[1]  # two initialisations, two rates

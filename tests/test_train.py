@@ -101,6 +101,24 @@ def test_subcritical_warmup_and_constraint_run(tmp_path):
     np.testing.assert_allclose(upd, 0.2 * 0.05, rtol=1e-2)  # ΔW/W = λ·E_goal in every layer
 
 
+def test_a_constrained_run_keeps_the_spread_of_the_gradient_before_the_constraint(tmp_path):
+    """The monitor reads the rescaled gradient, whose ELRs the constraint has set equal; the run also keeps
+    the spread of the loss gradient it was given, at every logged step, and gradient_spread reports that."""
+    config = dict(SMALL, shortcut=False, log_every=2)
+    constrained = train.train(train.TrainConfig(**config, transform="constrain", elr_goal=0.05), tmp_path / "c")
+    before = [h["spread_before_constraint"] for h in constrained.metrics["history"] if "train_loss" in h]
+    assert len(before) == len(constrained.records.matrix("elr_grad_max")[0]) and min(before) > 0
+    assert constrained.mean_spread("elr_grad") < 1e-3  # the rescaled gradient: whole-layer ELRs all at the goal
+    assert constrained.gradient_spread() == pytest.approx(np.mean(before))
+    assert constrained.gradient_spread() > 2 * constrained.mean_spread()  # per-channel maxima, after the constraint
+    # the first step's spread is that of the untouched network, the same as an unconstrained run's
+    plain = train.train(train.TrainConfig(**config), tmp_path / "p")
+    _, s_plain = plain.records.spread("elr_grad_max")
+    assert before[0] == pytest.approx(s_plain[0], rel=1e-5)
+    assert plain.gradient_spread() == plain.mean_spread()
+    assert "spread_before_constraint" not in str(plain.metrics["history"])
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"lr": -0.1}, "lr must be > 0"), ({"steps": 0}, "steps must be in 1\\.\\."),
     ({"schedule": "warmcos"}, "schedule must be one of"), ({"dataset": "mnist"}, "dataset must be one of"),
