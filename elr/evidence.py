@@ -560,6 +560,19 @@ def shown(c: Claim) -> str:
     return f"{c.interval.estimate:.4g} [{c.interval.low:.4g}, {c.interval.high:.4g}]"
 
 
+def sentence(c: Claim, scale: float = 1.0, unit: str = "") -> str:
+    """The estimate, its interval and the verdict for a sentence of prose, e.g. ``+1.94 points (95 % interval
+    +0.82 to +4.2: holds)``; ``scale`` multiplies the numbers (100 for percent). A difference (paired or
+    unpaired claim) carries its sign; a claim without spread names how it was decided (exact, worst seed)."""
+    i, f = c.interval, ("{:+.3g}" if c.kind in ("paired", "unpaired") else "{:.3g}").format
+    if c.kind == "sign":
+        return f"{c.sign} ({c.verdict})"
+    if i.exact or i.method == "worst seed":
+        return f"{f(scale * i.estimate)}{unit} ({i.method}: {c.verdict})"
+    return (f"{f(scale * i.estimate)}{unit} ({100 * i.confidence:.3g} % interval {f(scale * i.low)} to "
+            f"{f(scale * i.high)}: {c.verdict})")
+
+
 def table(claims: Sequence[Claim]) -> str:
     """A plain claims table (Markdown): claim, statistic, estimate and interval, seeds, verdict, stated.
     Registered claims render through :func:`elr.claims.table`, which adds role, margin and flip probability."""

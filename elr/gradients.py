@@ -71,8 +71,8 @@ def channel_max_elrs(weights) -> np.ndarray:
     A layer without a gradient counts as ELR 0."""
     out = []
     for w in _layer_weights(weights):
-        w2 = w.detach().flatten(1).norm(dim=1)
-        g2 = w.grad.flatten(1).norm(dim=1) if w.grad is not None else torch.zeros_like(w2)
+        w2 = _rows(w.detach(), per_channel=True).norm(dim=1)
+        g2 = _rows(w.grad, per_channel=True).norm(dim=1) if w.grad is not None else torch.zeros_like(w2)
         out.append(float((g2 / w2.clamp_min(torch.finfo(w2.dtype).tiny)).max()))
     return np.array(out)
 

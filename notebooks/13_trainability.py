@@ -115,7 +115,7 @@
 #
 # **Network and data.** Deep BN-ReLU MLPs on the offline digits
 # ({glue:text}`ch13-data`): NoShort is `bnrelu<depth>` (Linear, BatchNorm
-# without affine parameters, ReLU, repeated), Short is `resmlp<depth>`, the
+# without affine parameters, ReLU, repeated), Short is the same net with `shortcut=True` (`resmlp<depth>`), the
 # same layers with an identity path around each (`elr.nets.BNReLUNet`). A
 # step costs milliseconds, so every point of the sweep gets `n_seeds` seeds,
 # and their ELRs spread with depth as the paper's ResNets' do
@@ -145,7 +145,7 @@
 # (`elr.train` records them), since after it every ELR equals $E_{goal}$.
 
 # %% tags=["parameters"]
-family: str = "mlp"  # mlp: bnrelu<depth> / resmlp<depth> on flattened inputs; resnet: the paper's CIFAR ResNets (depth 6n+2) {in mlp|resnet}
+family: str = "mlp"  # mlp: bnrelu<depth> (with shortcut=True: resmlp<depth>) on flattened inputs; resnet: the paper's CIFAR ResNets (depth 6n+2) {in mlp|resnet}
 depths: list[int] = [20, 30, 40, 80]  # depths of the sweep, NoShort and Short (the resnet family: 6n+2) {>= 2}
 table_depth: int = 80  # depth of the Table 1 analogue; one of depths {>= 2}
 width: int = 64  # hidden width of the MLPs {>= 1}
@@ -196,14 +196,10 @@ settings = {"none": decay, "OneCycle": onecycle, "subcritical": dict(decay, warm
             "constrained + OneCycle": dict(onecycle, transform="constrain", elr_goal=elr_goal)}
 
 
-def model_name(depth: int, shortcut: bool) -> str:
-    return f"resnet{depth}" if family == "resnet" else f"{'resmlp' if shortcut else 'bnrelu'}{depth}"
-
-
 cases = {(shortcut, name, depth): train.TrainConfig(
-    model=model_name(depth, shortcut), shortcut=shortcut, width=width, dataset=dataset, data_root=data_root,
-    batch_size=batch_size, steps=steps, lr=lr, log_every=log_every, eval_every=steps // 4, channels_last=family == "resnet",
-    **settings[name])
+    model=f"{'resnet' if family == 'resnet' else 'bnrelu'}{depth}", shortcut=shortcut, width=width, dataset=dataset,
+    data_root=data_root, batch_size=batch_size, steps=steps, lr=lr, log_every=log_every, eval_every=steps // 4,
+    channels_last=family == "resnet", **settings[name])
     for depth in depths for shortcut in (False, True) for name in protocols
     if name in needed or (depth == table_depth and not shortcut)}
 figure5 = ("none", "subcritical", "constrained")  # the protocols of the paper's Figure 5
@@ -304,15 +300,12 @@ axes[1, 0].set_ylabel("mean $S_{rel}$ over the run")
 axes[0, 1].legend(fontsize=7, loc="lower left")
 plots.glue("ch13-depth", fig)
 
-def trains(name, d):
-    """The registered verdict on whether NoShort trains (mean accuracy above 50 %) under a protocol at a depth."""
-    return claims.get("13.noshort-trains", f"{name}, depth {d}").verdict
-
-
+# claim 17's verdict per protocol and depth: whether NoShort trains (mean accuracy above 50 %)
+trains = {(p, d): claims.get("13.noshort-trains", f"{p}, depth {d}").verdict for p in needed for d in depths}
 word = {"holds": "trains", "fails": "fails", "inconclusive": "undecided"}
 display(Markdown("| NoShort, protocol | " + " | ".join(f"depth {d}" for d in depths) + " |\n|---|"
                  + "---|" * len(depths) + "\n" + "\n".join(
-                     f"| {p} | " + " | ".join(f"{word[trains(p, d)]}: {100 * acc[(NS, p, d)].mean():.0f} %"
+                     f"| {p} | " + " | ".join(f"{word[trains[(p, d)]]}: {100 * acc[(NS, p, d)].mean():.0f} %"
                                               for d in depths) + " |" for p in needed)))
 
 # %% [markdown]
@@ -343,16 +336,13 @@ acc_ci = {k: evidence.mean_interval(acc[(*k, D)]) for k in rows}
 spread_ci = {k: evidence.mean_interval(spread[(*k, D)]) for k in rows}
 
 
-def shown_paper(value, digits=2):
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
 display(Markdown(
-    f"Depth {D}. | shortcuts | protocol | warm-up steps (max) | accuracy, % | mean S_rel | paper: accuracy, % "
-    "(ImageNet) | paper: S_rel |\n|---|---|---|---|---|---|---|\n".replace(f"Depth {D}. ", "") + "\n".join(
-        f"| {'yes' if s else 'no'} | {p} | {rising if p.endswith('OneCycle') else int(warm[(s, p, D)].max()) if p == 'subcritical' else '—'} | "
+    "| shortcuts | protocol | warm-up steps (max) | accuracy, % | mean S_rel | paper: accuracy, % "
+    "(ImageNet) | paper: S_rel |\n|---|---|---|---|---|---|---|\n" + "\n".join(
+        f"| {'yes' if s else 'no'} | {p} | "
+        f"{rising if p.endswith('OneCycle') else int(warm[(s, p, D)].max()) if p == 'subcritical' else '—'} | "
         f"{evidence.cell(acc_ci[(s, p)], 100, 1)} | {evidence.cell(spread_ci[(s, p)])} | "
-        f"{shown_paper(paper[(s, p)][0])} | {shown_paper(paper[(s, p)][1])} |" for s, p in rows)))
+        + " | ".join("—" if v is None else f"{v:.2f}" for v in paper[(s, p)]) + " |" for s, p in rows)))
 plots.glue("ch13-table-depth", str(D))
 if lrs:  # the paper's Figure 5: accuracy and spread against the peak rate at the table depth
     rates = sorted(set(lrs) | {lr})
@@ -407,32 +397,16 @@ display(Markdown(claims.table()))
 plots.glue("ch13-verdicts", Markdown(claims.summary()))
 
 
-def said(claim_id, instance=None, scale=1.0, unit=""):
-    """A claim's estimate with its interval and verdict, for a sentence: '+1.9 points (95 % interval ...: holds)'."""
-    c = claims.get(claim_id, instance)
-    i = c.interval
-    if i.exact or i.method == "worst seed":
-        return f"{scale * i.estimate:.3g}{unit} ({i.method}: {c.verdict})"
-    return (f"{scale * i.estimate:+.3g}{unit} ({100 * i.confidence:.3g} % interval {scale * i.low:+.3g} to "
-            f"{scale * i.high:+.3g}: {c.verdict})")
-
-
-def level(claim_id, instance=None):
-    """A mean accuracy claim as 'x % [low, high] (verdict)'."""
-    c = claims.get(claim_id, instance)
-    i = c.interval
-    return f"{100 * i.estimate:.1f} % [{100 * i.low:.1f}, {100 * i.high:.1f}] ({c.verdict})"
-
-
+get, say = claims.get, evidence.sentence  # a decided claim, and its estimate, interval and verdict for a sentence
 premise_ok = all(claims.get("13.short-trains", p).verdict == "holds" for p in needed) and \
     claims.get("13.noshort-fails").verdict == "holds"
 settled = claims.get("13.settled").verdict
 plots.glue("ch13-premise-sentence", (
     "Mean test accuracy with shortcuts (claim 1, above 75 % under every protocol): " + "; ".join(
-        f"{p} {level('13.short-trains', p)}" for p in needed)
-    + f". Without shortcuts and without warm-up (claim 2, below 20 %): {level('13.noshort-fails')}. "
+        f"{p} {say(get('13.short-trains', p), 100, ' %')}" for p in needed)
+    + f". Without shortcuts and without warm-up (claim 2, below 20 %): {say(get('13.noshort-fails'), 100, ' %')}. "
     f"Short's gain over the last quarter of the run (claim 3, below 3 points): "
-    f"{said('13.settled', scale=100, unit=' points')}. " + (
+    f"{say(get('13.settled'), 100, ' points')}. " + (
         "The setting is the regime the paper's Table 1 describes" if premise_ok else
         "The setting does not meet both premises on training at these seeds, so the comparisons below are not "
         "the regime of the paper's Table 1 and are read with that caveat")
@@ -442,62 +416,52 @@ plots.glue("ch13-premise-sentence", (
        "inconclusive": "; that the accuracy has settled to within 3 points is not established at these seeds, so "
                        "an accuracy may still be rising at the end of the run."}[settled]))
 plots.glue("ch13-spread-sentence", (
-    f"Mean spread over the run without warm-up, NoShort minus Short: {said('13.spread-noshort-vs-short')} "
+    f"Mean spread over the run without warm-up, NoShort minus Short: {say(get('13.spread-noshort-vs-short'))} "
     f"(claim 4). NoShort without warm-up minus with the subcritical warm-up: "
-    f"{said('13.subcritical-lowers-spread')} (claim 5); minus with OneCycle: {said('13.onecycle-lowers-spread')} "
-    f"(claim 6). OneCycle minus twice the subcritical warm-up: {said('13.onecycle-twice-subcritical')} "
+    f"{say(get('13.subcritical-lowers-spread'))} (claim 5); minus with OneCycle: "
+    f"{say(get('13.onecycle-lowers-spread'))} "
+    f"(claim 6). OneCycle minus twice the subcritical warm-up: {say(get('13.onecycle-twice-subcritical'))} "
     f"(claim 7). The subcritical warm-up minus the gradient the constraint is given: "
-    f"{said('13.constraint-lowest-spread')} (claim 8). NoShort's subcritical warm-up lasted up to "
+    f"{say(get('13.constraint-lowest-spread'))} (claim 8). NoShort's subcritical warm-up lasted up to "
     f"{int(warm[(NS, 'subcritical', D)].max())} steps (claim 12, within 10 steps: "
     f"{claims.get('13.subcritical-warmup-short').verdict}) and Short's up to {int(warm[(S, 'subcritical', D)].max())} "
     f"(claim 13, no step: {claims.get('13.short-needs-no-warmup').verdict})."))
 plots.glue("ch13-acc-sentence", (
     f"At depth {D} the subcritical warm-up changed NoShort's accuracy by "
-    f"{said('13.subcritical-raises-accuracy', scale=100, unit=' points')} (claim 9), the constraint by "
-    f"{said('13.constraint-raises-accuracy', scale=100, unit=' points')} (claim 10), and with OneCycle Short's "
-    f"accuracy minus NoShort's was {said('13.short-beats-noshort-onecycle', scale=100, unit=' points')} "
+    f"{say(get('13.subcritical-raises-accuracy'), 100, ' points')} (claim 9), the constraint by "
+    f"{say(get('13.constraint-raises-accuracy'), 100, ' points')} (claim 10), and with OneCycle Short's "
+    f"accuracy minus NoShort's was {say(get('13.short-beats-noshort-onecycle'), 100, ' points')} "
     "(claim 11). At the other depths of the sweep, subcritical minus none: " + "; ".join(
-        f"depth {d}: {said('13.subcritical-extends-depth', d, 100, ' points')}" for d in depths if d != D)
+        f"depth {d}: {say(get('13.subcritical-extends-depth', d), 100, ' points')}" for d in depths if d != D)
     + " (claim 14). Constrained minus none: " + "; ".join(
-        f"depth {d}: {said('13.constraint-extends-depth', d, 100, ' points')}" for d in depths if d != D)
+        f"depth {d}: {say(get('13.constraint-extends-depth', d), 100, ' points')}" for d in depths if d != D)
     + " (claim 15). With shortcuts, OneCycle minus none: "
-    + f"{said('13.short-protocols-agree', 'OneCycle', 100, ' points')}; subcritical minus none: "
-    + f"{said('13.short-protocols-agree', 'subcritical', 100, ' points')} (claim 16, within ±5 points)."))
+    + f"{say(get('13.short-protocols-agree', 'OneCycle'), 100, ' points')}; subcritical minus none: "
+    + f"{say(get('13.short-protocols-agree', 'subcritical'), 100, ' points')} (claim 16, within ±5 points)."))
 
 
-def depths_where(name, verdict):
-    return [d for d in depths if trains(name, d) == verdict]
-
-
-def trainable_words(name):
-    ok, bad = depths_where(name, "holds"), depths_where(name, "fails")
-    return (f"{name} trains at depth{'s' if len(ok) > 1 else ''} {', '.join(map(str, ok))}" if ok else
-            f"{name} trains at no depth of the sweep") + (
-        f" and fails at depth{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}" if bad else
-        " and fails at none")
-
-
+# claim 17 read across depths: where each protocol trains and fails, and where a protocol trains NoShort at a
+# depth at which it fails without warm-up (what the paper's "restores training" means here)
+where = {(p, v): [d for d in depths if trains[(p, d)] == v] for p in needed for v in ("holds", "fails")}
+none_fails = where[("none", "fails")]
+rescued = {p: [d for d in none_fails if trains[(p, d)] == "holds"] for p in ("subcritical", "constrained")}
+named = {k: f"depth{'s' * (len(ds) > 1)} {', '.join(map(str, ds))}" for k, ds in [*where.items(), *rescued.items()]}
 short_range = [100 * acc[(S, p, d)].mean() for p in needed for d in depths]
-plots.glue("ch13-depth-sentence", "Without shortcuts (claim 17), " + "; ".join(trainable_words(p) for p in needed)
+plots.glue("ch13-depth-sentence", "Without shortcuts (claim 17), " + "; ".join(
+    f"{p} trains at {named[(p, 'holds')] if where[(p, 'holds')] else 'no depth of the sweep'} and fails at "
+    f"{named[(p, 'fails')] if where[(p, 'fails')] else 'none'}" for p in needed)
            + f". With shortcuts the mean accuracy lies between {min(short_range):.0f} and {max(short_range):.0f} % "
            "at every depth and under every protocol (the figure's right column).")
-none_fails = depths_where("none", "fails")
-
-
-def depth_verdict(name):
-    """Whether a protocol trains NoShort (claim 17 holds) at a depth where it fails without warm-up (claim 17
-    fails): what the paper's "restores training" and "extends the trainable depth" mean here."""
-    rescued = [d for d in none_fails if trains(name, d) == "holds"]
-    label = {"subcritical": "The subcritical warm-up", "constrained": "The constraint"}[name]
-    if not none_fails:
-        return f"{label}: without warm-up NoShort fails at no depth of the sweep, so there is nothing to restore."
-    if rescued:
-        return (f"{label} trains NoShort at depth{'s' if len(rescued) > 1 else ''} "
-                f"{', '.join(map(str, rescued))}, where it fails without warm-up: it extends the trainable depth.")
-    return (f"{label} trains NoShort at none of the depths where it fails without warm-up "
-            f"({', '.join(map(str, none_fails))}; mean accuracy there "
-            f"{', '.join(f'{100 * acc[(NS, name, d)].mean():.0f} %' for d in none_fails)}): it does not extend "
-            "the trainable depth.")
+label = {"subcritical": "The subcritical warm-up", "constrained": "The constraint"}
+restored = {p: (
+    f"{label[p]}: without warm-up NoShort fails at no depth of the sweep, so there is nothing to restore."
+    if not none_fails else
+    f"{label[p]} trains NoShort at {named[p]}, where it fails without warm-up: it extends the trainable depth."
+    if rescued[p] else
+    f"{label[p]} trains NoShort at none of the depths where it fails without warm-up "
+    f"({', '.join(map(str, none_fails))}; mean accuracy there "
+    f"{', '.join(f'{100 * acc[(NS, p, d)].mean():.0f} %' for d in none_fails)}): it does not extend the trainable "
+    "depth.") for p in label}
 
 
 change = {"holds": "raises", "fails": "lowers", "inconclusive": "does not measurably change"}  # claims 9, 10
@@ -507,7 +471,7 @@ plots.glue("ch13-discussion", (
     f"At the table depth the subcritical warm-up {change[claims.get('13.subcritical-raises-accuracy').verdict]} "
     f"the accuracy of the network without shortcuts (claim 9), and the constraint "
     f"{change[claims.get('13.constraint-raises-accuracy').verdict]} it (claim 10). "
-    + depth_verdict("subcritical") + " " + depth_verdict("constrained") + " "
+    + restored["subcritical"] + " " + restored["constrained"] + " "
     + f"With shortcuts, the paper's three protocols (none, OneCycle, subcritical) differ in mean accuracy by up "
     f"to {100 * gap:.1f} points at some depth of the sweep (the paper: 0.2 points), and the constrained "
     f"network with shortcuts reaches {100 * acc[(S, 'constrained', D)].mean():.1f} % at the table depth, against "

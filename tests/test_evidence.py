@@ -289,3 +289,14 @@ def test_ties_count_against_a_sign_claim_and_seeds_without_spread_are_not_called
     assert evidence.Claim.sign_claim("A beats B", a, b, alpha=0.025).verdict == "inconclusive"
     zeros = evidence.Claim.worst("no warm-up in any seed", [0.0] * 5, 0.5, "<")
     assert zeros.ok and math.isclose(evidence.flip_probability(zeros, draws=20000), 5 / 11, abs_tol=0.02)
+
+
+def test_sentence_gives_estimate_interval_and_verdict_signed_only_for_differences():
+    diff = evidence.Claim.compare("gain", np.array([1.0, 1.2, 0.9, 1.1, 1.0]), np.zeros(5), 0.0, ">")
+    text = evidence.sentence(diff, 100, " points")
+    assert text.startswith("+104 points (95 % interval +") and text.endswith(": holds)")
+    level = evidence.Claim.level("acc", np.array([0.80, 0.82, 0.84, 0.86, 0.88]), 0.75, ">")
+    low, high = 100 * level.interval.low, 100 * level.interval.high  # a level carries no sign
+    assert evidence.sentence(level, 100, " %") == f"84 % (95 % interval {low:.3g} to {high:.3g}: holds)"
+    worst = evidence.Claim.worst("steps", np.array([3.0, 12.0, 5.0]), 10.0, "<")
+    assert evidence.sentence(worst) == "12 (worst seed: fails)"
