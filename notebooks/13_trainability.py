@@ -115,7 +115,7 @@
 #
 # **Network and data.** Deep BN-ReLU MLPs on the offline digits
 # ({glue:text}`ch13-data`): NoShort is `bnrelu<depth>` (Linear, BatchNorm
-# without affine parameters, ReLU, repeated), Short is the same net with `shortcut=True` (`resmlp<depth>`), the
+# without affine parameters, ReLU, repeated), Short is `resmlp<depth>`, the
 # same layers with an identity path around each (`elr.nets.BNReLUNet`). A
 # step costs milliseconds, so every point of the sweep gets `n_seeds` seeds,
 # and their ELRs spread with depth as the paper's ResNets' do
@@ -145,7 +145,7 @@
 # (`elr.train` records them), since after it every ELR equals $E_{goal}$.
 
 # %% tags=["parameters"]
-family: str = "mlp"  # mlp: bnrelu<depth> (with shortcut=True: resmlp<depth>) on flattened inputs; resnet: the paper's CIFAR ResNets (depth 6n+2) {in mlp|resnet}
+family: str = "mlp"  # mlp: bnrelu<depth> / resmlp<depth> on flattened inputs; resnet: the paper's CIFAR ResNets (depth 6n+2) {in mlp|resnet}
 depths: list[int] = [20, 30, 40, 80]  # depths of the sweep, NoShort and Short (the resnet family: 6n+2) {>= 2}
 table_depth: int = 80  # depth of the Table 1 analogue; one of depths {>= 2}
 width: int = 64  # hidden width of the MLPs {>= 1}
@@ -197,7 +197,8 @@ settings = {"none": decay, "OneCycle": onecycle, "subcritical": dict(decay, warm
 
 
 cases = {(shortcut, name, depth): train.TrainConfig(
-    model=f"{'resnet' if family == 'resnet' else 'bnrelu'}{depth}", shortcut=shortcut, width=width, dataset=dataset,
+    model=f"resnet{depth}" if family == "resnet" else f"{'resmlp' if shortcut else 'bnrelu'}{depth}",
+    shortcut=shortcut, width=width, dataset=dataset,
     data_root=data_root, batch_size=batch_size, steps=steps, lr=lr, log_every=log_every, eval_every=steps // 4,
     channels_last=family == "resnet", **settings[name])
     for depth in depths for shortcut in (False, True) for name in protocols
