@@ -121,7 +121,13 @@ def _cmd_audit(args) -> int:
     if args.model == "resnet-v2-block":  # the paper's Section 3.1 example of a broken placement
         model, inputs = audit.section_3_1_modules("batch")["residual connection (ResNet v2)"], _example_input("bnrelu")[:, :8]
     else:
-        kwargs = {} if args.model.startswith(("bnrelu", "resmlp")) else {"shortcut": not args.no_shortcut}
+        if args.model.startswith(("bnrelu", "resmlp")):
+            if args.no_shortcut and args.model.startswith("resmlp"):
+                raise ValueError(f"--no-shortcut does not apply to {args.model!r}: an MLP's name fixes its shortcuts; "
+                                 f"use bnrelu{args.model[6:]} for the MLP without them")
+            kwargs = {}
+        else:
+            kwargs = {"shortcut": not args.no_shortcut}
         model, inputs = nets.build(args.model, bn_affine=args.bn_affine, **kwargs), _example_input(args.model)
     rows = audit.audit(model, inputs)
     if args.json:
@@ -141,7 +147,7 @@ def _cmd_measure(args) -> int:
 
     from elr import dynamics, train
 
-    cfg = train.TrainConfig(model=args.model, shortcut=not args.no_shortcut, steps=max(args.steps, 1),
+    cfg = train.TrainConfig(model=args.model, shortcut=False if args.no_shortcut else None, steps=max(args.steps, 1),
                             lr=args.lr if args.steps else 1e-12, batch_size=args.batch_size, dataset=args.dataset,
                             data_root=args.data_root, transform="random_walk" if args.random_walk else "none",
                             log_every=max(args.steps, 1), seed=args.seed)
@@ -152,7 +158,7 @@ def _cmd_measure(args) -> int:
             result = train.train(cfg, tmp).records
     steps, elr_max = result.matrix("elr_grad_max")
     e = elr_max[-1]
-    out = {"model": args.model, "shortcut": not args.no_shortcut, "dataset": args.dataset, "step": int(steps[-1]),
+    out = {"model": args.model, "shortcut": cfg.has_shortcuts, "dataset": args.dataset, "step": int(steps[-1]),
            "after_steps": args.steps, "lr": args.lr if args.steps else None, "random_walk": args.random_walk,
            "layers": result.layer_names, "elr": [float(v) for v in e],
            "s_rel": float(dynamics.relative_spread(e)),

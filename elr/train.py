@@ -119,7 +119,8 @@ class TrainConfig:
     """Everything that defines a run. Defaults: a small quick run on the offline digits data."""
 
     model: str = "resnet20"            # elr.nets name: resnet20/56/110, resnet<6n+2>, resnet101, bnrelu<depth>, resmlp<depth>
-    shortcut: bool = True              # False: the paper's "NoShort" network
+    shortcut: bool | None = None       # None: the model's own (ResNets with shortcuts, bnrelu<d> without, resmlp<d>
+                                       # with); False on a ResNet: the paper's "NoShort" network
     bn_affine: bool = False            # BatchNorm affine parameters (off in the paper, Sec. 4.1.1)
     width: int = 64                    # hidden width of bnrelu models
     dataset: str = "digits"            # digits (offline), cifar10, cifar100, imagenet
@@ -199,6 +200,13 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
             (self.lars_scope in LARS_SCOPES, f"lars_scope must be one of {LARS_SCOPES}"),
             (self.trust_coeff > 0, "trust_coeff must be > 0"),
+            # an MLP's name fixes its shortcuts: a contrary flag would otherwise be ignored and train the other network
+            (not (self.model.startswith("bnrelu") and self.shortcut is True),
+             f"model={self.model!r} has no shortcuts, so shortcut=True would be ignored; use "
+             f"model='resmlp{self.model[6:]}' for the residual MLP, or leave shortcut unset"),
+            (not (self.model.startswith("resmlp") and self.shortcut is False),
+             f"model={self.model!r} is the residual MLP, so shortcut=False would be ignored; use "
+             f"model='bnrelu{self.model[6:]}' for the MLP without shortcuts, or leave shortcut unset"),
             (not (self.optimizer == "lars" and self.transform == "constrain"),
              "optimizer='lars' with transform='constrain' constrains the update twice; choose one of them"),
             (not (self.optimizer == "lars" and self.lars_scope == "invariant" and self.wd > 0),
@@ -259,6 +267,13 @@ class TrainConfig:
         out = dataclasses.asdict(self)
         out["milestones"] = list(self.milestones)
         return out
+
+    @property
+    def has_shortcuts(self) -> bool:
+        """Whether the network trained has shortcuts (``shortcut`` if set, else the model's own)."""
+        if self.model.startswith(("bnrelu", "resmlp")):
+            return self.model.startswith("resmlp")
+        return self.shortcut is not False
 
     def key(self) -> str:
         """A stable short hash of the config alone (see :func:`run_key` for the name of a run directory)."""
@@ -391,7 +406,7 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, invariant: list
 
 
 def build_model(config: TrainConfig, in_channels: int, num_classes: int, in_features: int) -> torch.nn.Module:
-    kwargs = {"shortcut": config.shortcut, "bn_affine": config.bn_affine, "num_classes": num_classes}
+    kwargs = {"shortcut": config.has_shortcuts, "bn_affine": config.bn_affine, "num_classes": num_classes}
     if config.model.startswith(("bnrelu", "resmlp")):
         kwargs = {"bn_affine": config.bn_affine, "num_classes": num_classes, "width": config.width,
                   "in_features": in_features}

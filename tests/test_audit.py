@@ -48,6 +48,12 @@ def test_every_conv_of_a_resnet_auto_tunes_and_the_classifier_does_not(shortcut)
     assert not rows["fc.weight"].invariant and "no normalisation follows" in rows["fc.weight"].reason
 
 
+@pytest.mark.parametrize("command", [["audit", "resmlp4", "--no-shortcut"], ["measure", "resmlp4", "--no-shortcut"]])
+def test_cli_refuses_a_shortcut_flag_an_mlp_would_ignore(command, capsys):
+    assert cli.main(command) == 2
+    assert "bnrelu4" in capsys.readouterr().err
+
+
 def test_cli_audit_flags_the_resnet_v2_block(capsys):
     assert cli.main(["audit", "resnet-v2-block"]) == 0
     out = capsys.readouterr().out

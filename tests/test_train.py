@@ -149,6 +149,8 @@ def test_bad_configs_are_refused(bad, message):
     ({"model": "bnrelu4", "width": 10**6}, "cannot be built on this machine"),
     ({"steps": 10**7, "model": "resnet56"}, "steps=10,000,000 .* results, more than this machine's"),
     ({"shortcut": 1}, "shortcut must be bool"),
+    ({"model": "bnrelu8", "shortcut": True}, "model='bnrelu8' has no shortcuts.*use model='resmlp8'"),
+    ({"model": "resmlp8", "shortcut": False}, "model='resmlp8' is the residual MLP.*use model='bnrelu8'"),
     ({"lr": 1e300}, "lr, momentum and wd must be at most 3.4e\\+38"),
     ({"model": 20}, "model must be str"),
 ])
@@ -358,3 +360,24 @@ def test_a_killed_sweep_leaves_no_pool_worker_behind(tmp_path):
     for p in survivors:  # do not leave them to the rest of the test session
         os.kill(p, signal.SIGKILL)
     assert not survivors, f"children of the killed sweep still running: {survivors}"
+
+
+@pytest.mark.parametrize("model, shortcut, residual", [
+    ("bnrelu6", None, False), ("bnrelu6", False, False), ("resmlp6", None, True), ("resmlp6", True, True),
+    ("resnet8", None, True), ("resnet8", True, True), ("resnet8", False, False),
+])
+def test_the_network_built_has_the_shortcuts_the_config_names(model, shortcut, residual):
+    """build_model builds the network that has_shortcuts reports: with the same weights, the network differs from
+    its plain twin (no shortcuts) exactly when it is residual."""
+    config = train.TrainConfig(model=model, shortcut=shortcut, width=8)
+    assert config.has_shortcuts is residual
+    plain = dict(model="bnrelu6") if model.startswith(("bnrelu", "resmlp")) else dict(model=model, shortcut=False)
+    net = train.build_model(config, 1, 10, 64)
+    twin = train.build_model(train.TrainConfig(**plain, width=8), 1, 10, 64)
+    with torch.no_grad():  # the shortcuts have no weights (option A, identity): the twins share every parameter
+        for mine, theirs in zip(twin.parameters(), net.parameters(), strict=True):
+            mine.copy_(theirs)
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        same = torch.allclose(net.eval()(x), twin.eval()(x))
+    assert same is (not residual)
