@@ -467,6 +467,13 @@ restored = {p: (
     f"({', '.join(map(str, none_fails))}; mean accuracy there "
     f"{', '.join(f'{100 * acc[(NS, p, d)].mean():.0f} %' for d in none_fails)}): it does not extend the trainable "
     "depth.") for p in label}
+undecided = [d for d in depths if trains[("none", d)] == "inconclusive"]  # no warm-up: neither trains nor fails
+for p in label:
+    if [d for d in undecided if trains[(p, d)] == "holds"]:
+        restored[p] += "".join(
+            f" At depth {d}, where whether NoShort trains without warm-up is undecided (mean accuracy "
+            f"{100 * acc[(NS, 'none', d)].mean():.0f} %), it trains ({100 * acc[(NS, p, d)].mean():.0f} %)."
+            for d in undecided if trains[(p, d)] == "holds")
 
 
 change = {"holds": "raises", "fails": "lowers", "inconclusive": "does not measurably change"}  # claims 9, 10
