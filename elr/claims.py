@@ -18,6 +18,10 @@
     pilot_p_flip = 0.0004                  # the pilot's predicted flip probability (required of a gate claim)
     history = ["2026-12-02: registered ... (why)"]
 
+A report claim evaluated at several instances (depths, protocols) may hold one expectation per instance,
+set by its pilot instance by instance: ``expect_instances = {"none, depth 105" = "fails"}``; an instance
+not listed takes ``expect``, and a name the chapter does not evaluate is an error.
+
 A chapter takes each claim's text, threshold, direction, expectation and
 role from here, never from its own source, so a claim cannot be reworded in a
 chapter alone::
@@ -70,8 +74,10 @@ _FAMILY_KINDS = ("mean", "paired", "unpaired", "sign")
 _FIELDS = {"id": str, "chapter": str, "paper": str, "text": str, "kind": str, "statistic": str,
            "threshold": (int, float), "direction": str, "expect": str, "role": str, "set_by": list,
            "confirmed_at": list, "history": list}
-#: optional fields: the pilot's predicted flip probability (required of a gate claim)
-_OPTIONAL = {"pilot_p_flip": (int, float)}
+#: optional fields: the pilot's predicted flip probability (required of a gate claim), and expectations per
+#: instance ({instance = expectation}; an instance not listed takes ``expect``), for a report claim whose
+#: instances a pilot decided differently (e.g. "trains" at one depth, "fails" at another)
+_OPTIONAL = {"pilot_p_flip": (int, float), "expect_instances": dict}
 
 
 class RegistryError(ValueError):
@@ -96,10 +102,15 @@ class Entry:
     confirmed_at: tuple[int, ...]
     history: tuple[str, ...]
     pilot_p_flip: float | None = None
+    expect_instances: tuple[tuple[str, str], ...] = ()
 
     @property
     def gate(self) -> bool:
         return self.role == "gate"
+
+    def expect_for(self, instance: str | None) -> str:
+        """The expectation of one instance: its own if the registry lists it, else ``expect``."""
+        return dict(self.expect_instances).get(instance, self.expect) if instance is not None else self.expect
 
 
 def _entry(raw: dict[str, Any], where: str) -> Entry:
@@ -131,11 +142,20 @@ def _entry(raw: dict[str, Any], where: str) -> Entry:
         raise RegistryError(f"{where}: claim {name!r}: history needs at least the entry that registered it")
     if raw["direction"] == "within" and not raw["threshold"] > 0:
         raise RegistryError(f"{where}: claim {name!r}: 'within' needs a threshold > 0")
+    per_instance = raw.get("expect_instances", {})
+    bad = {k: v for k, v in per_instance.items() if v not in evidence.EXPECTATIONS}
+    if bad:
+        raise RegistryError(f"{where}: claim {name!r}: expect_instances values must be one of "
+                            f"{evidence.EXPECTATIONS}, got {bad}")
+    if per_instance and raw["role"] == "gate":
+        raise RegistryError(f"{where}: claim {name!r}: a gate claim has one expectation; expect_instances is for "
+                            "report claims")
     return Entry(raw["id"], raw["chapter"], raw["paper"], raw["text"], raw["kind"], raw["statistic"],
                  float(raw["threshold"]), raw["direction"], raw["expect"], raw["role"],
                  tuple(int(s) for s in raw["set_by"]), tuple(int(s) for s in raw["confirmed_at"]),
                  tuple(str(h) for h in raw["history"]),
-                 float(raw["pilot_p_flip"]) if "pilot_p_flip" in raw else None)
+                 float(raw["pilot_p_flip"]) if "pilot_p_flip" in raw else None,
+                 tuple((str(k), str(v)) for k, v in per_instance.items()))
 
 
 def load(path: str | Path | None = None) -> dict[str, Entry]:
@@ -235,7 +255,8 @@ class Chapter:
         confidence = 1 - FWER / m if gate else 0.95
         alpha = (1 - confidence) / 2
         # a gate's Bonferroni level lies where five seeds give the bootstrap too few resamples: Student's t
-        kw = dict(expect=e.expect, method="t" if gate else "bootstrap-t")
+        expect = e.expect_for(p.instance)
+        kw = dict(expect=expect, method="t" if gate else "bootstrap-t")
         if e.kind == "mean":
             c = evidence.Claim.level(text, p.data[0], e.threshold, e.direction, statistic=e.statistic,
                                      confidence=confidence, **kw)
@@ -248,19 +269,24 @@ class Chapter:
                 c = evidence.Claim.compare(text, *p.data, threshold=e.threshold, direction=e.direction,
                                            paired=paired, confidence=confidence, **kw)
         elif e.kind == "sign":
-            c = evidence.Claim.sign_claim(text, *p.data, alpha=alpha, statistic=e.statistic, expect=e.expect)
+            c = evidence.Claim.sign_claim(text, *p.data, alpha=alpha, statistic=e.statistic, expect=expect)
         elif e.kind == "worst":
             c = evidence.Claim.worst(text, p.data[0], e.threshold, e.direction, statistic=e.statistic,
-                                     expect=e.expect)
+                                     expect=expect)
         else:
             c = evidence.Claim.exact(text, float(p.data[0][0]), e.threshold, e.direction, statistic=e.statistic,
-                                     expect=e.expect)
+                                     expect=expect)
         return evidence.Claim(c.text, e.statistic, c.interval, c.threshold, c.direction, c.expect, c.kind, c.data,
                               c.sign, c.alpha, e.id, e.role, e.paper)
 
     @property
     def claims(self) -> list[evidence.Claim]:
         if self._claims is None:
+            for e in {p.entry.id: p.entry for p in self._pending}.values():
+                unknown = set(dict(e.expect_instances)) - {p.instance for p in self._pending if p.entry.id == e.id}
+                if unknown:
+                    raise RegistryError(f"claim {e.id!r}: expect_instances names instance(s) the chapter does not "
+                                        f"evaluate: {sorted(unknown)}; fix the names in {REGISTRY.name}")
             m = max(self.family, 1)
             self._claims = [self._decide(p, m) for p in self._pending]
             self._flips = [evidence.flip_probability(c) for c in self._claims]
@@ -328,9 +354,9 @@ class Chapter:
 
     def record(self) -> dict[str, Any]:
         rows = []
-        for c, flip in zip(self.claims, self._flips):
+        for p, c, flip in zip(self._pending, self.claims, self._flips):
             iv = c.interval
-            rows.append({"id": c.id, "text": c.text, "paper": c.paper, "kind": c.kind, "statistic": c.statistic,
+            rows.append({"id": c.id, "instance": p.instance, "text": c.text, "paper": c.paper, "kind": c.kind, "statistic": c.statistic,
                          "estimate": iv.estimate, "low": iv.low, "high": iv.high, "n": iv.n, "method": iv.method,
                          "confidence": iv.confidence, "se": iv.se, "threshold": c.threshold,
                          "direction": c.direction, "verdict": c.verdict, "expect": c.expect, "ok": c.ok,
@@ -424,7 +450,7 @@ def calibrate(directories: Sequence[str | Path], registry: dict[str, Entry] | No
                 if e.gate:
                     totals[b] += r.get("p_flip") or 0.0
                 margin = r["margin"] if r.get("margin") is not None else float("nan")
-                lines.append(f"{e.id:40s} {d.name[:14]:14s} {r['verdict']:12s} exp {e.expect:9s} "
+                lines.append(f"{e.id:40s} {d.name[:14]:14s} {r['verdict']:12s} exp {r['expect']:9s} "
                              f"{'met' if r['ok'] else 'NOT met':7s} {e.role:6s} margin {margin:+7.1f} "
                              f"P(flip) {_pct(r.get('p_flip') or 0.0):>9s}  [{r['text'][:60]}]")
             if not rows:
@@ -452,7 +478,8 @@ def _reclaim(row: dict[str, Any], entry: Entry, confidence: float, method: str =
     """A claim decided again from a record's per-seed data, as a gate: at ``confidence`` (its Bonferroni level)
     with Student's t."""
     data = [np.asarray(d, dtype=float) for d in row["data"]]
-    kw = dict(expect=entry.expect, method=method)
+    expect = entry.expect_for(row.get("instance"))
+    kw = dict(expect=expect, method=method)
     if entry.kind == "mean":
         return evidence.Claim.level(row["text"], data[0], entry.threshold, entry.direction, confidence=confidence,
                                     **kw)
@@ -470,11 +497,10 @@ def _reclaim(row: dict[str, Any], entry: Entry, confidence: float, method: str =
                                       confidence=confidence, **kw)
     if entry.kind == "sign":
         return evidence.Claim.sign_claim(row["text"], data[0], data[1], alpha=(1 - confidence) / 2,
-                                         expect=entry.expect)
+                                         expect=expect)
     if entry.kind == "worst":
-        return evidence.Claim.worst(row["text"], data[0], entry.threshold, entry.direction, expect=entry.expect)
-    return evidence.Claim.exact(row["text"], float(data[0][0]), entry.threshold, entry.direction,
-                                expect=entry.expect)
+        return evidence.Claim.worst(row["text"], data[0], entry.threshold, entry.direction, expect=expect)
+    return evidence.Claim.exact(row["text"], float(data[0][0]), entry.threshold, entry.direction, expect=expect)
 
 
 def propose_roles(directory: str | Path, registry: dict[str, Entry] | None = None) -> dict[str, dict[str, Any]]:
@@ -491,10 +517,11 @@ def propose_roles(directory: str | Path, registry: dict[str, Entry] | None = Non
     rows = {e.id: [r for r in records.get(e.chapter, {}).get("claims", []) if r["id"] == e.id] for e in reg.values()}
     out = {k: {"gate": False, "p_flip": float("nan"), "why": "not evaluated in the pilot", "instances": len(v)}
            for k, v in rows.items()}
-    candidates = {k for k, e in reg.items() if rows[k] and e.expect in ("holds", "fails")}
+    candidates = {k for k, e in reg.items() if rows[k] and e.expect in ("holds", "fails") and not e.expect_instances}
     for k in set(reg) - candidates:
         if rows[k]:
-            out[k]["why"] = f"expects {reg[k].expect!r}, not a definite verdict"
+            out[k]["why"] = (f"expects {reg[k].expect!r}, not a definite verdict" if not reg[k].expect_instances
+                             else "one expectation per instance: a report claim")
     while True:
         family: dict[str, int] = {}
         for k in candidates:

@@ -19,6 +19,8 @@ def _toml(entries: list[dict]) -> str:
             return json.dumps(v, ensure_ascii=False)
         if isinstance(v, list):
             return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{json.dumps(k, ensure_ascii=False)} = {value(x)}" for k, x in v.items()) + "}"
         return repr(v)
     return "\n".join("[[claim]]\n" + "\n".join(f"{k} = {value(v)}" for k, v in e.items()) + "\n" for e in entries)
 
@@ -173,6 +175,45 @@ def test_templated_claims_carry_their_instance(tmp_path):
     assert [c.verdict for c in ch.claims] == ["holds", "fails"]
     with pytest.raises(RuntimeError, match="after the chapter's claims were decided"):
         ch.worst("99.a", [0.1], instance="λ = 0.4")
+
+
+def test_a_report_claim_may_expect_each_instance_its_own_verdict(tmp_path):
+    per = dict(ENTRY, text="{instance}: A above 0.5", kind="mean", threshold=0.5, role="report",
+               expect="not fails", expect_instances={"deep": "fails"})
+    del per["pilot_p_flip"]
+    reg = _registry(tmp_path, [per])
+    ch = claims.Chapter("99_demo", seed=100, registry=reg, out_dir=tmp_path / "build")
+    ch.mean("99.a", [0.9, 0.92, 0.91, 0.93, 0.9], instance="shallow")
+    ch.mean("99.a", [0.1, 0.12, 0.09, 0.11, 0.1], instance="deep")
+    assert [(c.verdict, c.expect, c.ok) for c in ch.claims] == [("holds", "not fails", True), ("fails", "fails", True)]
+    ch.save()
+    rows = claims.read_records(tmp_path / "build")["99_demo"]["claims"]
+    assert [(r["instance"], r["expect"]) for r in rows] == [("shallow", "not fails"), ("deep", "fails")]
+    assert claims.calibrate([tmp_path / "build"], reg).count(" met ") == 2
+    # the same data under one expectation for both instances: the deep one is not met
+    one = _registry(tmp_path, [{k: v for k, v in per.items() if k != "expect_instances"}])
+    again = claims.Chapter("99_demo", seed=100, registry=one, out_dir=tmp_path / "again")
+    again.mean("99.a", [0.9, 0.92, 0.91, 0.93, 0.9], instance="shallow")
+    again.mean("99.a", [0.1, 0.12, 0.09, 0.11, 0.1], instance="deep")
+    assert [c.ok for c in again.claims] == [True, False]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(role="gate", expect="holds", pilot_p_flip=0.001), "a gate claim has one expectation"),
+    (dict(expect_instances={"deep": "maybe"}), "expect_instances values must be one of"),
+])
+def test_expectations_per_instance_are_checked(tmp_path, change, message):
+    per = {**ENTRY, "role": "report", "expect": "not fails", "expect_instances": {"deep": "fails"}, **change}
+    with pytest.raises(claims.RegistryError, match=message):
+        _registry(tmp_path, [per])
+
+
+def test_an_instance_the_chapter_does_not_evaluate_is_an_error(tmp_path):
+    reg = _registry(tmp_path, [dict(ENTRY, role="report", expect="not fails", expect_instances={"depp": "fails"})])
+    ch = claims.Chapter("99_demo", registry=reg, out_dir=tmp_path)
+    ch.paired("99.a", [1.0, 2.0, 3.0], [0.0, 0.0, 0.0], instance="deep")
+    with pytest.raises(claims.RegistryError, match=r"does not evaluate: \['depp'\]"):
+        ch.claims
 
 
 def test_calibration_reports_each_build_and_the_gate_budget(tmp_path):
