@@ -20,7 +20,7 @@
 
 A report claim evaluated at several instances (depths, protocols) may hold one expectation per instance,
 set by its pilot instance by instance: ``expect_instances = {"none, depth 105" = "fails"}``; an instance
-not listed takes ``expect``, and a name the chapter does not evaluate is an error.
+not listed (a depth a reader's parameters add, say) takes ``expect``.
 
 A chapter takes each claim's text, threshold, direction, expectation and
 role from here, never from its own source, so a claim cannot be reworded in a
@@ -282,11 +282,6 @@ class Chapter:
     @property
     def claims(self) -> list[evidence.Claim]:
         if self._claims is None:
-            for e in {p.entry.id: p.entry for p in self._pending}.values():
-                unknown = set(dict(e.expect_instances)) - {p.instance for p in self._pending if p.entry.id == e.id}
-                if unknown:
-                    raise RegistryError(f"claim {e.id!r}: expect_instances names instance(s) the chapter does not "
-                                        f"evaluate: {sorted(unknown)}; fix the names in {REGISTRY.name}")
             m = max(self.family, 1)
             self._claims = [self._decide(p, m) for p in self._pending]
             self._flips = [evidence.flip_probability(c) for c in self._claims]
