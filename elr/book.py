@@ -683,9 +683,19 @@ def _robust_record(profile: str) -> None:
         path = ROOT / "_build" / "robust" / name / RECORD_JSON.name
         if path.exists():
             records[name] = {c: e for c, e in json.loads(path.read_text()).items() if c in known}
-    lines = [f"At the {profile} profile, on {machine()}; last written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+    rows = robust_rows(records)
+    # rows of the page as committed whose run records this checkout lacks (they live in _build/, which a fresh
+    # clone does not have): kept, each naming the revision it ran, unless a record here holds the same variant
+    # and revision
+    here = {(r.split(" | ")[0][2:], r.split(" | ")[2]) for r in rows}
+    earlier = [line for line in (ROBUST_MD.read_text().splitlines() if ROBUST_MD.exists() else [])
+               if line.startswith("| ") and line.split(" | ")[0][2:] in ROBUST_VARIANTS
+               and (line.split(" | ")[0][2:], line.split(" | ")[2]) not in here]
+    rows = sorted(rows + earlier, key=lambda r: r.rstrip(" |").rsplit(" | ", 1)[-1])  # by the finishing time
+    lines = [f"At the {profile} profile, on {machine()}; last written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
+             "Each row names the revision it ran; rows from earlier checkouts are kept.",
              "", "| build | what it varies | git | chapters | passed | failed | chapter time (s) | finished (UTC) |",
-             "|---|---|---|---|---|---|---|---|", *robust_rows(records)]
+             "|---|---|---|---|---|---|---|---|", *rows]
     tmp = ROBUST_MD.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(ROBUST_MD)

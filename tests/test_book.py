@@ -391,6 +391,14 @@ def test_robustness_builds_vary_seed_threads_and_run_root_and_record_the_outcome
     rows = [line for line in again.splitlines() if line.startswith("| one-") or line.startswith("| seed")]
     assert len(rows) == 3 and f"| {book.git_revision()} |" in again
     assert any(r.startswith("| one-thread |") and "| 1 of 2 | 01_fails |" in r for r in rows)
+    # a fresh checkout has no run records: the committed page's rows stay, and a new build adds its own
+    old = [r for r in rows if r.startswith("| one-thread |")][0].replace(f"| {book.git_revision()} |", "| 0ld0ld0 |")
+    (scratch_book.parent / "robustness.md").write_text("page\n\n| build |\n|---|\n" + old + "\n")
+    shutil.rmtree(scratch_book.parent / "_build" / "robust")
+    book.robust(["seed2000"], names=["02_sleeps"])
+    fresh = [line for line in (scratch_book.parent / "robustness.md").read_text().splitlines()
+             if line.startswith("| one-") or line.startswith("| seed")]
+    assert old in fresh and len(fresh) == 2
 
 
 def test_the_robustness_table_names_chapters_as_ranges():
