@@ -465,14 +465,15 @@ none_fails, undecided = where[("none", "fails")], where[("none", "inconclusive")
 rescued = {p: [d for d in none_fails if trains[(p, d)] == "holds"] for p in ("subcritical", "constrained")}
 partly = {p: [d for d in undecided if trains[(p, d)] == "holds"] for p in ("subcritical", "constrained")}
 depth_list = lambda ds: f"depth{'s' * (len(ds) > 1)} {', '.join(map(str, ds))}"  # noqa: E731
+span = lambda xs: (f"at {min(xs):.0f} %" if round(min(xs)) == round(max(xs))  # noqa: E731
+                  else f"between {min(xs):.0f} and {max(xs):.0f} %")
 short_paper = [100 * acc[(S, p, d)].mean() for p in ("none", "OneCycle", "subcritical") for d in depths]
 short_constrained = [100 * acc[(S, "constrained", d)].mean() for d in depths]
 plots.glue("ch13-depth-sentence", "Without shortcuts (claim 17), " + "; ".join(
     f"{p} " + ", ".join(f"{w} at {depth_list(where[(p, v)])}" for v, w in verdict_words.items() if where[(p, v)])
     for p in needed)
-           + f". With shortcuts the mean accuracy lies between {min(short_paper):.0f} and {max(short_paper):.0f} % "
-           f"under the paper's protocols and between {min(short_constrained):.0f} and {max(short_constrained):.0f} "
-           "% under the constraint, at every depth of the sweep (the figure's right column).")
+           + f". With shortcuts the mean accuracy lies {span(short_paper)} under the paper's protocols and "
+           f"{span(short_constrained)} under the constraint, at every depth of the sweep (the figure's right column).")
 label = {"subcritical": "The subcritical warm-up", "constrained": "The constraint"}
 hard = sorted(none_fails + undecided)  # depths where NoShort is not shown to train without warm-up
 restored = {}
