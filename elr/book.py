@@ -686,13 +686,15 @@ def _robust_record(profile: str) -> None:
     rows = robust_rows(records)
     # rows of the page as committed whose run records this checkout lacks (they live in _build/, which a fresh
     # clone does not have): kept, each naming the revision it ran, unless a record here holds the same variant
-    # and revision
-    here = {(r.split(" | ")[0][2:], r.split(" | ")[2]) for r in rows}
+    # and revision. A row's cells: variant, what it varies, revision, ..., finishing time
+    cells = lambda row: row.strip(" |").split(" | ")  # noqa: E731
+    here = {(cells(r)[0], cells(r)[2]) for r in rows}
     earlier = [line for line in (ROBUST_MD.read_text().splitlines() if ROBUST_MD.exists() else [])
-               if line.startswith("| ") and line.split(" | ")[0][2:] in ROBUST_VARIANTS
-               and (line.split(" | ")[0][2:], line.split(" | ")[2]) not in here]
-    rows = sorted(rows + earlier, key=lambda r: r.rstrip(" |").rsplit(" | ", 1)[-1])  # by the finishing time
-    lines = [f"At the {profile} profile, on {machine()}; last written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
+               if line.startswith("| ") and cells(line)[0] in ROBUST_VARIANTS
+               and (cells(line)[0], cells(line)[2]) not in here]
+    rows = sorted(rows + earlier, key=lambda r: cells(r)[-1])  # by the finishing time
+    written = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
+    lines = [f"At the {profile} profile, on {machine()}; last written {written}. "
              "Each row names the revision it ran; rows from earlier checkouts are kept.",
              "", "| build | what it varies | git | chapters | passed | failed | chapter time (s) | finished (UTC) |",
              "|---|---|---|---|---|---|---|---|", *rows]

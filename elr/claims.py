@@ -351,7 +351,8 @@ class Chapter:
         rows = []
         for p, c, flip in zip(self._pending, self.claims, self._flips):
             iv = c.interval
-            rows.append({"id": c.id, "instance": p.instance, "text": c.text, "paper": c.paper, "kind": c.kind, "statistic": c.statistic,
+            rows.append({"id": c.id, "instance": p.instance, "text": c.text, "paper": c.paper, "kind": c.kind,
+                         "statistic": c.statistic,
                          "estimate": iv.estimate, "low": iv.low, "high": iv.high, "n": iv.n, "method": iv.method,
                          "confidence": iv.confidence, "se": iv.se, "threshold": c.threshold,
                          "direction": c.direction, "verdict": c.verdict, "expect": c.expect, "ok": c.ok,

@@ -116,18 +116,14 @@ def _example_input(name: str, batch: int = 4):
 
 
 def _cmd_audit(args) -> int:
-    from elr import audit, nets
+    from elr import audit, nets, train
 
     if args.model == "resnet-v2-block":  # the paper's Section 3.1 example of a broken placement
         model, inputs = audit.section_3_1_modules("batch")["residual connection (ResNet v2)"], _example_input("bnrelu")[:, :8]
     else:
-        if args.model.startswith(("bnrelu", "resmlp")):
-            if args.no_shortcut and args.model.startswith("resmlp"):
-                raise ValueError(f"--no-shortcut does not apply to {args.model!r}: an MLP's name fixes its shortcuts; "
-                                 f"use bnrelu{args.model[6:]} for the MLP without them")
-            kwargs = {}
-        else:
-            kwargs = {"shortcut": not args.no_shortcut}
+        # TrainConfig refuses a shortcut flag that an MLP's name contradicts, as elr train does
+        config = train.TrainConfig(model=args.model, shortcut=False if args.no_shortcut else None)
+        kwargs = {} if args.model.startswith(("bnrelu", "resmlp")) else {"shortcut": config.has_shortcuts}
         model, inputs = nets.build(args.model, bn_affine=args.bn_affine, **kwargs), _example_input(args.model)
     rows = audit.audit(model, inputs)
     if args.json:

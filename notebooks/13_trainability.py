@@ -264,8 +264,8 @@ plots.glue("ch13-setting", setting[0].upper() + setting[1:])
 plots.glue("ch13-r101-setting", r101_setting)
 plots.glue("ch13-data", data.load(dataset, train=True, root=data_root).description)
 plots.glue("ch13-lr", f"{lr:g}")
-plots.glue("ch13-goal", f"{elr_goal:g} per unit rate (at the peak rate a step moves each layer by λ·E_goal = {lr * elr_goal:.2g} "
-                        "of its norm)")
+plots.glue("ch13-goal", f"{elr_goal:g} per unit rate (at the peak rate a step moves each layer by λ·E_goal = "
+                        f"{lr * elr_goal:.2g} of its norm)")
 plots.glue("ch13-r101-kappa", " and ".join(f"{k:.2g}" for k in r101_kappa))
 r101_ratio = 0.4 / r101_kappa
 plots.glue("ch13-r101-peak", f"{r101_ratio.min():.0f}–{r101_ratio.max():.0f}")
@@ -479,7 +479,8 @@ hard = sorted(none_fails + undecided)  # depths where NoShort is not shown to tr
 restored = {}
 for p in label:
     if not hard:
-        restored[p] = f"{label[p]}: without warm-up NoShort trains at every depth of the sweep, so there is nothing to restore."
+        restored[p] = (f"{label[p]}: without warm-up NoShort trains at every depth of the sweep, so there is nothing "
+                       "to restore.")
     elif rescued[p]:
         restored[p] = (f"{label[p]} trains NoShort at {depth_list(rescued[p])}, where it fails without warm-up: "
                        "it extends the trainable depth.")
@@ -529,7 +530,7 @@ plots.glue("ch13-discussion", (
     f"(claim 12; the paper: 9 steps on ImageNet): it ends when κ_ℓh reaches the cosine, which decays meanwhile"
     + (", so most of the run passes in warm-up" if warm[(NS, "subcritical", D)].max() > steps / 2 else "")
     + ". With shortcuts the subcritical warm-up took "
-    + (f"no step at the table depth, so its runs are those without warm-up" if short_warm == 0 else
+    + ("no step at the table depth, so its runs are those without warm-up" if short_warm == 0 else
        f"up to {short_warm} steps at the table depth") + "; with shortcuts OneCycle and no warm-up differ in "
     f"mean accuracy by up to {100 * gap:.1f} points at some depth of the sweep (the paper: 0.2 points)."
     + (" The constraint raises accuracy at the table depth although the gradient it is given spreads more than "
