@@ -168,10 +168,15 @@ class BNReLUNet(nn.Module):
     The setting of Eq. (6): at initialisation its gradient norms grow by α = √(π/(π−1)) per layer
     towards the input. ``shortcut=True`` adds an identity path around every layer after the first
     (``ReLU(x + BN(W x))``), the MLP counterpart of the paper's Short ResNets, which removes that excursion.
+
+    ``head_norm=True`` puts a BatchNorm before the head, as a pre-activation ResNet ends in one. With
+    shortcuts the identity path sums every layer's normalised output, so the features the head reads grow
+    as √depth (about 10× at depth 105) and the logits start that much too large; the BatchNorm reads them
+    at unit scale. Without shortcuts the last layer is already normalised, so it changes little there.
     """
 
     def __init__(self, depth: int = 20, width: int = 256, in_features: int = 64, num_classes: int = 10,
-                 bn_affine: bool = False, bn_eps: float = 1e-5, shortcut: bool = False):
+                 bn_affine: bool = False, bn_eps: float = 1e-5, shortcut: bool = False, head_norm: bool = False):
         super().__init__()
         if depth < 1 or width < 1:
             raise ValueError(f"depth and width must be >= 1, got depth={depth}, width={width}")
@@ -184,13 +189,14 @@ class BNReLUNet(nn.Module):
                            nn.ReLU()]
             features = width
         self.body = nn.Sequential(*layers)
+        self.head_norm = nn.BatchNorm1d(width, affine=bn_affine, eps=bn_eps) if head_norm else nn.Identity()
         self.head = nn.Linear(width, num_classes)
         for m in self.body.modules():
             if isinstance(m, nn.Linear):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
 
     def forward(self, x):
-        return self.head(self.body(x.flatten(1)))
+        return self.head(self.head_norm(self.body(x.flatten(1))))
 
     def scale_invariant_layers(self) -> list[tuple[str, nn.Module]]:
         return [(f"body.{name}", m) for name, m in self.body.named_modules() if isinstance(m, nn.Linear)]

@@ -123,6 +123,7 @@ class TrainConfig:
                                        # with); False on a ResNet: the paper's "NoShort" network
     bn_affine: bool = False            # BatchNorm affine parameters (off in the paper, Sec. 4.1.1)
     width: int = 64                    # hidden width of bnrelu models
+    head_norm: bool = False            # bnrelu/resmlp: a BatchNorm (affine as bn_affine) before the linear head
     dataset: str = "digits"            # digits (offline), cifar10, cifar100, imagenet
     data_root: str = "data"            # where cifar/imagenet live
     download: bool = False             # fetch CIFAR with torchvision if missing (needs network)
@@ -207,6 +208,9 @@ class TrainConfig:
             (not (self.model.startswith("resmlp") and self.shortcut is False),
              f"model={self.model!r} is the residual MLP, so shortcut=False would be ignored; use "
              f"model='bnrelu{self.model[6:]}' for the MLP without shortcuts, or leave shortcut unset"),
+            (not self.head_norm or self.model.startswith(("bnrelu", "resmlp")),
+             f"head_norm=True is an option of the MLPs (bnrelu<depth>, resmlp<depth>), not of model={self.model!r}, "
+             f"whose ResNets end in their own normalisation; leave head_norm unset"),
             (not (self.optimizer == "lars" and self.transform == "constrain"),
              "optimizer='lars' with transform='constrain' constrains the update twice; choose one of them"),
             (not (self.optimizer == "lars" and self.lars_scope == "invariant" and self.wd > 0),
@@ -409,7 +413,7 @@ def build_model(config: TrainConfig, in_channels: int, num_classes: int, in_feat
     kwargs = {"shortcut": config.has_shortcuts, "bn_affine": config.bn_affine, "num_classes": num_classes}
     if config.model.startswith(("bnrelu", "resmlp")):
         kwargs = {"bn_affine": config.bn_affine, "num_classes": num_classes, "width": config.width,
-                  "in_features": in_features}
+                  "in_features": in_features, "head_norm": config.head_norm}
     elif config.model != "resnet101":
         kwargs["in_channels"] = in_channels
     return nets.build(config.model, **kwargs)

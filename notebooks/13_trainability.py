@@ -68,7 +68,13 @@
 # 13. Short needs no subcritical warm-up at the peak rate in any seed;
 # 16. with shortcuts, OneCycle and the subcritical warm-up leave the
 #     accuracy within 5 points of no warm-up's (Table 1: 72.83 % and
-#     73.06 % against 72.85 %).
+#     73.06 % against 72.85 %);
+# 18. *premise:* with shortcuts, each of the paper's protocols (none,
+#     OneCycle, subcritical) ends within 3 points of the accuracy the same
+#     network reaches under the constraint, the best this chapter measures
+#     for it: the network trains near its best under every protocol. Three
+#     points is the tolerance of claim 3, what a run may still gain over its
+#     last quarter.
 #
 # Over the other depths of the sweep, for NoShort:
 #
@@ -116,7 +122,16 @@
 # **Network and data.** Deep BN-ReLU MLPs on the offline digits
 # ({glue:text}`ch13-data`): NoShort is `bnrelu<depth>` (Linear, BatchNorm
 # without affine parameters, ReLU, repeated), Short is `resmlp<depth>`, the
-# same layers with an identity path around each (`elr.nets.BNReLUNet`). A
+# same layers with an identity path around each (`elr.nets.BNReLUNet`).
+# Both end in a BatchNorm without affine parameters before the linear head
+# (parameter `head_norm`), much as a pre-activation ResNet ends in one.
+# Without it the head of the deep Short network would read the sum of every
+# layer's normalised output, whose scale grows as the square root of the
+# depth (about ten times at depth 105), and its logits would start about
+# that much too large. The paper's ResNet101 is spared most of this: its
+# last stage begins with a normalised projection and adds only three
+# blocks to it. In NoShort the last layer is already normalised, so the
+# BatchNorm changes little there. A
 # step costs milliseconds, so every point of the sweep gets `n_seeds` seeds,
 # and their ELRs spread with depth as the paper's ResNets' do
 # ({doc}`09_elr_at_init`). The CIFAR ResNets of the paper's Figure 5 are
@@ -156,6 +171,7 @@ table_depth: int = 105  # depth of the Table 1 analogue; one of depths {>= 2}
 width: int = 64  # hidden width of the MLPs {>= 1}
 dataset: str = "digits"  # digits (offline, quick), cifar10 or cifar100 {in digits|cifar10|cifar100}
 data_root: str = "data"  # where CIFAR lives
+head_norm: bool = True  # mlp family: a BatchNorm (no affine) before the linear head of both networks; the resnet family has its own ending, so it needs False
 steps: int = 300  # SGD steps per run {>= 20}
 batch_size: int = 64  # examples per step {>= 2}
 log_every: int = 5  # steps between ELR records (the spreads are averaged over them) {>= 1}
@@ -190,6 +206,9 @@ if table_depth not in depths:
     raise ValueError(f"parameter 'table_depth' must be one of depths={depths}, got {table_depth}")
 if family == "resnet" and any(d < 8 or (d - 2) % 6 for d in depths):
     raise ValueError(f"parameter 'depths': the CIFAR ResNets have depth 6n+2 >= 8 (20, 56, 110, ...), got {depths}")
+if family == "resnet" and head_norm:
+    raise ValueError("parameter 'head_norm' is an option of the mlp family; the CIFAR ResNets end as the paper's "
+                     "do, so set head_norm=False with family='resnet' (the paper profile does)")
 depths = sorted(depths)
 
 plots.setup()
@@ -203,7 +222,7 @@ settings = {"none": decay, "OneCycle": onecycle, "subcritical": dict(decay, warm
 
 cases = {(shortcut, name, depth): train.TrainConfig(
     model=f"resnet{depth}" if family == "resnet" else f"{'resmlp' if shortcut else 'bnrelu'}{depth}",
-    shortcut=shortcut, width=width, dataset=dataset,
+    shortcut=shortcut, width=width, head_norm=head_norm, dataset=dataset,
     data_root=data_root, batch_size=batch_size, steps=steps, lr=lr, log_every=log_every, eval_every=steps // 4,
     channels_last=family == "resnet", **settings[name])
     for depth in depths for shortcut in (False, True) for name in protocols
@@ -249,6 +268,8 @@ claims.worst("13.subcritical-warmup-short", warm[(NS, "subcritical", D)])
 claims.worst("13.short-needs-no-warmup", warm[(S, "subcritical", D)])
 for p in ("OneCycle", "subcritical"):
     claims.paired("13.short-protocols-agree", acc[(S, p, D)], acc[(S, "none", D)], instance=p)
+for p in ("none", "OneCycle", "subcritical"):
+    claims.paired("13.short-near-best", acc[(S, "constrained", D)], acc[(S, p, D)], instance=p)
 for d in depths:
     if d != D:  # at the table depth claims 9 and 10 compare the same runs
         claims.paired("13.subcritical-extends-depth", acc[(NS, "subcritical", d)], acc[(NS, "none", d)], instance=d)
@@ -405,7 +426,9 @@ plots.glue("ch13-verdicts", Markdown(claims.summary()))
 
 
 get, say = claims.get, evidence.sentence  # a decided claim, and its estimate, interval and verdict for a sentence
-premise_verdicts = [claims.get("13.short-trains", p).verdict for p in needed] + [claims.get("13.noshort-fails").verdict]
+near_best = ("none", "OneCycle", "subcritical")  # claim 18's protocols
+premise_verdicts = ([claims.get("13.short-trains", p).verdict for p in needed] + [claims.get("13.noshort-fails").verdict]
+                    + [claims.get("13.short-near-best", p).verdict for p in near_best])
 premise_state = ("fails" if "fails" in premise_verdicts else
                  "holds" if set(premise_verdicts) == {"holds"} else "inconclusive")
 gap_ci = evidence.mean_interval(acc[(S, "constrained", D)] - acc[(S, "none", D)])  # Short: constrained − none
@@ -428,10 +451,16 @@ plots.glue("ch13-premise-sentence", (
                 "short to have settled.",
        "inconclusive": "; that the accuracy has settled to within 3 points is not established at these seeds, so "
                        "an accuracy may still be rising at the end of the run."}[settled]
-    + f" Under the constraint the network with shortcuts reaches {100 * acc[(S, 'constrained', D)].mean():.1f} %, "
-    f"{100 * gap_ci.estimate:+.1f} points (95 % interval {100 * gap_ci.low:+.1f} to {100 * gap_ci.high:+.1f}) "
-    "against no warm-up" + (": under the paper's protocols it trains, but below the best it reaches in a run of "
-                            "this length." if gap_ci.low > 0 else ".")))
+    + f" Under the constraint the network with shortcuts reaches {100 * acc[(S, 'constrained', D)].mean():.1f} %; "
+    "its accuracy there minus under each of the paper's protocols (claim 18, below 3 points): " + "; ".join(
+        f"{p} {say(get('13.short-near-best', p), 100, ' points')}" for p in near_best) + ". " + {
+        "holds": "Under every protocol the network with shortcuts ends near its best.",
+        "fails": "Under at least one of the paper's protocols the network with shortcuts ends more than 3 points "
+                 "below its best, so it is not near its best under every protocol in runs of this length.",
+        "inconclusive": "Whether the network with shortcuts ends within 3 points of its best under every protocol "
+                        "is not decided at these seeds."}[
+        "fails" if any(get("13.short-near-best", p).verdict == "fails" for p in near_best) else
+        "holds" if all(get("13.short-near-best", p).verdict == "holds" for p in near_best) else "inconclusive"]))
 plots.glue("ch13-spread-sentence", (
     f"Mean spread over the run without warm-up, NoShort minus Short: {say(get('13.spread-noshort-vs-short'))} "
     f"(claim 4). NoShort without warm-up minus with the subcritical warm-up: "

@@ -38,6 +38,21 @@ def test_forward_shapes_and_inputs():
     assert len(nets.scale_invariant_layers(nets.bnrelu(5))) == 5
 
 
+def test_head_norm_reads_the_residual_stream_at_unit_scale():
+    # the identity paths sum every layer's normalised output, so without the head's BatchNorm the head reads
+    # features that grow as sqrt(depth); with it, at unit scale, and the scale-invariant layers are the same
+    torch.manual_seed(0)
+    x = torch.randn(256, 64)
+    plain, normed = nets.resmlp(64, width=32), nets.resmlp(64, width=32, head_norm=True)
+    normed.load_state_dict(plain.state_dict(), strict=False)
+    features = plain.body(x)
+    assert features.pow(2).mean().sqrt() > 4  # about sqrt(64 / 2) at initialisation
+    assert torch.allclose(normed.head_norm(features).pow(2).mean(), torch.tensor(1.0), atol=1e-3)
+    assert torch.allclose(normed(x), normed.head(normed.head_norm(features)))
+    assert [n for n, _ in nets.scale_invariant_layers(normed)] == [n for n, _ in nets.scale_invariant_layers(plain)]
+    assert isinstance(nets.bnrelu(4, width=8).head_norm, torch.nn.Identity)  # off unless asked
+
+
 def test_resnet101_forward_with_and_without_shortcuts():
     for shortcut in (True, False):
         model = nets.resnet101(shortcut=shortcut, num_classes=5)

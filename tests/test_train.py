@@ -151,6 +151,7 @@ def test_bad_configs_are_refused(bad, message):
     ({"shortcut": 1}, "shortcut must be bool"),
     ({"model": "bnrelu8", "shortcut": True}, "model='bnrelu8' has no shortcuts.*use model='resmlp8'"),
     ({"model": "resmlp8", "shortcut": False}, "model='resmlp8' is the residual MLP.*use model='bnrelu8'"),
+    ({"model": "resnet20", "head_norm": True}, "head_norm=True is an option of the MLPs .*not of model='resnet20'"),
     ({"lr": 1e300}, "lr, momentum and wd must be at most 3.4e\\+38"),
     ({"model": 20}, "model must be str"),
 ])
@@ -381,3 +382,13 @@ def test_the_network_built_has_the_shortcuts_the_config_names(model, shortcut, r
     with torch.no_grad():
         same = torch.allclose(net.eval()(x), twin.eval()(x))
     assert same is (not residual)
+
+
+@pytest.mark.parametrize("model", ["bnrelu6", "resmlp6"])
+def test_head_norm_builds_the_batchnorm_before_the_head_and_trains(model, tmp_path):
+    config = train.TrainConfig(model=model, width=8, head_norm=True, steps=3, batch_size=16)
+    net = train.build_model(config, 1, 10, 64)
+    assert isinstance(net.head_norm, torch.nn.BatchNorm1d) and net.head_norm.affine is False
+    result = train.train(config, tmp_path / "run")
+    assert result.status == "completed"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["head_norm"] is True  # in the run's record
