@@ -253,29 +253,8 @@ class Chapter:
             e.text if p.instance is None else f"{e.text} ({p.instance})")
         gate = e.gate and e.kind in _FAMILY_KINDS
         confidence = 1 - FWER / m if gate else 0.95
-        alpha = (1 - confidence) / 2
         # a gate's Bonferroni level lies where five seeds give the bootstrap too few resamples: Student's t
-        expect = e.expect_for(p.instance)
-        kw = dict(expect=expect, method="t" if gate else "bootstrap-t")
-        if e.kind == "mean":
-            c = evidence.Claim.level(text, p.data[0], e.threshold, e.direction, statistic=e.statistic,
-                                     confidence=confidence, **kw)
-        elif e.kind in ("paired", "unpaired"):
-            paired = e.kind == "paired"
-            if e.direction == "within":
-                c = evidence.Claim.within(text, *p.data, margin=e.threshold, paired=paired, confidence=confidence,
-                                          **kw)
-            else:
-                c = evidence.Claim.compare(text, *p.data, threshold=e.threshold, direction=e.direction,
-                                           paired=paired, confidence=confidence, **kw)
-        elif e.kind == "sign":
-            c = evidence.Claim.sign_claim(text, *p.data, alpha=alpha, statistic=e.statistic, expect=expect)
-        elif e.kind == "worst":
-            c = evidence.Claim.worst(text, p.data[0], e.threshold, e.direction, statistic=e.statistic,
-                                     expect=expect)
-        else:
-            c = evidence.Claim.exact(text, float(p.data[0][0]), e.threshold, e.direction, statistic=e.statistic,
-                                     expect=expect)
+        c = _construct(e, text, p.data, confidence, "t" if gate else "bootstrap-t", e.expect_for(p.instance))
         return evidence.Claim(c.text, e.statistic, c.interval, c.threshold, c.direction, c.expect, c.kind, c.data,
                               c.sign, c.alpha, e.id, e.role, e.paper)
 
@@ -470,33 +449,36 @@ def registered_in_sources(notebooks: str | Path | None = None) -> dict[str, tupl
     return found
 
 
+def _construct(e: Entry, text: str, data: Sequence[np.ndarray], confidence: float, method: str,
+               expect: str) -> evidence.Claim:
+    """The claim of kind ``e.kind`` on ``data`` (one array, or two to compare), decided at ``confidence``: the one
+    mapping from a registry kind to the evidence.Claim constructor that the chapters and the records both use."""
+    if e.kind == "mean":
+        return evidence.Claim.level(text, data[0], e.threshold, e.direction, statistic=e.statistic,
+                                    confidence=confidence, expect=expect, method=method)
+    if e.kind in ("paired", "unpaired"):
+        paired = e.kind == "paired"
+        if e.direction == "within":
+            return evidence.Claim.within(text, *data, margin=e.threshold, paired=paired, confidence=confidence,
+                                         expect=expect, method=method)
+        return evidence.Claim.compare(text, *data, threshold=e.threshold, direction=e.direction, paired=paired,
+                                      confidence=confidence, expect=expect, method=method)
+    if e.kind == "sign":
+        return evidence.Claim.sign_claim(text, *data, alpha=(1 - confidence) / 2, statistic=e.statistic,
+                                         expect=expect)
+    if e.kind == "worst":
+        return evidence.Claim.worst(text, data[0], e.threshold, e.direction, statistic=e.statistic, expect=expect)
+    return evidence.Claim.exact(text, float(data[0][0]), e.threshold, e.direction, statistic=e.statistic,
+                                expect=expect)
+
+
 def _reclaim(row: dict[str, Any], entry: Entry, confidence: float, method: str = "t") -> evidence.Claim:
     """A claim decided again from a record's per-seed data, as a gate: at ``confidence`` (its Bonferroni level)
     with Student's t."""
     data = [np.asarray(d, dtype=float) for d in row["data"]]
-    expect = entry.expect_for(row.get("instance"))
-    kw = dict(expect=expect, method=method)
-    if entry.kind == "mean":
-        return evidence.Claim.level(row["text"], data[0], entry.threshold, entry.direction, confidence=confidence,
-                                    **kw)
-    if entry.kind == "paired":  # the record keeps the per-seed differences
-        zeros = np.zeros_like(data[0])
-        if entry.direction == "within":
-            return evidence.Claim.within(row["text"], data[0], zeros, entry.threshold, confidence=confidence, **kw)
-        return evidence.Claim.compare(row["text"], data[0], zeros, entry.threshold, entry.direction,
-                                      confidence=confidence, **kw)
-    if entry.kind == "unpaired":
-        if entry.direction == "within":
-            return evidence.Claim.within(row["text"], data[0], data[1], entry.threshold, paired=False,
-                                         confidence=confidence, **kw)
-        return evidence.Claim.compare(row["text"], data[0], data[1], entry.threshold, entry.direction, paired=False,
-                                      confidence=confidence, **kw)
-    if entry.kind == "sign":
-        return evidence.Claim.sign_claim(row["text"], data[0], data[1], alpha=(1 - confidence) / 2,
-                                         expect=expect)
-    if entry.kind == "worst":
-        return evidence.Claim.worst(row["text"], data[0], entry.threshold, entry.direction, expect=expect)
-    return evidence.Claim.exact(row["text"], float(data[0][0]), entry.threshold, entry.direction, expect=expect)
+    if entry.kind == "paired":  # the record keeps the per-seed differences: compare them with zero
+        data = [data[0], np.zeros_like(data[0])]
+    return _construct(entry, row["text"], data, confidence, method, entry.expect_for(row.get("instance")))
 
 
 def propose_roles(directory: str | Path, registry: dict[str, Entry] | None = None) -> dict[str, dict[str, Any]]:
