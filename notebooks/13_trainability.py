@@ -71,10 +71,15 @@
 #     73.06 % against 72.85 %);
 # 18. *premise:* with shortcuts, each of the paper's protocols (none,
 #     OneCycle, subcritical) ends within 3 points of the accuracy the same
-#     network reaches under the constraint, the best this chapter measures
-#     for it: the network trains near its best under every protocol. Three
+#     network reaches under the constraint, the highest this chapter
+#     measures for it (Table 1 has no constrained row with shortcuts). Three
 #     points is the tolerance of claim 3, what a run may still gain over its
 #     last quarter.
+#
+# With shortcuts the subcritical warm-up takes no step at the peak rate
+# (claim 13), so its runs are those without warm-up, and the subcritical
+# instances of claims 1, 16 and 18 repeat the no-warm-up ones rather than
+# adding evidence.
 #
 # Over the other depths of the sweep, for NoShort:
 #
@@ -131,7 +136,11 @@
 # that much too large. The paper's ResNet101 is spared most of this: its
 # last stage begins with a normalised projection and adds only three
 # blocks to it. In NoShort the last layer is already normalised, so the
-# BatchNorm changes little there. A
+# BatchNorm changes little there. This departs at one point from the
+# post-activation (v1) design the paper chose: the paper's CIFAR ResNet110
+# of Figure 5 has the same condition, since its zero-padded shortcuts carry
+# the sum through all 54 blocks, and the `paper` profile trains it as the
+# paper did, without the BatchNorm. A
 # step costs milliseconds, so every point of the sweep gets `n_seeds` seeds,
 # and their ELRs spread with depth as the paper's ResNets' do
 # ({doc}`09_elr_at_init`). The CIFAR ResNets of the paper's Figure 5 are
@@ -154,6 +163,11 @@
 # says that the decay has ended the run's progress, not that a longer run
 # would gain nothing. At
 # the shallowest depth, without warm-up, {glue:text}`ch13-shallow`.
+#
+# The test set is one fixed split of the digits
+# ({glue:text}`ch13-data`): every interval covers the variation over seeds
+# (initialisation and data order), not over test sets, so a verdict near
+# its threshold speaks for this split.
 #
 # The constraint's goal $E_{goal}$ = {glue:text}`ch13-goal` is the same in
 # every constrained run. Table 1's fifth row, the constraint
@@ -443,9 +457,12 @@ plots.glue("ch13-premise-sentence", (
     f"{say(get('13.settled'), 100, ' points')}. "
     f"Under the constraint the network with shortcuts reaches {100 * acc[(S, 'constrained', D)].mean():.1f} %; "
     "its accuracy there minus under each of the paper's protocols (claim 18, below 3 points): " + "; ".join(
-        f"{p} {say(get('13.short-near-best', p), 100, ' points')}" for p in near_best) + ". " + (
-        {"holds": "The setting is the regime the paper's Table 1 describes: the network with shortcuts ends near its "
-                  "best under every protocol, and the network without them fails",
+        f"{p} {say(get('13.short-near-best', p), 100, ' points')}" for p in near_best) + ". "
+    + ("Every one of these differences lies above zero: in runs of this length the constraint trains the network "
+       "with shortcuts measurably better than the paper's protocols do. " if all(
+           get("13.short-near-best", p).interval.low > 0 for p in near_best) else "") + (
+        {"holds": "The setting is the regime the paper's Table 1 describes: the network with shortcuts ends within 3 "
+                  "points of its constrained accuracy under every protocol, and the network without them fails",
          "fails": "The setting does not meet the premises on training at these seeds, so the comparisons below are "
                   "not the regime of the paper's Table 1 and are read with that caveat",
          "inconclusive": "That the setting meets the premises on training is not decided at these seeds (an "
@@ -507,7 +524,7 @@ for p in label:
                        "to restore.")
     elif rescued[p]:
         restored[p] = (f"{label[p]} trains NoShort at {depth_list(rescued[p])}, where it fails without warm-up: "
-                       "it extends the trainable depth.")
+                       "it extends the trainable depth of this sweep (by claim 17's intervals, at 95 % each).")
     elif partly[p]:
         with_p = ", ".join(f"{100 * acc[(NS, p, d)].mean():.0f} %" for d in partly[p])
         without = ", ".join(f"{100 * acc[(NS, 'none', d)].mean():.0f} %" for d in partly[p])
