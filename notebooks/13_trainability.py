@@ -164,8 +164,8 @@
 # would gain nothing. At
 # the shallowest depth, without warm-up, {glue:text}`ch13-shallow`.
 #
-# The test set is one fixed split of the digits
-# ({glue:text}`ch13-data`): every interval covers the variation over seeds
+# The test set is one fixed split of the digits, the images the training
+# part leaves out: every interval covers the variation over seeds
 # (initialisation and data order), not over test sets, so a verdict near
 # its threshold speaks for this split.
 #
