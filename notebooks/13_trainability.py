@@ -282,7 +282,8 @@ claims.worst("13.subcritical-warmup-short", warm[(NS, "subcritical", D)])
 claims.worst("13.short-needs-no-warmup", warm[(S, "subcritical", D)])
 for p in ("OneCycle", "subcritical"):
     claims.paired("13.short-protocols-agree", acc[(S, p, D)], acc[(S, "none", D)], instance=p)
-for p in ("none", "OneCycle", "subcritical"):
+near_best = ("none", "OneCycle", "subcritical")  # the paper's protocols, which claim 18 compares with the constraint
+for p in near_best:
     claims.paired("13.short-near-best", acc[(S, "constrained", D)], acc[(S, p, D)], instance=p)
 for d in depths:
     if d != D:  # at the table depth claims 9 and 10 compare the same runs
@@ -441,12 +442,11 @@ plots.glue("ch13-verdicts", Markdown(claims.summary()))
 
 
 get, say = claims.get, evidence.sentence  # a decided claim, and its estimate, interval and verdict for a sentence
-near_best = ("none", "OneCycle", "subcritical")  # claim 18's protocols
 premise_verdicts = ([claims.get("13.short-trains", p).verdict for p in needed] + [claims.get("13.noshort-fails").verdict]
                     + [claims.get("13.short-near-best", p).verdict for p in near_best])
 premise_state = ("fails" if "fails" in premise_verdicts else
                  "holds" if set(premise_verdicts) == {"holds"} else "inconclusive")
-gap_ci = evidence.mean_interval(acc[(S, "constrained", D)] - acc[(S, "none", D)])  # Short: constrained − none
+gap_ci = get("13.short-near-best", "none").interval  # Short: constrained − none, as claim 18 decides it
 settled = claims.get("13.settled").verdict
 plots.glue("ch13-premise-sentence", (
     f"Mean test accuracy with shortcuts (claim 1, above {100 * get('13.short-trains', 'none').threshold:.0f} % under "
@@ -508,7 +508,7 @@ partly = {p: [d for d in undecided if trains[(p, d)] == "holds"] for p in ("subc
 depth_list = lambda ds: f"depth{'s' * (len(ds) > 1)} {', '.join(map(str, ds))}"  # noqa: E731
 span = lambda xs: (f"at {min(xs):.0f} %" if round(min(xs)) == round(max(xs))  # noqa: E731
                   else f"between {min(xs):.0f} and {max(xs):.0f} %")
-short_paper = [100 * acc[(S, p, d)].mean() for p in ("none", "OneCycle", "subcritical") for d in depths]
+short_paper = [100 * acc[(S, p, d)].mean() for p in near_best for d in depths]
 short_constrained = [100 * acc[(S, "constrained", d)].mean() for d in depths]
 plots.glue("ch13-depth-sentence", "Without shortcuts (claim 17), " + "; ".join(
     f"{p} " + ", ".join(f"{w} at {depth_list(where[(p, v)])}" for v, w in verdict_words.items() if where[(p, v)])
@@ -558,7 +558,7 @@ plots.glue("ch13-discussion", (
     + restored["subcritical"] + " " + restored["constrained"] + " "
     + (f"The constraint raises NoShort's accuracy over no warm-up at {depth_list(raised)} (claim 15)"
        + (f", {depth_list(already)} among them, where NoShort already trains without it" if already else "")
-       + (f"; with shortcuts it adds {100 * gap_ci.estimate:.1f} points at the table depth (95 % interval "
+       + (f"; with shortcuts it adds {100 * gap_ci.estimate:.1f} points at the table depth ({100 * gap_ci.confidence:g} % interval "
           f"{100 * gap_ci.low:.1f} to {100 * gap_ci.high:.1f})" if gap_ci.low > 0 else "")
        + (": its gain is not confined to the networks whose ELRs spread. " if already or gap_ci.low > 0 else ". ")
        if raised else "")
